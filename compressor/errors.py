@@ -1,0 +1,58 @@
+"""Typed errors. Every error the toolkit raises on purpose derives from :class:`CompressError`.
+
+Subclasses also inherit the builtin that describes them (``ValueError`` for bad input,
+``RuntimeError`` for failures while running), so ``except ValueError`` keeps working.
+"""
+from __future__ import annotations
+
+
+class CompressError(Exception):
+    """Base class of all errors raised by the toolkit."""
+
+
+class ConfigError(CompressError, ValueError):
+    """An option or configuration value is invalid (the message names the value and the valid range)."""
+
+
+class ModelLoadError(CompressError, ValueError):
+    """A model path or id cannot be resolved or loaded."""
+
+
+class UnsupportedArchitectureError(CompressError, ValueError):
+    """The model's architecture is not one the toolkit knows how to prune or export."""
+
+
+class GroupDiscoveryError(CompressError, RuntimeError):
+    """The dependency graph did not yield the coupled groups the config implies."""
+
+
+class CalibrationError(CompressError, ValueError):
+    """Calibration or evaluation data is missing, empty, unreadable or too short."""
+
+
+class AssetError(CompressError, RuntimeError):
+    """A packaged asset could not be fetched, or its checksum does not match."""
+
+
+class OutputExistsError(CompressError, FileExistsError):
+    """The output path exists and is not empty; pass ``force=True`` / ``--force`` to replace it."""
+
+
+class NonFiniteError(CompressError, RuntimeError):
+    """A loss, score or weight became NaN/inf."""
+
+
+class ExportError(CompressError, RuntimeError):
+    """Export failed."""
+
+
+class ValidationError(ExportError):
+    """An exported model does not match the PyTorch reference within tolerance."""
+
+
+class DependencyMissingError(CompressError, RuntimeError):
+    """An optional dependency (e.g. onnxruntime, CUDA) needed for this command is not available."""
+
+
+class ResumeError(CompressError, RuntimeError):
+    """A checkpoint cannot be resumed (missing, corrupt, or written by a different configuration)."""

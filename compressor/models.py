@@ -1,0 +1,188 @@
+"""Resolve and load models: built-in names, local HF folders, ``.gguf`` files, or hub ids.
+
+Supported architectures are listed in :data:`SUPPORTED_MODEL_TYPES`; others get a clear
+:class:`UnsupportedArchitectureError` before any work starts.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelLoadError, UnsupportedArchitectureError
+
+#: model_type -> description. The pruning code reads every size from the config.
+SUPPORTED_MODEL_TYPES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+}
+
+#: built-in model names -> asset name (see :mod:`compressor.assets`).
+BUILTIN_MODELS = {"smollm2-135m": "smollm2-135m"}
+DEFAULT_MODEL = "smollm2-135m"
+
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model came from: ``kind`` is ``builtin``, ``folder``, ``gguf`` or ``hub``."""
+
+    spec: str
+    kind: str
+    path: str
+    gguf_file: str | None = None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False) -> ModelSource:
+    """Turn a user's model argument into a :class:`ModelSource` without loading weights.
+
+    Raises:
+        ModelLoadError: the path does not exist, is not a model folder, or only holds pickle weights
+            and ``allow_pickle`` is False.
+    """
+    spec = str(spec) if spec is not None else DEFAULT_MODEL
+    if spec in BUILTIN_MODELS:
+        from .assets import fetch_asset
+
+        gguf = fetch_asset(BUILTIN_MODELS[spec])
+        return ModelSource(spec, "builtin", str(gguf.parent), gguf.name)
+    p = Path(spec).expanduser()
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise ModelLoadError(
+                f"model path {spec!r} is a file but not a .gguf file; give a Hugging Face model folder, "
+                f"a .gguf file, or a built-in name ({', '.join(BUILTIN_MODELS)})"
+            )
+        _check_gguf(p)
+        return ModelSource(spec, "gguf", str(p.parent), p.name)
+    if p.is_dir():
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise ModelLoadError(f"model folder {spec!r} is not readable")
+        if (p / "config.json").is_file():
+            files = [f.name for f in p.iterdir()]
+            has_safe = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files)
+            has_pickle = any(f.endswith(PICKLE_WEIGHT_SUFFIXES) for f in files)
+            if not has_safe and has_pickle and not allow_pickle:
+                raise ModelLoadError(
+                    f"model folder {spec!r} only has pickle weights (e.g. pytorch_model.bin), which can run "
+                    f"arbitrary code when loaded; convert them to safetensors or pass --allow-pickle"
+                )
+            if not has_safe and not has_pickle:
+                raise ModelLoadError(f"model folder {spec!r} has a config.json but no weight files (*.safetensors)")
+            return ModelSource(spec, "folder", str(p))
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            _check_gguf(ggufs[0])
+            return ModelSource(spec, "gguf", str(p), ggufs[0].name)
+        raise ModelLoadError(
+            f"model folder {spec!r} has no config.json" + (" and several .gguf files" if ggufs else "")
+            + "; give a Hugging Face model folder, a .gguf file, or a built-in name "
+            f"({', '.join(BUILTIN_MODELS)})"
+        )
+    looks_like_hub = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and " " not in spec
+    if looks_like_hub:
+        return ModelSource(spec, "hub", spec)
+    raise ModelLoadError(
+        f"model {spec!r} not found: not a built-in name ({', '.join(BUILTIN_MODELS)}), not an existing "
+        f"folder or .gguf file, and not a hub id of the form 'org/name'"
+    )
+
+
+def _check_gguf(path: Path) -> None:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{str(path)!r} is not a GGUF file (bad magic {magic!r})")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))
+    except Exception as exc:  # gguf raises plain ValueError/struct errors on truncated files
+        raise ModelLoadError(f"GGUF file {str(path)!r} is corrupt or truncated: {exc}") from exc
+
+
+def load_config(source: ModelSource):
+    """Load and check the config of ``source``; raises for unsupported architectures."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(source.path, **source.load_kwargs())
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the config of model {source.spec!r}: {exc}") from exc
+    check_architecture(cfg, source.spec)
+    return cfg
+
+
+def check_architecture(cfg, spec: str = "model") -> None:
+    mt = getattr(cfg, "model_type", None)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedArchitectureError(
+            f"{spec!r} has model_type {mt!r} ({', '.join(getattr(cfg, 'architectures', None) or [])}); "
+            f"supported: {', '.join(f'{k} ({v})' for k, v in SUPPORTED_MODEL_TYPES.items())}"
+        )
+
+
+def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32", base_bits: int | None = None,
+               allow_pickle: bool = False, attn_implementation: str = "eager"):
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        spec: built-in name (default ``smollm2-135m``), HF folder, ``.gguf`` file, or hub id.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+        base_bits: ``8`` or ``4`` to load the linear weights quantized with bitsandbytes, else None.
+        allow_pickle: allow ``pytorch_model.bin``-style weights (they can execute code when loaded).
+        attn_implementation: attention kernel; ``eager`` is needed for dependency tracing.
+
+    Returns:
+        ``(model, tokenizer, source)``. GGUF weights are dequantized and ``quantization_config`` is
+        removed so the model saves as a plain safetensors checkpoint.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec, allow_pickle=allow_pickle)
+    load_config(source)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        from .errors import ConfigError
+
+        raise ConfigError(f"dtype {dtype!r} is not valid; use float32, bfloat16 or float16")
+    kwargs: dict[str, Any] = dict(source.load_kwargs(), dtype=torch_dtype, attn_implementation=attn_implementation)
+    if base_bits is not None:
+        from transformers import BitsAndBytesConfig
+
+        if base_bits == 8:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
+        elif base_bits == 4:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=["lm_head"])
+        else:
+            from .errors import ConfigError
+
+            raise ConfigError(f"base_bits {base_bits!r} is not valid; use 8, 4 or None")
+        kwargs["dtype"] = torch.float32
+    if not allow_pickle:
+        kwargs["use_safetensors"] = None if source.kind == "gguf" or source.kind == "builtin" else True
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load model {source.spec!r}: {type(exc).__name__}: {exc}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.load_kwargs())
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of model {source.spec!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if source.gguf_file and base_bits is None:
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config._name_or_path = source.spec
+    model.config.use_cache = True
+    return model, tokenizer, source
