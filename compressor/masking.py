@@ -1,0 +1,149 @@
+"""Binary masks on heads and channels (paper Eq. 13: ``z = (xW0 + xBA) ⊙ M``).
+
+Masks are applied with forward hooks on the (peft-wrapped) projections, so they cover the base and
+LoRA outputs together: the outputs of ``q/k/v`` (k, v only under MHA) and ``gate/up`` are multiplied by
+the row mask, and the inputs of ``o_proj`` and ``down_proj`` by the column mask. A masked model computes
+exactly what the physically sliced model computes (see ``tests/test_prune_core.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .groups import LayerGroups, ModelGroups, decoder_layers, projection
+
+
+@dataclass
+class LayerMask:
+    heads: torch.Tensor  # bool [num_heads], True = kept
+    channels: torch.Tensor  # bool [intermediate], True = kept
+
+    def kept_heads(self) -> list[int]:
+        return [int(i) for i in torch.nonzero(self.heads).flatten()]
+
+    def kept_channels(self) -> list[int]:
+        return [int(i) for i in torch.nonzero(self.channels).flatten()]
+
+
+@dataclass
+class MaskState:
+    """Masks of every layer plus the hooks that apply them."""
+
+    layers: list[LayerMask]
+    _handles: list = field(default_factory=list, repr=False)
+    _float: list = field(default_factory=list, repr=False)
+
+    @classmethod
+    def full(cls, groups: ModelGroups) -> "MaskState":
+        return cls([LayerMask(torch.ones(lg.num_heads, dtype=torch.bool),
+                              torch.ones(lg.intermediate_size, dtype=torch.bool)) for lg in groups.layers])
+
+    def install(self, model: nn.Module, groups: ModelGroups) -> "MaskState":
+        """Register hooks on ``model``'s projections; call :meth:`remove` to take them off."""
+        self.remove()
+        self._float = []
+        for layer, lg, lm in zip(decoder_layers(model), groups.layers, self.layers):
+            fm = _FloatMasks(lg, lm)
+            self._float.append(fm)
+            rows_h = fm.head_rows
+            self._handles.append(projection(layer, "q_proj").register_forward_hook(_out_hook(fm, "head_rows")))
+            if not lg.gqa:
+                for name in ("k_proj", "v_proj"):
+                    self._handles.append(projection(layer, name).register_forward_hook(_out_hook(fm, "head_rows")))
+            self._handles.append(projection(layer, "o_proj").register_forward_pre_hook(_in_hook(fm, "head_rows")))
+            for name in ("gate_proj", "up_proj"):
+                self._handles.append(projection(layer, name).register_forward_hook(_out_hook(fm, "channels")))
+            self._handles.append(projection(layer, "down_proj").register_forward_pre_hook(_in_hook(fm, "channels")))
+            del rows_h
+        return self
+
+    def refresh(self) -> None:
+        """Re-read the boolean masks into the float masks used by the hooks (after changing masks)."""
+        for fm in self._float:
+            fm.refresh()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def sparsity(self, groups: ModelGroups) -> dict[str, float]:
+        heads = sum(int((~m.heads).sum()) for m in self.layers) / sum(lg.num_heads for lg in groups.layers)
+        ch = sum(int((~m.channels).sum()) for m in self.layers) / sum(lg.intermediate_size for lg in groups.layers)
+        return {"heads": heads, "channels": ch}
+
+    def state_dict(self) -> dict:
+        return {"heads": [m.heads.clone() for m in self.layers], "channels": [m.channels.clone() for m in self.layers]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        for m, h, c in zip(self.layers, sd["heads"], sd["channels"]):
+            m.heads.copy_(h)
+            m.channels.copy_(c)
+        self.refresh()
+
+
+class _FloatMasks:
+    def __init__(self, lg: LayerGroups, lm: LayerMask):
+        self.lg, self.lm = lg, lm
+        self.refresh()
+
+    def refresh(self) -> None:
+        self.head_rows = self.lm.heads.float().repeat_interleave(self.lg.head_dim)
+        self.channels = self.lm.channels.float()
+        self._cache: dict = {}
+
+    def get(self, which: str, like: torch.Tensor) -> torch.Tensor:
+        key = (which, like.device, like.dtype)
+        t = self._cache.get(key)
+        if t is None:
+            t = getattr(self, which).to(device=like.device, dtype=like.dtype)
+            self._cache[key] = t
+        return t
+
+
+def _out_hook(fm: _FloatMasks, which: str):
+    def hook(module, args, output):
+        return output * fm.get(which, output)
+
+    return hook
+
+
+def _in_hook(fm: _FloatMasks, which: str):
+    def hook(module, args):
+        x = args[0]
+        return (x * fm.get(which, x),) + tuple(args[1:])
+
+    return hook
+
+
+def mask_lowest(state: MaskState, scores, groups: ModelGroups, heads_per_kv_keep: int, channels_keep: int) -> None:
+    """Mask the lowest-scoring groups of every layer so each keeps the given widths.
+
+    Already-masked groups stay masked (the schedule only tightens). Under GQA the query heads are
+    ranked within each KV group and ``heads_per_kv_keep`` kept per group; under MHA
+    ``heads_per_kv_keep`` is the number of heads kept. Ties break towards the lower index.
+    """
+    for lm, sc, lg in zip(state.layers, scores, groups.layers):
+        hs = sc.heads.clone().double()
+        hs[~lm.heads] = -float("inf")
+        new_heads = torch.zeros_like(lm.heads)
+        per, n_blocks = (lg.heads_per_kv, lg.num_kv_heads) if lg.gqa else (lg.num_heads, 1)
+        for g in range(n_blocks):
+            block = hs[g * per:(g + 1) * per]
+            keep = _top_indices(block, heads_per_kv_keep) + g * per
+            new_heads[keep] = True
+        lm.heads.copy_(new_heads & lm.heads)
+        cs = sc.channels.clone().double()
+        cs[~lm.channels] = -float("inf")
+        new_ch = torch.zeros_like(lm.channels)
+        new_ch[_top_indices(cs, channels_keep)] = True
+        lm.channels.copy_(new_ch & lm.channels)
+    state.refresh()
+
+
+def _top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    # stable: sort by (-score, index) so equal scores keep the lower index
+    order = sorted(range(scores.numel()), key=lambda i: (-float(scores[i]), i))
+    return torch.tensor(sorted(order[:k]), dtype=torch.long)

@@ -1,0 +1,137 @@
+"""Merge: fold LoRA into the base weights and physically remove masked groups.
+
+``merge_and_slice(model, groups, masks)`` returns the plain ``*ForCausalLM`` (no peft left), with
+``BA·scaling`` folded into ``W0`` and the masked heads/channels sliced out of every projection, the
+module attributes and the config (``num_attention_heads``, ``num_key_value_heads``,
+``intermediate_size``, explicit ``head_dim``) updated. The merged model computes what the masked peft
+model computed (``tests/test_prune_core.py``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import NonFiniteError
+from .groups import ATTN, PRUNABLE, ModelGroups, decoder_layers, projection, unwrap
+from .masking import MaskState
+from .ops import head_rows, new_linear, slice_cols, slice_rows
+from .scoring import base_weight, lora_parts
+
+
+def merged_weight(mod: nn.Module, adapter: str = "default") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``W0 + B·A·scaling`` in float32 (dequantizing an 8-bit base) and the bias."""
+    w = base_weight(mod).clone()
+    A, B, s = lora_parts(mod, adapter)
+    if A is not None:
+        w += (B.detach().float() @ A.detach().float()) * s
+    base = getattr(mod, "base_layer", mod)
+    bias = None if base.bias is None else base.bias.detach().float()
+    return w, bias
+
+
+def _target_dtype(model: nn.Module) -> torch.dtype:
+    for p in unwrap(model).parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype if p.dtype != torch.float16 or p.device.type != "cpu" else torch.float32
+    return torch.float32
+
+
+def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | None = None,
+                    dtype: torch.dtype | None = None) -> nn.Module:
+    """Fold LoRA into the base and remove masked groups. Returns the plain causal LM.
+
+    Args:
+        model: peft-wrapped or plain causal LM whose groups are ``groups``.
+        groups: from :func:`compressor.groups.discover_groups` (sizes before pruning).
+        masks: which heads/channels to keep; ``None`` keeps everything (plain merge).
+        dtype: dtype of the new weights (default: the model's float dtype; float32 for 8-bit bases).
+
+    Raises:
+        NonFiniteError: a merged weight contains NaN/inf (the model is left unchanged in that case).
+    """
+    masks = masks or MaskState.full(groups)
+    masks.remove()
+    base = unwrap(model)
+    dtype = dtype or (torch.float32 if getattr(base, "is_quantized", False) else _target_dtype(model))
+    layers = decoder_layers(model)
+    kept = [(lm.kept_heads(), lm.kept_channels()) for lm in masks.layers]
+    widths = {(len(h), len(c)) for h, c in kept}
+    if len(widths) != 1:
+        raise ValueError(f"layers would get different widths {sorted(widths)}; masks must keep the same counts")
+    new_modules: list[dict[str, nn.Linear]] = []
+    for i, (layer, lg, (heads, chans)) in enumerate(zip(layers, groups.layers, kept)):
+        d = lg.head_dim
+        q_rows = head_rows(heads, d)
+        if lg.gqa:
+            per = lg.heads_per_kv
+            counts = {sum(1 for h in heads if h // per == g) for g in range(lg.num_kv_heads)}
+            if len(counts) != 1 or 0 in counts:
+                raise ValueError(f"layer {i}: GQA masks must keep the same number (≥1) of query heads per KV group")
+            kv_rows = torch.arange(lg.num_kv_heads * d)
+        else:
+            kv_rows = q_rows
+        ch = torch.tensor(chans, dtype=torch.long)
+        mods: dict[str, nn.Linear] = {}
+        for name in PRUNABLE:
+            w, b = merged_weight(projection(layer, name))
+            if not torch.isfinite(w).all() or (b is not None and not torch.isfinite(b).all()):
+                raise NonFiniteError(f"layer {i} {name}: merged weight has NaN/inf; refusing to write the model")
+            if name == "q_proj":
+                w, b = slice_rows(w, b, q_rows)
+            elif name in ("k_proj", "v_proj"):
+                w, b = slice_rows(w, b, kv_rows)
+            elif name == "o_proj":
+                w = slice_cols(w, q_rows)
+            elif name in ("gate_proj", "up_proj"):
+                w, b = slice_rows(w, b, ch)
+            else:  # down_proj
+                w = slice_cols(w, ch)
+            mods[name] = new_linear(w, b, dtype)
+        new_modules.append(mods)
+    # all checks passed: unwrap peft and install the new modules
+    if base is not model:
+        base = _strip_peft(model)
+    n_heads, n_inter = widths.pop()
+    n_kv = groups.layers[0].num_kv_heads if groups.layers[0].gqa else n_heads
+    for layer, mods in zip(decoder_layers(base), new_modules):
+        for name, lin in mods.items():
+            parent = layer.self_attn if name in ATTN else layer.mlp
+            setattr(parent, name, lin)
+        attn = layer.self_attn
+        for attr, val in (("num_heads", n_heads), ("num_key_value_heads", n_kv),
+                          ("num_key_value_groups", n_heads // n_kv), ("head_dim", groups.layers[0].head_dim)):
+            if hasattr(attn, attr):
+                setattr(attn, attr, val)
+        if hasattr(layer.mlp, "intermediate_size"):
+            layer.mlp.intermediate_size = n_inter
+    cfg = base.config
+    cfg.num_attention_heads = n_heads
+    cfg.num_key_value_heads = n_kv
+    cfg.intermediate_size = n_inter
+    cfg.head_dim = groups.layers[0].head_dim
+    for attr in ("quantization_config",):
+        if hasattr(cfg, attr):
+            delattr(cfg, attr)
+    if getattr(base, "is_quantized", False):
+        base.is_quantized = False
+        base.hf_quantizer = None
+    # non-prunable quantized or half leftovers (embeddings, norms) -> dtype
+    base.to(dtype)
+    return base
+
+
+def _strip_peft(model: nn.Module) -> nn.Module:
+    """Replace every peft LoRA layer by its base layer and return the underlying model."""
+    base = unwrap(model)
+    for name, mod in list(base.named_modules()):
+        if hasattr(mod, "base_layer") and hasattr(mod, "lora_A"):
+            parent_name, _, child = name.rpartition(".")
+            parent = base.get_submodule(parent_name) if parent_name else base
+            setattr(parent, child, mod.base_layer)
+    for attr in ("peft_config", "_hf_peft_config_loaded"):
+        if hasattr(base, attr):
+            try:
+                delattr(base, attr)
+            except AttributeError:
+                pass
+    return base

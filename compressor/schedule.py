@@ -1,0 +1,112 @@
+"""How much to prune, and when.
+
+``--ratio r`` is the fraction of the parameters of the decoder layers' prunable projections
+(``q,k,v,o,gate,up,down``) to remove. Every layer is pruned to the same widths so the result is a stock
+config. Heads and MLP channels are pruned at (as near as rounding allows) the same fraction; under GQA the
+KV heads are kept, so the MLP takes the rest of the budget. The achieved ratio is reported.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import ConfigError
+from .groups import LayerGroups
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Target widths of every layer."""
+
+    heads_per_kv: int  # query heads kept per KV group (MHA: heads kept, KV groups of one)
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+
+
+def layer_params(lg: LayerGroups, hidden: int, heads: int | None = None, kv: int | None = None,
+                 inter: int | None = None) -> int:
+    """Weights in one layer's prunable projections (biases ignored)."""
+    heads = lg.num_heads if heads is None else heads
+    kv = lg.num_kv_heads if kv is None else kv
+    inter = lg.intermediate_size if inter is None else inter
+    d = lg.head_dim
+    return hidden * d * (2 * heads + 2 * kv) + 3 * hidden * inter
+
+
+def _kept(lg: LayerGroups, heads_per_kv: int) -> tuple[int, int]:
+    if lg.gqa:
+        return lg.num_kv_heads * heads_per_kv, lg.num_kv_heads
+    return heads_per_kv, heads_per_kv
+
+
+def solve_widths(lg: LayerGroups, hidden: int, ratio: float, channel_multiple: int = 8) -> Widths:
+    """Widths that remove about ``ratio`` of a layer's prunable weights.
+
+    Candidates are every feasible head count (≥ 1 head per KV group); for each, the MLP width that
+    best meets the ratio is computed (rounded to ``channel_multiple`` when possible); the candidate
+    whose head keep-fraction is closest to its channel keep-fraction wins (ties: closer achieved ratio).
+
+    Raises:
+        ConfigError: ``ratio`` outside (0, 1), or so large that a layer would keep no head or channel.
+    """
+    if not (isinstance(ratio, (int, float)) and math.isfinite(ratio) and 0.0 < ratio < 1.0):
+        raise ConfigError(f"ratio {ratio!r} is not valid; give a number in the open interval (0, 1)")
+    total = layer_params(lg, hidden)
+    budget = total * (1.0 - ratio)
+    per_group_max = lg.heads_per_kv if lg.gqa else lg.num_heads
+    best = None
+    for hk in range(1, per_group_max + 1):
+        heads, kv = _kept(lg, hk)
+        attn = layer_params(lg, hidden, heads, kv, 0)
+        rest = budget - attn
+        inter = rest / (3 * hidden)
+        if channel_multiple > 1 and lg.intermediate_size >= channel_multiple:
+            inter_r = int(round(inter / channel_multiple)) * channel_multiple
+        else:
+            inter_r = int(round(inter))
+        inter_r = min(inter_r, lg.intermediate_size)
+        if inter_r < 1:
+            continue
+        head_frac = heads / lg.num_heads
+        ch_frac = inter_r / lg.intermediate_size
+        achieved = 1 - layer_params(lg, hidden, heads, kv, inter_r) / total
+        key = (round(abs(head_frac - ch_frac), 9), abs(achieved - ratio))
+        if best is None or key < best[0]:
+            best = (key, Widths(hk, heads, kv, inter_r))
+    if best is None:
+        raise ConfigError(
+            f"ratio {ratio} would leave layers with no attention heads or no MLP channels "
+            f"(heads={lg.num_heads}, kv_heads={lg.num_kv_heads}, intermediate={lg.intermediate_size}); "
+            f"the largest feasible ratio is about {max_ratio(lg, hidden):.3f}"
+        )
+    widths = best[1]
+    return widths
+
+
+def max_ratio(lg: LayerGroups, hidden: int) -> float:
+    heads, kv = _kept(lg, 1)
+    return 1 - layer_params(lg, hidden, heads, kv, 1) / layer_params(lg, hidden)
+
+
+def achieved_ratio(lg: LayerGroups, hidden: int, w: Widths) -> float:
+    return 1 - layer_params(lg, hidden, w.num_heads, w.num_kv_heads, w.intermediate_size) / layer_params(lg, hidden)
+
+
+def prune_events(total_steps: int, prune_every: int, prune_until: float) -> list[int]:
+    """Optimizer steps (1-based) after which masks are updated: every ``prune_every`` steps up to
+    ``prune_until × total_steps`` (at least one event)."""
+    last = max(prune_every, int(math.floor(total_steps * prune_until)))
+    last = min(last, total_steps)
+    ev = list(range(prune_every, last + 1, prune_every))
+    return ev or [min(prune_every, total_steps)]
+
+
+def widths_at(event: int, n_events: int, lg: LayerGroups, final: Widths) -> tuple[int, int]:
+    """Linear progressive schedule: after event ``event`` (1-based) of ``n_events`` the widths have moved
+    ``event / n_events`` of the way from dense to ``final``. Returns ``(heads_per_kv, intermediate)``."""
+    frac = event / n_events
+    per_full = lg.heads_per_kv if lg.gqa else lg.num_heads
+    hk = per_full - int(math.floor((per_full - final.heads_per_kv) * frac + 1e-9))
+    ch = lg.intermediate_size - int(math.floor((lg.intermediate_size - final.intermediate_size) * frac + 1e-9))
+    return hk, ch

@@ -1,0 +1,117 @@
+"""Turn element importances into per-group scores (paper Eq. 4) and smooth them (Eq. 11)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .criteria import Criterion, ProjectionTensors
+from .groups import MLP, PRUNABLE, LayerGroups, ModelGroups, decoder_layers, projection
+
+ROW_PRUNED = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # groups own output rows
+COL_PRUNED = ("o_proj", "down_proj")  # groups own input columns
+
+
+def base_weight(mod: nn.Module) -> torch.Tensor:
+    """Float32 copy-free view (or dequantized copy) of a projection's base weight ``W0``."""
+    base = getattr(mod, "base_layer", mod)
+    w = base.weight
+    if w.dtype in (torch.int8, torch.uint8) or type(w).__name__ in ("Int8Params", "Params4bit"):
+        from peft.utils.integrations import dequantize_bnb_weight
+
+        return dequantize_bnb_weight(w, state=getattr(base, "state", None)).float()
+    return w.detach().float()
+
+
+def lora_parts(mod: nn.Module, adapter: str = "default"):
+    """``(A, B, scaling)`` of a peft LoRA layer, or ``(None, None, 1.0)`` for a plain layer."""
+    if not hasattr(mod, "lora_A") or adapter not in getattr(mod, "lora_A", {}):
+        return None, None, 1.0
+    return mod.lora_A[adapter].weight, mod.lora_B[adapter].weight, float(mod.scaling[adapter])
+
+
+def projection_tensors(mod: nn.Module, criterion: Criterion, generator: torch.Generator | None,
+                       adapter: str = "default") -> ProjectionTensors:
+    A, B, s = lora_parts(mod, adapter)
+    w = base_weight(mod)
+    t = ProjectionTensors(weight=w, scaling=s, generator=generator)
+    if A is not None:
+        t.lora_A, t.lora_B = A.detach().float(), B.detach().float()
+        if A.grad is not None and B.grad is not None:
+            t.grad_A, t.grad_B = A.grad.detach().float(), B.grad.detach().float()
+        elif criterion.needs_lora_grads:
+            t.grad_A = torch.zeros_like(t.lora_A) if A.grad is None else A.grad.detach().float()
+            t.grad_B = torch.zeros_like(t.lora_B) if B.grad is None else B.grad.detach().float()
+    if criterion.needs_weight_grad:
+        g = getattr(getattr(mod, "base_layer", mod).weight, "grad", None)
+        t.weight_grad = torch.zeros_like(w) if g is None else g.detach().float()
+    return t
+
+
+@dataclass
+class LayerScores:
+    """Per-group scores of one layer: ``heads`` [num_heads], ``channels`` [intermediate]."""
+
+    heads: torch.Tensor
+    channels: torch.Tensor
+
+
+def layer_scores(layer: nn.Module, lg: LayerGroups, criterion: Criterion,
+                 generator: torch.Generator | None = None) -> LayerScores:
+    """Sum the criterion's element importances over each head group and each channel group (Eq. 4)."""
+    reduced: dict[str, torch.Tensor] = {}
+    for name in PRUNABLE:
+        if lg.gqa and name in ("k_proj", "v_proj"):
+            continue  # KV heads are kept under GQA; they are not part of a q-head group
+        imp = criterion(projection_tensors(projection(layer, name), criterion, generator))
+        reduced[name] = imp.sum(dim=1) if name in ROW_PRUNED else imp.sum(dim=0)
+    d = lg.head_dim
+    heads = reduced["q_proj"].view(lg.num_heads, d).sum(1) + reduced["o_proj"].view(lg.num_heads, d).sum(1)
+    if not lg.gqa:
+        heads = heads + reduced["k_proj"].view(lg.num_heads, d).sum(1) + reduced["v_proj"].view(lg.num_heads, d).sum(1)
+    channels = sum(reduced[n] for n in MLP)
+    return LayerScores(heads.double(), channels.double())
+
+
+def model_scores(model: nn.Module, groups: ModelGroups, criterion: Criterion,
+                 generator: torch.Generator | None = None) -> list[LayerScores]:
+    """Group scores of every layer of ``model`` (peft-wrapped or plain)."""
+    return [layer_scores(layer, lg, criterion, generator) for layer, lg in zip(decoder_layers(model), groups.layers)]
+
+
+class MovingAverage:
+    """``G ← λG + (1−λ)Ĝ`` per group (Eq. 11). A step with a non-finite score is skipped and counted.
+
+    The first accepted step initialises ``G = Ĝ`` (no zero-initialisation bias).
+    """
+
+    def __init__(self, lam: float = 0.9):
+        self.lam = float(lam)
+        self.value: list[LayerScores] | None = None
+        self.updates = 0
+        self.skipped = 0
+
+    def update(self, scores: list[LayerScores]) -> bool:
+        if not all(torch.isfinite(s.heads).all() and torch.isfinite(s.channels).all() for s in scores):
+            self.skipped += 1
+            return False
+        if self.value is None:
+            self.value = [LayerScores(s.heads.clone(), s.channels.clone()) for s in scores]
+        else:
+            lam = self.lam
+            for g, s in zip(self.value, scores):
+                g.heads.mul_(lam).add_(s.heads, alpha=1 - lam)
+                g.channels.mul_(lam).add_(s.channels, alpha=1 - lam)
+        self.updates += 1
+        return True
+
+    def state_dict(self) -> dict:
+        return {"lam": self.lam, "updates": self.updates, "skipped": self.skipped,
+                "heads": None if self.value is None else [s.heads for s in self.value],
+                "channels": None if self.value is None else [s.channels for s in self.value]}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.lam, self.updates, self.skipped = sd["lam"], sd["updates"], sd["skipped"]
+        self.value = None if sd["heads"] is None else [
+            LayerScores(h.clone(), c.clone()) for h, c in zip(sd["heads"], sd["channels"])]

@@ -1,0 +1,161 @@
+"""Groups, criteria, masks, merge: parity properties on tiny random models."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compressor.criteria import ProjectionTensors, available_criteria, get_criterion
+from compressor.errors import ConfigError, GroupDiscoveryError
+from compressor.groups import decoder_layers, discover_groups
+from compressor.masking import MaskState, mask_lowest
+from compressor.merge import merge_and_slice
+from compressor.schedule import achieved_ratio, solve_widths
+from compressor.scoring import model_scores
+from tests.tiny import CASES, tiny_model
+
+CASE_NAMES = list(CASES)
+
+
+def _ids(vocab=96, n=2, t=12, seed=1):
+    return torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def _peft(model, seed=0):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                      "gate_proj", "up_proj", "down_proj"])
+    pm = get_peft_model(model, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # B non-zero so merge parity means something
+        for n, p in pm.named_parameters():
+            if "lora_B" in n or "lora_A" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return pm
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_groups_match_config(case):
+    m = tiny_model(case)
+    g = discover_groups(m)
+    _, heads, kv, hd, hidden, inter = CASES[case]
+    assert g.num_layers == 2 and g.hidden_size == hidden
+    for lg in g.layers:
+        assert (lg.num_heads, lg.num_kv_heads, lg.head_dim, lg.intermediate_size) == (heads, kv, hd, inter)
+
+
+def test_groups_error_names_layer():
+    m = tiny_model("llama-mha")
+    layer = decoder_layers(m)[1]
+    layer.mlp.up_proj = torch.nn.Linear(32, 40, bias=False)
+    with pytest.raises(GroupDiscoveryError, match="layer 1 up_proj"):
+        discover_groups(m)
+
+
+def test_lora_criterion_matches_reference():
+    g = torch.Generator().manual_seed(0)
+    W, A, B = torch.randn(6, 5, generator=g), torch.randn(2, 5, generator=g), torch.randn(6, 2, generator=g)
+    gA, gB = torch.randn(2, 5, generator=g), torch.randn(6, 2, generator=g)
+    s = 2.0
+    got = get_criterion("lora")(ProjectionTensors(W, lora_A=A, lora_B=B, grad_A=gA, grad_B=gB, scaling=s))
+    # independent element-wise reference of Eq. 10
+    ref = torch.zeros(6, 5)
+    for i in range(6):
+        for j in range(5):
+            gest = sum(gB[i, k] * A[k, j] + B[i, k] * gA[k, j] - gB[i, k] * gA[k, j] for k in range(2))
+            ref[i, j] = (gest * (W[i, j] + s * sum(B[i, k] * A[k, j] for k in range(2)))) ** 2
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_criterion_never_needs_weight_grad():
+    crit = get_criterion("lora")
+    assert crit.needs_lora_grads and not crit.needs_weight_grad
+    assert get_criterion("taylor").needs_weight_grad
+
+
+def test_unknown_criterion_lists_valid():
+    with pytest.raises(ConfigError, match="lora, magnitude, random, taylor"):
+        get_criterion("nope")
+    assert available_criteria() == ["lora", "magnitude", "random", "taylor"]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+@pytest.mark.parametrize("ratio", [0.2, 0.5])
+def test_masked_equals_sliced_equals_merged(case, ratio):
+    model = tiny_model(case)
+    groups = discover_groups(model)
+    pm = _peft(model)
+    ids = _ids()
+    # the masked peft model scores with a random criterion and masks the lowest groups
+    crit = get_criterion("magnitude")
+    scores = model_scores(pm, groups, crit)
+    w = solve_widths(groups.layers[0], groups.hidden_size, ratio)
+    masks = MaskState.full(groups).install(pm, groups)
+    mask_lowest(masks, scores, groups, w.heads_per_kv, w.intermediate_size)
+    with torch.no_grad():
+        masked_logits = pm(input_ids=ids).logits
+        pm.base_model.disable_adapter_layers()
+        base_masked = pm(input_ids=ids).logits
+        pm.base_model.enable_adapter_layers()
+    assert not torch.allclose(masked_logits, base_masked, atol=1e-4), "LoRA must matter for the parity check"
+    merged = merge_and_slice(pm, groups, masks)
+    assert type(merged).__name__ == type(model).__name__
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    cfg = merged.config
+    assert cfg.num_attention_heads == w.num_heads and cfg.intermediate_size == w.intermediate_size
+    assert cfg.num_key_value_heads == w.num_kv_heads
+    with torch.no_grad():
+        merged_logits = merged(input_ids=ids).logits
+    torch.testing.assert_close(merged_logits, masked_logits, rtol=1e-4, atol=1e-5)
+    got = achieved_ratio(groups.layers[0], groups.hidden_size, w)
+    assert abs(got - ratio) < 0.2
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_save_and_stock_reload_identical(case, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(case)
+    groups = discover_groups(model)
+    masks = MaskState.full(groups)
+    for lm in masks.layers:
+        lm.heads[1] = False if not groups.layers[0].gqa else lm.heads[1]
+        lm.channels[3] = False
+    if groups.layers[0].gqa:
+        per = groups.layers[0].heads_per_kv
+        for lm in masks.layers:
+            for g in range(groups.layers[0].num_kv_heads):
+                lm.heads[g * per] = False
+    merged = merge_and_slice(model, groups, masks)
+    merged.save_pretrained(tmp_path)
+    re = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    stock = AutoModelForCausalLM.from_pretrained(tmp_path)  # default (sdpa) attention
+    ids = _ids()
+    with torch.no_grad():
+        ref = merged(input_ids=ids).logits
+        torch.testing.assert_close(re(input_ids=ids).logits, ref, rtol=0, atol=0)
+        torch.testing.assert_close(stock(input_ids=ids).logits, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5, float("nan")])
+def test_ratio_out_of_range(ratio):
+    g = discover_groups(tiny_model("llama-gqa"))
+    with pytest.raises(ConfigError, match="open interval"):
+        solve_widths(g.layers[0], g.hidden_size, ratio)
+
+
+def test_ratio_leaving_no_heads():
+    g = discover_groups(tiny_model("llama-gqa"))
+    with pytest.raises(ConfigError, match="no attention heads"):
+        solve_widths(g.layers[0], g.hidden_size, 0.99)
+
+
+def test_widths_balanced_on_smollm_shapes():
+    from compressor.groups import LayerGroups
+
+    lg = LayerGroups(0, 9, 3, 64, 1536)
+    w = solve_widths(lg, 576, 0.5)
+    assert (w.num_heads, w.num_kv_heads) == (3, 3) and w.intermediate_size % 8 == 0
+    assert abs(achieved_ratio(lg, 576, w) - 0.5) < 0.01
+    w2 = solve_widths(lg, 576, 0.2)
+    assert abs(achieved_ratio(lg, 576, w2) - 0.2) < 0.01

@@ -1,0 +1,50 @@
+"""Tiny random models shared by the tests (built in code, no hub)."""
+from __future__ import annotations
+
+import torch
+
+CASES = {
+    # name: (config class name, heads, kv heads, head_dim, hidden, intermediate)
+    "llama-mha": ("LlamaConfig", 4, 4, 8, 32, 48),
+    "llama-gqa": ("LlamaConfig", 6, 2, 8, 32, 40),
+    "qwen2-gqa": ("Qwen2Config", 4, 2, 8, 32, 48),
+    "mistral-mqa": ("MistralConfig", 4, 1, 8, 32, 48),
+}
+
+
+def tiny_model(case: str = "llama-mha", layers: int = 2, vocab: int = 96, seed: int = 0):
+    import transformers
+
+    cfg_name, heads, kv, hd, hidden, inter = CASES[case]
+    cfg_cls = getattr(transformers, cfg_name)
+    model_cls = getattr(transformers, cfg_name.replace("Config", "ForCausalLM"))
+    cfg = cfg_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                  num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd, max_position_embeddings=128,
+                  tie_word_embeddings=False, attn_implementation="eager")
+    torch.manual_seed(seed)
+    model = model_cls(cfg).eval()
+    return model
+
+
+def tiny_tokenizer(vocab: int = 96):
+    """A word-level tokenizer over a fixed vocabulary (no hub, no training)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>"] + [f"w{i}" for i in range(vocab - 3)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>")
+
+
+def tiny_text(n_words: int = 4000, vocab: int = 96, seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(seed)
+    # a learnable pattern: mostly counting sequences with noise
+    ids = []
+    x = 0
+    for _ in range(n_words):
+        x = (x + 1) % (vocab - 3) if torch.rand(1, generator=g).item() < 0.8 else int(torch.randint(0, vocab - 3, (1,), generator=g))
+        ids.append(x)
+    lines = [" ".join(f"w{i}" for i in ids[j:j + 50]) for j in range(0, len(ids), 50)]
+    return "\n\n".join(lines)
