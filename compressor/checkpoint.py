@@ -1,0 +1,109 @@
+"""Resumable training checkpoints: tensors in safetensors, structure in JSON, written atomically.
+
+A checkpoint holds the LoRA weights, optimizer and scheduler state, moving-average scores, masks, the
+step, the data position and the RNG states — everything needed so that a resumed run produces the same
+masks and weights as an uninterrupted one. No pickle is used.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import ResumeError
+from .io import atomic_output_dir
+
+CKPT_NAME = "last"
+
+
+def _flatten(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors in a nested structure by ``{"__tensor__": key}`` and collect them."""
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_key(k), _flatten(f"{prefix}.{k}", v, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(f"{prefix}.{i}", v, tensors) for i, v in enumerate(obj)]
+    if isinstance(obj, np.ndarray):
+        key = f"{prefix}"
+        tensors[key] = torch.from_numpy(obj.copy())
+        return {"__ndarray__": key, "dtype": str(obj.dtype)}
+    return obj
+
+
+def _key(k: Any) -> Any:
+    return {"__int__": k} if isinstance(k, int) else k
+
+
+def _unkey(k: Any) -> Any:
+    return k["__int__"] if isinstance(k, dict) and "__int__" in k else k
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return tensors[obj["__ndarray__"]].numpy().astype(obj["dtype"])
+        if "__dict__" in obj:
+            return {_unkey(k): _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        return {k: _unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
+            "numpy": [np_state[0], np_state[1], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def save_checkpoint(ckpt_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Atomically replace ``ckpt_dir/last`` with ``state`` (nested dicts/lists of tensors and JSON values)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    meta = _flatten("s", state, tensors)
+    root = Path(ckpt_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_output_dir(root / CKPT_NAME, force=True) as tmp:
+        save_file(tensors, str(tmp / "tensors.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(meta))
+    return root / CKPT_NAME
+
+
+def load_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read what :func:`save_checkpoint` wrote. Raises :class:`ResumeError` if missing or corrupt."""
+    from safetensors.torch import load_file
+
+    path = Path(ckpt_dir) / CKPT_NAME
+    if not (path / "state.json").is_file() or not (path / "tensors.safetensors").is_file():
+        raise ResumeError(f"no checkpoint to resume in {str(Path(ckpt_dir))!r} (expected {str(path)!r}); "
+                          f"run without --resume, or with --save-every N to write checkpoints")
+    try:
+        meta = json.loads((path / "state.json").read_text())
+        tensors = load_file(str(path / "tensors.safetensors"))
+        return _unflatten(meta, tensors)
+    except Exception as exc:
+        raise ResumeError(f"checkpoint {str(path)!r} is corrupt: {exc}") from exc
+
+
+def has_checkpoint(ckpt_dir: str | os.PathLike) -> bool:
+    return (Path(ckpt_dir) / CKPT_NAME / "state.json").is_file()

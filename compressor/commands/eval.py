@@ -1,0 +1,66 @@
+"""``compress eval``: perplexity and zero-shot accuracy of a model, written to ``eval_report.json``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def default_report_path(model: str) -> Path:
+    """Where ``compress eval MODEL`` writes its report when ``--out`` is not given.
+
+    A model folder gets ``MODEL/eval_report.json`` (next to its config and weights); a ``.gguf`` file gets
+    ``eval_report.json`` in the file's folder; a built-in name gets ``./eval_report.json``.
+    """
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return p / "eval_report.json"
+    if p.is_file():
+        return p.parent / "eval_report.json"
+    return Path("eval_report.json")
+
+
+@click.command("eval")
+@click.argument("model_dir", metavar="MODEL_DIR")
+@click.option("--tasks", "-t", default="wikitext2", show_default=True,
+              help="Comma-separated tasks: wikitext2, ptb (perplexity); piqa, arc_challenge, boolq, winogrande, "
+                   "openbookqa, hellaswag (zero-shot, lm-eval prompts); groups: zeroshot, ppl.")
+@click.option("--limit", type=int, default=None, help="Score only the first N items of each zero-shot task.")
+@click.option("--seq-len", type=int, default=None,
+              help="Perplexity window in tokens [default: min(2048, max_position_embeddings)].")
+@click.option("--max-windows", type=int, default=None, help="Score only the first N perplexity windows.")
+@click.option("--batch-size", type=int, default=None,
+              help="Windows per forward (perplexity, default 1) / sequences per forward (zero-shot, default 8).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--add-bos", is_flag=True, help="Start each perplexity window with BOS (off: the papers' protocol).")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Report path [default: MODEL_DIR/eval_report.json].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, add_bos, out, quiet):
+    """Evaluate MODEL_DIR (HF folder, .gguf file or built-in name) and write eval_report.json.
+
+    \b
+    Examples:
+      compress eval pruned/ --tasks wikitext2,ptb --max-windows 8
+      compress eval pruned/ --tasks piqa,boolq --limit 200 --out reports/pruned.json
+    """
+    from ..errors import ConfigError
+    from ..evaluate import evaluate, resolve_tasks
+    from ..io import write_json
+
+    resolve_tasks(tasks)  # fail on a bad task name before loading the model
+    out_path = Path(out) if out else default_report_path(model_dir)
+    if out_path.exists() and out_path.is_dir():
+        raise ConfigError(f"--out {str(out_path)!r} is a folder; give a file path")
+    parent = out_path.absolute().parent
+    if not parent.is_dir():
+        raise ConfigError(f"--out folder {str(parent)!r} does not exist")
+
+    def log(line: str) -> None:
+        click.echo(line, err=True)
+
+    report = evaluate(model_dir, tasks, seq_len=seq_len, limit=limit, max_windows=max_windows,
+                      batch_size=batch_size, add_bos=add_bos, dtype=dtype, progress=not quiet, log=log)
+    write_json(out_path, report.to_dict())
+    click.echo(report.table())
+    click.echo(f"report: {out_path}")

@@ -1,0 +1,93 @@
+"""Re-save a model (HF folder, ``.gguf`` file, built-in name or loaded model) as a plain HF safetensors folder.
+
+GGUF weights are dequantized by :func:`compressor.models.load_model`; the tokenizer is saved as
+``tokenizer.json`` and a GGUF copy saved as ``tokenizer.model`` is removed (see
+:func:`exporters.onnx.drop_gguf_tokenizer_model`).
+
+Example:
+    >>> from exporters import export_safetensors                          # doctest: +SKIP
+    >>> export_safetensors("smollm2-135m", "smollm2_hf", force=True)       # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from compressor.errors import ExportError
+from compressor.io import atomic_output_dir, check_output_dir, write_json
+
+from .onnx import REPORT_FILE, ExportResult, _model_summary, _versions, list_files, load_for_export, save_tokenizer
+
+
+def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, tokenizer=None,
+                       max_shard_size: str = "5GB") -> ExportResult:
+    """Save ``model`` as a Hugging Face folder with ``*.safetensors`` weights and the tokenizer.
+
+    Args:
+        model: HF folder, ``.gguf`` file, built-in name (``smollm2-135m``) or a loaded ``PreTrainedModel``.
+        out: output folder, written atomically.
+        force: replace a non-empty ``out`` (default False).
+        tokenizer: tokenizer to save with a loaded model (a spec's own tokenizer is used otherwise).
+        max_shard_size: largest weight file (default ``"5GB"``).
+
+    After saving, the folder's config is reloaded, the safetensors tensor names are checked against the
+    model's state dict, and the tokenizer is reloaded from ``tokenizer.json`` and must encode a sample
+    identically. ``export_report.json`` records the files and checks.
+
+    Returns:
+        :class:`ExportResult` with ``format="safetensors"``.
+
+    Raises:
+        ModelLoadError, UnsupportedArchitectureError, OutputExistsError, ConfigError, ExportError.
+
+    Example:
+        >>> res = export_safetensors("model.gguf", "model_hf")               # doctest: +SKIP
+        >>> sorted(res.files)[:2]                                             # doctest: +SKIP
+        ['config.json', 'export_report.json']
+    """
+    t0 = time.perf_counter()
+    check_output_dir(out, force)
+    model, tokenizer, spec = load_for_export(model, tokenizer)
+    report: dict[str, Any] = {"format": "safetensors", "source": str(spec), "model": _model_summary(model.config),
+                              "versions": _versions()}
+    with atomic_output_dir(out, force) as tmp:
+        try:
+            model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
+        except Exception as exc:
+            raise ExportError(f"saving the model failed: {type(exc).__name__}: {exc}") from exc
+        report["tokenizer"] = save_tokenizer(tokenizer, tmp)
+        report["checks"] = _check_folder(model, tmp)
+        files = list_files(tmp)
+        report["files"] = files
+        report["total_bytes"] = sum(files.values())
+        report["seconds"] = time.perf_counter() - t0
+        write_json(tmp / REPORT_FILE, report)
+    files = list_files(out)
+    return ExportResult(path=Path(out), format="safetensors", files=files, total_bytes=sum(files.values()),
+                        validated=True, seconds=report["seconds"], report=report)
+
+
+def _check_folder(model, folder: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(str(folder))
+    except Exception as exc:
+        raise ExportError(f"the saved config does not reload: {exc}") from exc
+    if getattr(cfg, "quantization_config", None):
+        raise ExportError("the saved config still has a quantization_config; it would not load as plain weights")
+    names: set[str] = set()
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            names.update(fh.keys())
+    if not names:
+        raise ExportError("no *.safetensors file was written")
+    expected = set(model.state_dict())
+    tied = {k for k in expected - names if k.endswith("lm_head.weight")}
+    missing = expected - names - tied
+    if missing:
+        raise ExportError(f"the saved weights lack {len(missing)} tensors, e.g. {sorted(missing)[:3]}")
+    return {"config_reload_ok": True, "tensors": len(names), "tied_not_saved": sorted(tied)}

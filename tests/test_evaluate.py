@@ -1,0 +1,344 @@
+"""compressor.evaluate: perplexity against a hand computation, lm-eval style multiple choice, evaluate(), CLI."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compressor import assets as assets_mod
+from compressor import evaluate as ev
+from compressor.errors import CalibrationError, ConfigError, NonFiniteError
+
+WORDS = ("the cat sat on a mat . dog ran far away and then slept in sun ! my good bad thing very "
+         "Question Answer : ? \n yes no Sarah Maria likes hates cats dogs x y z w").split()
+
+
+def make_tokenizer(words=WORDS):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+
+
+def make_llama(vocab_size, max_pos=64, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos,
+                      attn_implementation="eager")
+    return LlamaForCausalLM(cfg).eval()
+
+
+class TableModel(torch.nn.Module):
+    """Logits = ``strength`` on ``next_map[current token]`` (0 elsewhere): a model whose preferences are known."""
+
+    def __init__(self, vocab_size, next_map=None, strength=12.0, default=None, max_pos=128):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        table = torch.zeros(vocab_size, vocab_size)
+        for a in range(vocab_size):
+            b = (next_map or {}).get(a, default)
+            if b is not None:
+                table[a, b] = strength
+        self.register_buffer("table", table)
+        self.config = SimpleNamespace(max_position_embeddings=max_pos)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return SimpleNamespace(logits=self.table[input_ids] + 0 * self.dummy)
+
+
+TEXT = ("the cat sat on a mat . the dog ran far away and then slept in the sun ! my cat sat on my mat . "
+        "a dog and a cat ran far . ") * 3
+
+
+def manual_nll(model, ids, seq_len, bos=None):
+    """Independent reference: per-window log_softmax, NLL of every token but the first."""
+    per = seq_len - (1 if bos is not None else 0)
+    total, count = 0.0, 0
+    for i in range(len(ids) // per):
+        w = ids[i * per:(i + 1) * per]
+        if bos is not None:
+            w = [bos] + w
+        x = torch.tensor([w])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x).logits[0].double(), dim=-1)
+        for p in range(1, len(w)):
+            total -= logp[p - 1, w[p]].item()
+            count += 1
+    return total / count, count
+
+
+# ---------------------------------------------------------------------------------------------- perplexity
+
+def test_perplexity_matches_hand_computation():
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    nll, count = manual_nll(model, ids, 16)
+    r = ev.perplexity(model, tok, TEXT, seq_len=16)
+    assert r["windows"] == len(ids) // 16 and r["tokens"] == count == r["windows"] * 15
+    assert r["nll"] == pytest.approx(nll, rel=1e-5)
+    assert r["ppl"] == pytest.approx(math.exp(nll), rel=1e-5)
+    assert r["seq_len"] == 16 and r["text_tokens"] == len(ids) and "non-overlapping" in r["protocol"]
+    # batched windows give the same number
+    assert ev.perplexity(model, tok, TEXT, seq_len=16, batch_size=3)["nll"] == pytest.approx(nll, rel=1e-5)
+    # token ids and a list of documents are accepted
+    assert ev.perplexity(model, tok, torch.tensor(ids), seq_len=16)["nll"] == pytest.approx(nll, rel=1e-5)
+
+
+def test_perplexity_bos_max_windows_and_tail():
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    nll, count = manual_nll(model, ids, 16, bos=tok.bos_token_id)
+    r = ev.perplexity(model, tok, TEXT, seq_len=16, add_bos=True)
+    assert r["nll"] == pytest.approx(nll, rel=1e-5) and r["tokens"] == count and r["add_bos"]
+    first, _ = manual_nll(model, ids[:32], 16)
+    r2 = ev.perplexity(model, tok, TEXT, seq_len=16, max_windows=2)
+    assert r2["windows"] == 2 and r2["tokens"] == 30 and r2["nll"] == pytest.approx(first, rel=1e-5)
+    assert "first 2 of" in r2["protocol"]
+    # drop_last=False scores the incomplete tail too
+    n = len(ids)
+    assert n % 16 >= 2
+    r3 = ev.perplexity(model, tok, TEXT, seq_len=16, drop_last=False)
+    assert r3["tokens"] == (n // 16) * 15 + (n % 16 - 1)
+    # default seq_len is min(2048, max_position_embeddings)
+    assert ev.perplexity(model, tok, TEXT * 2)["seq_len"] == 64
+
+
+def test_perplexity_errors():
+    tok = make_tokenizer()
+    model = make_llama(len(tok), max_pos=32)
+    with pytest.raises(ConfigError, match="max_position_embeddings 32"):
+        ev.perplexity(model, tok, TEXT, seq_len=64)
+    with pytest.raises(CalibrationError, match="has 3 tokens; need at least 16"):
+        ev.perplexity(model, tok, "the cat sat", seq_len=16)
+    with pytest.raises(ConfigError):
+        ev.perplexity(model, tok, TEXT, seq_len=16, max_windows=0)
+    with pytest.raises(ConfigError):
+        ev.perplexity(model, tok, TEXT, seq_len=16, batch_size=0)
+
+    class NaNModel(TableModel):
+        def forward(self, input_ids, attention_mask=None, use_cache=None):
+            return SimpleNamespace(logits=torch.full((*input_ids.shape, self.table.shape[0]), float("nan")))
+
+    with pytest.raises(NonFiniteError):
+        ev.perplexity(NaNModel(len(tok)), tok, TEXT, seq_len=16)
+
+
+def test_perplexity_restores_training_mode():
+    tok = make_tokenizer()
+    model = make_llama(len(tok)).train()
+    ev.perplexity(model, tok, TEXT, seq_len=16, max_windows=1)
+    assert model.training
+
+
+# ---------------------------------------------------------------------------------------------- loglikelihood
+
+def test_loglikelihoods_match_hand_computation_and_batching():
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    reqs = [("the cat sat on", " a mat ."), ("dog ran", " far"), ("my cat ", "sat on my mat"), ("", " the dog")]
+    got1 = ev.loglikelihoods(model, tok, reqs, batch_size=1)
+    got3 = ev.loglikelihoods(model, tok, reqs, batch_size=3)
+    for (ctx, cont), a, b in zip(reqs, got1, got3):
+        if ctx.endswith(" "):  # lm-eval moves trailing context spaces to the continuation
+            ctx, cont = ctx.rstrip(), " " + cont
+        c = tok(ctx, add_special_tokens=False)["input_ids"] if ctx else [tok.bos_token_id]
+        k = tok(cont, add_special_tokens=False)["input_ids"]
+        x = torch.tensor([c + k])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x).logits[0].double(), -1)
+        want = sum(logp[len(c) - 1 + j, t].item() for j, t in enumerate(k))
+        assert a == pytest.approx(want, abs=1e-4) and b == pytest.approx(want, abs=1e-4)
+
+
+def test_loglikelihood_left_truncation():
+    tok = make_tokenizer()
+    model = make_llama(len(tok), max_pos=8)
+    ctx = "the cat sat on a mat . the dog ran far"
+    got = ev.loglikelihoods(model, tok, [(ctx, " away")], max_length=8)[0]
+    ids = tok(ctx + " away", add_special_tokens=False)["input_ids"][-9:]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids[:-1]])).logits[0].double(), -1)
+    assert got == pytest.approx(logp[-1, ids[-1]].item(), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+def test_build_doc_prompts():
+    piqa = ev.build_doc("piqa", {"goal": "Open a jar", "choices": ["twist", "smash"], "labels": ["A", "B"],
+                                 "answer": "B"})
+    assert piqa.contexts == ["Question: Open a jar\nAnswer:"] * 2
+    assert piqa.continuations == [" twist", " smash"] and piqa.gold == 1
+    arc = ev.build_doc("arc_challenge", {"question": "Q?", "choices": ["a", "b", "c"], "labels": ["A", "B", "C"],
+                                         "answer": "C"})
+    assert arc.contexts[0] == "Question: Q?\nAnswer:" and arc.gold == 2
+    obqa = ev.build_doc("openbookqa", {"question": "Fog is near", "choices": ["a marsh", "b"],
+                                       "labels": ["A", "B"], "answer": "A"})
+    assert obqa.contexts[0] == "Fog is near" and obqa.continuations[0] == " a marsh" and obqa.gold == 0
+    boolq = ev.build_doc("boolq", {"passage": "P -- text.", "question": "is it", "answer": "yes"})
+    assert boolq.contexts[0] == "P -- text.\nQuestion: is it?\nAnswer:"
+    assert boolq.continuations == [" no", " yes"] and boolq.gold == 1
+    hs = ev.build_doc("hellaswag", {"question": "Man on roof [title] he", "choices": [" pulls  it [x]up. ", "b"],
+                                    "labels": ["A", "B"], "answer": "A"})
+    assert hs.contexts[0] == "Man on roof.  he".replace("  ", " ") and hs.continuations[0] == " pulls it up."
+    wg = ev.build_doc("winogrande", {"sentence": "Sarah beat Maria so _ won the cup.", "choices": ["Sarah", "Maria"],
+                                     "labels": ["A", "B"], "answer": "A"})
+    assert wg.contexts == ["Sarah beat Maria so Sarah", "Sarah beat Maria so Maria"]
+    assert wg.continuations == [" won the cup."] * 2 and wg.gold == 0
+    with pytest.raises(CalibrationError, match="answer 'E' is not one of its labels"):
+        ev.build_doc("piqa", {"goal": "g", "choices": ["a"], "labels": ["A"], "answer": "E"})
+    with pytest.raises(CalibrationError, match="no field 'goal'"):
+        ev.build_doc("piqa", {"question": "g", "choices": ["a"], "labels": ["A"], "answer": "A"})
+
+
+# ---------------------------------------------------------------------------------------------- zero-shot
+
+def _rows_fixture(tmp_path, monkeypatch, rows_by_task):
+    files = {}
+    for task, rows in rows_by_task.items():
+        p = tmp_path / f"{task}.jsonl"
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        files[f"benchkit-{task}"] = p
+    monkeypatch.setattr(assets_mod, "fetch_asset", lambda name, **kw: files[name])
+
+
+def test_zero_shot_picks_known_answer(tmp_path, monkeypatch):
+    tok = make_tokenizer()
+    v = tok.convert_tokens_to_ids
+    # after ":" the model wants "good", then "good" again; after "Sarah" it wants "likes", after "Maria" "hates"
+    model = TableModel(len(tok), {v(":"): v("good"), v("good"): v("good"), v("Sarah"): v("likes"),
+                                  v("Maria"): v("hates"), v("likes"): v("cats"), v("hates"): v("cats")})
+    _rows_fixture(tmp_path, monkeypatch, {
+        "piqa": [
+            {"goal": "the cat", "choices": ["good good", "bad thing"], "labels": ["A", "B"], "answer": "A"},
+            {"goal": "a dog", "choices": ["bad bad", "good good"], "labels": ["A", "B"], "answer": "B"},
+            {"goal": "my sun", "choices": ["very bad", "thing", "good"], "labels": ["A", "B", "C"], "answer": "C"},
+        ],
+        "winogrande": [
+            {"sentence": "x said _ likes cats .", "choices": ["Sarah", "Maria"], "labels": ["A", "B"], "answer": "A"},
+            {"sentence": "y said _ hates cats .", "choices": ["Sarah", "Maria"], "labels": ["A", "B"], "answer": "B"},
+        ],
+    })
+    report = ev.evaluate(model, "piqa,winogrande", tokenizer=tok)
+    assert report.results["piqa"]["acc"] == 1.0 and report.results["piqa"]["acc_norm"] == 1.0
+    assert report.results["winogrande"] == {"acc": 1.0, "acc_stderr": 0.0}
+    assert report.details["piqa"]["n"] == 3 and "Question:" in report.details["piqa"]["protocol"]
+    # a model that prefers the wrong tokens scores 0
+    bad = TableModel(len(tok), {v(":"): v("bad"), v("bad"): v("bad")})
+    assert ev.evaluate(bad, ["piqa"], tokenizer=tok, limit=2).results["piqa"]["acc"] == 0.0
+
+
+def test_acc_norm_divides_by_characters():
+    tok = make_tokenizer()
+    model = TableModel(len(tok))  # uniform: every token costs log(V)
+    # choice 0: 1 token / 1 char; choice 1: 2 tokens / 8 chars -> acc picks 0, acc_norm picks 1
+    doc = ev.MCDoc(["the cat"] * 2, [" a", " very bad"], ["a", "very bad"], gold=1)
+    r = ev.score_multiple_choice(model, tok, [doc])
+    assert r["acc"] == 0.0 and r["acc_norm"] == 1.0
+    doc0 = ev.MCDoc(["the cat"] * 2, [" a", " very bad"], ["a", "very bad"], gold=0)
+    r = ev.score_multiple_choice(model, tok, [doc, doc0])
+    assert r["acc"] == 0.5 and r["acc_norm"] == 0.5 and r["acc_stderr"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------- evaluate()
+
+@pytest.fixture
+def shared_text(tmp_path, monkeypatch):
+    root = tmp_path / "shared"
+    (root / "wikitext2").mkdir(parents=True)
+    (root / "wikitext2" / "test.txt").write_text(TEXT)
+    monkeypatch.setenv("COMPRESS_SHARED_DATA", str(root))
+    return root
+
+
+def test_evaluate_perplexity_task(shared_text):
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    report = ev.evaluate(model, ["wikitext2"], tokenizer=tok, seq_len=16, max_windows=3)
+    direct = ev.perplexity(model, tok, TEXT, seq_len=16, max_windows=3)
+    assert report.results["wikitext2"]["ppl"] == pytest.approx(direct["ppl"])
+    assert report.details["wikitext2"]["windows"] == 3 and report.config["seq_len"] == 16
+    d = json.loads(json.dumps(report.to_dict()))
+    assert set(d) == {"results", "config", "details"} and d["config"]["max_windows"] == 3
+    table = report.table()
+    assert "wikitext2" in table and "ppl" in table
+
+
+def test_evaluate_errors():
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    with pytest.raises(ConfigError) as ei:
+        ev.evaluate(model, "wikitext2,mmlu", tokenizer=tok)
+    assert "'mmlu'" in str(ei.value) and "piqa" in str(ei.value) and "hellaswag" in str(ei.value)
+    with pytest.raises(ConfigError, match="tokenizer"):
+        ev.evaluate(model, "piqa")
+    with pytest.raises(ConfigError, match="limit"):
+        ev.evaluate(model, "piqa", tokenizer=tok, limit=0)
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
+        ev.evaluate(model, "wikitext2", tokenizer=tok, seq_len=4096)
+    assert ev.resolve_tasks("zeroshot,wikitext2") == ev.TASK_GROUPS["zeroshot"] + ["wikitext2"]
+    assert ev.resolve_tasks(["PTB", "ptb"]) == ["ptb"]
+    with pytest.raises(ConfigError, match="no tasks"):
+        ev.resolve_tasks(" , ")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+def test_cli_eval_writes_report(tmp_path, shared_text):
+    from click.testing import CliRunner
+
+    from compressor.commands.eval import eval_cmd
+
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    mdir = tmp_path / "model"
+    model.save_pretrained(mdir)
+    tok.save_pretrained(mdir)
+    runner = CliRunner()
+    res = runner.invoke(eval_cmd, [str(mdir), "--tasks", "wikitext2", "--seq-len", "16", "--max-windows", "2", "-q"])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report = json.loads((mdir / "eval_report.json").read_text())
+    assert report["results"]["wikitext2"]["ppl"] > 1 and report["details"]["wikitext2"]["windows"] == 2
+    assert "wikitext2" in res.output and "ppl" in res.output
+    out = tmp_path / "r.json"
+    res = runner.invoke(eval_cmd, [str(mdir), "--tasks", "wikitext2", "--seq-len", "16", "--max-windows", "1",
+                                   "--out", str(out), "-q"])
+    assert res.exit_code == 0 and json.loads(out.read_text())["config"]["max_windows"] == 1
+    res = runner.invoke(eval_cmd, [str(mdir), "--tasks", "nope"])
+    assert isinstance(res.exception, ConfigError) and "valid tasks" in str(res.exception)
+
+
+# ---------------------------------------------------------------------------------------------- real model
+
+def _smollm2_spec():
+    p = os.environ.get("LORAPRESS_SMOLLM2_HF", "/tmp/sm_hf")
+    return p if Path(p, "config.json").is_file() else "smollm2-135m"
+
+
+@pytest.mark.slow
+def test_smollm2_wikitext2_first_window():
+    from calibration import load_eval_text, shared_data_dir
+    from compressor.models import load_model
+
+    try:
+        shared_data_dir("wikitext2/test.txt")
+    except CalibrationError:
+        pytest.skip("shared/data/wikitext2 not present")
+    model, tok, _ = load_model(_smollm2_spec())
+    r = ev.perplexity(model, tok, load_eval_text("wikitext2"), seq_len=2048, max_windows=1)
+    assert r["ppl"] == pytest.approx(15.15, abs=0.05)

@@ -1,0 +1,127 @@
+"""The progressive LoRAPrune loop, the CLI and its outputs, on tiny random models."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from compressor.cli import main
+from compressor.config import PruneConfig
+from compressor.prune import prune
+from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
+
+
+def _cfg(**kw):
+    base = dict(ratio=0.5, steps=12, prune_every=2, seq_len=32, batch_size=2, eval_windows=2, eval_seq_len=64, lr=1e-3)
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+@pytest.mark.parametrize("case", ["llama-mha", "llama-gqa", "qwen2-gqa", "mistral-mqa"])
+@pytest.mark.parametrize("criterion", ["lora", "taylor", "magnitude", "random"])
+def test_prune_runs_and_reaches_ratio(case, criterion):
+    m = tiny_model(case)
+    tok = tiny_tokenizer()
+    text = tiny_text(3000)
+    res = prune(m, _cfg(criterion=criterion), [text], tokenizer=tok, eval_text=text)
+    r = res.report
+    assert r["ratio_asked"] == 0.5 and abs(r["ratio_achieved"] - 0.5) < 0.2
+    assert r["params_total_after"] < r["params_total_before"]
+    assert r["history"][-1]["sparsity"] == pytest.approx(r["ratio_achieved"], abs=1e-6)
+    sp = [h["sparsity"] for h in r["history"]]
+    assert sp == sorted(sp) and sp[0] < sp[-1], "progressive schedule: sparsity rises monotonically"
+    assert r["perplexity_before"]["ppl"] > 0 and r["perplexity_after"]["ppl"] > 0
+    assert not any("lora" in n for n, _ in res.model.named_parameters())
+    assert res.model.config.num_attention_heads == r["widths_after"]["num_attention_heads"]
+
+
+def test_lora_criterion_leaves_base_without_grad():
+    from compressor.criteria import get_criterion
+    from compressor.groups import discover_groups
+    from compressor.prune import _wrap_lora
+    from compressor.scoring import model_scores
+
+    m = tiny_model("llama-gqa")
+    groups = discover_groups(m)
+    pm = _wrap_lora(m, _cfg())
+    ids = torch.randint(0, 96, (2, 16))
+    pm(input_ids=ids, labels=ids).loss.backward()
+    base = [p for n, p in pm.named_parameters() if "lora_" not in n]
+    assert all(not p.requires_grad and p.grad is None for p in base), "W0 must never get a gradient"
+    scores = model_scores(pm, groups, get_criterion("lora"))
+    assert all(torch.isfinite(s.heads).all() and s.channels.abs().sum() > 0 for s in scores)
+    pm_t = _wrap_lora(tiny_model("llama-gqa"), _cfg(criterion="taylor"))
+    assert any(p.requires_grad for n, p in pm_t.named_parameters() if "base_layer.weight" in n)
+
+
+def test_prune_is_deterministic():
+    text = tiny_text(2000)
+    a = prune(tiny_model("llama-gqa"), _cfg(steps=6), [text], tokenizer=tiny_tokenizer())
+    b = prune(tiny_model("llama-gqa"), _cfg(steps=6), [text], tokenizer=tiny_tokenizer())
+    assert a.report["kept"] == b.report["kept"]
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
+
+
+def test_separate_mode_prunes_once():
+    res = prune(tiny_model("llama-mha"), _cfg(joint=False), [tiny_text(2000)], tokenizer=tiny_tokenizer())
+    ev = res.report["schedule"]["events"]
+    assert len(ev) == 1 and ev[0]["step"] == 2 and res.report["mode"] == "separate"
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    d = tmp_path / "tiny"
+    m = tiny_model("llama-gqa")
+    m.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    (tmp_path / "calib.txt").write_text(tiny_text(3000))
+    return d
+
+
+def _run(args):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_cli_prune_writes_stock_model(model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    r = _run(["prune", str(model_dir), "--ratio", "0.5", "--data", str(tmp_path / "calib.txt"), "--out", str(out),
+              "--steps", "6", "--prune-every", "2", "--seq-len", "32", "--eval-data", str(tmp_path / "calib.txt"),
+              "--eval-windows", "2", "--eval-seq-len", "64", "--quiet"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "compression_report.json").read_text())
+    assert rep["perplexity_after"]["ppl"] > 0 and rep["ratio_achieved"] > 0.3
+    assert (out / "pruning_plan.safetensors").is_file() and (out / "model.safetensors").is_file()
+    m = AutoModelForCausalLM.from_pretrained(out)
+    assert m.config.num_attention_heads == rep["widths_after"]["num_attention_heads"]
+    ids = torch.tensor([[1, 5, 6, 7]])
+    assert m.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 7)
+    assert not list(tmp_path.glob(".out.tmp-*")), "no temporary folder left behind"
+    assert not (tmp_path / "out.ckpt").exists(), "checkpoints are removed after success"
+    # refuses to overwrite without --force
+    r2 = _run(["prune", str(model_dir), "--ratio", "0.5", "--data", str(tmp_path / "calib.txt"), "--out", str(out),
+               "--steps", "6", "--prune-every", "2", "--seq-len", "32", "--quiet"])
+    assert r2.exit_code == 2 and "--force" in r2.output
+    # re-prune at another ratio from the saved plan
+    out3 = tmp_path / "out3"
+    r3 = _run(["prune", str(model_dir), "--ratio", "0.3", "--data", str(tmp_path / "calib.txt"), "--out", str(out3),
+               "--steps", "4", "--prune-every", "2", "--seq-len", "32", "--from-plan", str(out), "--eval-data", "none",
+               "--quiet"])
+    assert r3.exit_code == 0, r3.output
+    rep3 = json.loads((out3 / "compression_report.json").read_text())
+    assert rep3["mode"] == "from-plan" and rep3["plan_source"] == str(out) and rep3["schedule"]["events"] == []
+
+
+def test_cli_yaml_config(model_dir, tmp_path):
+    cfgf = tmp_path / "c.yaml"
+    cfgf.write_text("ratio: 0.4\nsteps: 4\nprune_every: 2\nseq_len: 32\neval_windows: 0\n")
+    out = tmp_path / "o"
+    r = _run(["prune", str(model_dir), "--config", str(cfgf), "--steps", "6", "--data", str(tmp_path / "calib.txt"),
+              "--out", str(out), "--quiet"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "compression_report.json").read_text())
+    assert rep["config"]["ratio"] == 0.4 and rep["config"]["steps"] == 6  # CLI wins over the file
