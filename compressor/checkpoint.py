@@ -6,9 +6,11 @@ masks and weights as an uninterrupted one. No pickle is used.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,12 @@ import numpy as np
 import torch
 
 from .errors import ResumeError
-from .io import atomic_output_dir
+from .io import atomic_write_text
 
 CKPT_NAME = "last"
+STATE_FILE = "state.json"
+LEGACY_TENSORS = "tensors.safetensors"
+CKPT_FORMAT = 2
 
 
 def _flatten(prefix: str, obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
@@ -76,17 +81,53 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Atomically replace ``ckpt_dir/last`` with ``state`` (nested dicts/lists of tensors and JSON values)."""
+    """Atomically replace the checkpoint in ``ckpt_dir/last`` with ``state`` (nested dicts/lists of tensors
+    and JSON values).
+
+    The tensors go to a new uniquely named ``tensors-*.safetensors`` file first; then ``state.json``, which
+    names that file, is replaced in one ``os.replace`` — the single commit point. A process killed at any
+    moment (even ``kill -9``) therefore leaves either the previous complete checkpoint or the new one,
+    never a mix and never none. Files of older checkpoints are removed after the commit.
+    """
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
     meta = _flatten("s", state, tensors)
-    root = Path(ckpt_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    with atomic_output_dir(root / CKPT_NAME, force=True) as tmp:
-        save_file(tensors, str(tmp / "tensors.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(meta))
-    return root / CKPT_NAME
+    path = Path(ckpt_dir) / CKPT_NAME
+    path.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix="tensors-", suffix=".safetensors", dir=path)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_name)
+        _fsync_file(tmp_name)
+        doc = {"format": CKPT_FORMAT, "step": state.get("step"), "run_id": state.get("run_id"),
+               "tensors": Path(tmp_name).name, "state": meta}
+        atomic_write_text(path / STATE_FILE, json.dumps(doc))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_file(path)
+    for f in path.iterdir():  # superseded tensors, and temp files of writes that were killed
+        stale = (f.name.startswith("tensors-") and f.name != Path(tmp_name).name) or f.name == LEGACY_TENSORS \
+            or f.name.startswith(f".{STATE_FILE}.")
+        if stale:
+            with contextlib.suppress(OSError):
+                f.unlink()
+    return path
+
+
+def _fsync_file(path: str | os.PathLike) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
@@ -94,16 +135,21 @@ def load_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     path = Path(ckpt_dir) / CKPT_NAME
-    if not (path / "state.json").is_file() or not (path / "tensors.safetensors").is_file():
-        raise ResumeError(f"no checkpoint to resume in {str(Path(ckpt_dir))!r} (expected {str(path)!r}); "
+    if not (path / STATE_FILE).is_file():
+        raise ResumeError(f"no checkpoint to resume in {str(Path(ckpt_dir))!r} (expected {str(path / STATE_FILE)!r}); "
                           f"run without --resume, or with --save-every N to write checkpoints")
     try:
-        meta = json.loads((path / "state.json").read_text())
-        tensors = load_file(str(path / "tensors.safetensors"))
+        doc = json.loads((path / STATE_FILE).read_text())
+        if isinstance(doc, dict) and "format" in doc:
+            meta, tensor_file = doc["state"], path / doc["tensors"]
+        else:  # layout of the first release: state.json holds the structure, tensors.safetensors the tensors
+            meta, tensor_file = doc, path / LEGACY_TENSORS
+        tensors = load_file(str(tensor_file))
         return _unflatten(meta, tensors)
     except Exception as exc:
-        raise ResumeError(f"checkpoint {str(path)!r} is corrupt: {exc}") from exc
+        raise ResumeError(f"checkpoint {str(path)!r} is corrupt: {type(exc).__name__}: {exc}; "
+                          f"delete {str(Path(ckpt_dir))!r} and run without --resume") from exc
 
 
 def has_checkpoint(ckpt_dir: str | os.PathLike) -> bool:
-    return (Path(ckpt_dir) / CKPT_NAME / "state.json").is_file()
+    return (Path(ckpt_dir) / CKPT_NAME / STATE_FILE).is_file()

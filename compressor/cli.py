@@ -4,6 +4,7 @@ Heavy libraries (torch, transformers) are imported inside the commands so ``comp
 """
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -12,7 +13,8 @@ from .errors import CompressError
 
 
 class _Group(click.Group):
-    """Turns :class:`CompressError` into a one-line message and exit code 2 (bad input) or 1 (failure)."""
+    """Turns :class:`CompressError` into a one-line message and exit code 2 (bad input) or 1 (failure);
+    an ``OSError`` (disk full, permission denied while writing ...) into a one-line message and exit code 1."""
 
     def invoke(self, ctx):
         try:
@@ -20,9 +22,23 @@ class _Group(click.Group):
         except CompressError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2 if isinstance(exc, (ValueError, FileExistsError)) else 1)
+        except OSError as exc:
+            click.echo(f"Error: {_os_error_message(exc)}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+
+
+def _os_error_message(exc: OSError) -> str:
+    msg = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename:
+        msg += f": {str(exc.filename)!r}"
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        msg += " - free disk space or write --out to another disk"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        msg += " - check the permissions of that path or choose another --out"
+    return msg
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -46,9 +46,9 @@ MULTIPLE_CHOICE_TASKS: dict[str, tuple[tuple[str, ...], str]] = {
     "winogrande": (("acc",), "WinoGrande dev (1,267); partial scoring: context = sentence up to '_' with the option "
                              "filled in, continuation = ' ' + the rest of the sentence"),
     "openbookqa": (("acc", "acc_norm"), "OpenBookQA test (500); '{question_stem}' + ' {choice}'"),
-    "hellaswag": (("acc", "acc_norm"), "HellaSwag validation, 1,000-item subset; preprocess(ctx) + ' ' + "
-                                       "preprocess(ending); the subset has no activity_label, so the prompt "
-                                       "lacks lm-eval's '{activity_label}: ' prefix"),
+    "hellaswag": (("acc", "acc_norm"), "HellaSwag validation, 1,000-item subset; preprocess(ctx_a + ' ' + "
+                                       "ctx_b.capitalize()) + ' ' + preprocess(ending); the subset has no "
+                                       "activity_label, so the prompt lacks lm-eval's '{activity_label}: ' prefix"),
 }
 
 TASK_GROUPS = {
@@ -395,7 +395,13 @@ def build_doc(task: str, row: dict, index: int = 0) -> MCDoc:
             elif task == "openbookqa":
                 ctx = row["question"]
             else:
-                ctx = _hellaswag_preprocess(row["question"])
+                # lm-eval builds ctx_a + " " + ctx_b.capitalize(); benchkit stores ctx_a + " " + ctx_b, with
+                # ctx_b the lower-case fragment after the last ". " -> capitalize it again
+                q = row["question"]
+                cut = q.rfind(". ")
+                if cut >= 0 and q[cut + 2:cut + 3].islower():
+                    q = q[:cut + 1] + " " + q[cut + 2:].capitalize()
+                ctx = _hellaswag_preprocess(q)
                 choices = [_hellaswag_preprocess(c) for c in choices]
             return MCDoc([ctx] * len(choices), [" " + c for c in choices], choices, _gold(row, task, index))
         if task == "boolq":
@@ -540,26 +546,110 @@ def _mean_stderr(values: Sequence[float]) -> float:
     return math.sqrt(var / n)
 
 
+def _supports_shared_context(model: Any) -> bool:
+    torch = _torch()
+    return (isinstance(model, torch.nn.Module) and _accepts(model, "past_key_values")
+            and _accepts(model, "use_cache") and _accepts(model, "attention_mask"))
+
+
+def multiple_choice_loglikelihoods(model: Any, tokenizer: Any, docs: Sequence[MCDoc], *,
+                                   batch_size: int = DEFAULT_MC_BATCH, max_length: int | None = None,
+                                   share_context: bool = True, progress: bool = False) -> list[list[float]]:
+    """Log-likelihood of every choice of every doc (``result[doc][choice]``, nats).
+
+    With ``share_context`` (default) and a Hugging Face torch model that takes ``past_key_values``, a doc
+    whose choices share one context runs that context once and scores all continuations from its KV cache
+    (one forward for the context, one batched forward for the continuations). The numbers are those of
+    :func:`loglikelihoods` up to float rounding; other docs (winogrande, truncated inputs, models without
+    a cache) go through :func:`loglikelihoods`.
+    """
+    torch = _torch()
+    if max_length is None:
+        mp = _max_positions(model)
+        max_length = min(2048, mp) if mp else 2048
+    out: list[list[float | None]] = [[None] * len(d.continuations) for d in docs]
+    plain: list[tuple[int, int, str, str]] = []
+    shared: list[tuple[int, list[int], list[list[int]]]] = []
+    use_shared = share_context and _supports_shared_context(model)
+    for di, d in enumerate(docs):
+        pairs = [_encode_pair(tokenizer, c, k) for c, k in zip(d.contexts, d.continuations)] if use_shared else []
+        if (use_shared and len(set(d.contexts)) == 1 and d.contexts[0] and pairs[0][0]
+                and all(p[0] == pairs[0][0] and p[1] for p in pairs)
+                and len(pairs[0][0]) + max(len(p[1]) for p in pairs) <= max_length + 1):
+            shared.append((di, pairs[0][0], [p[1] for p in pairs]))
+        else:
+            plain.extend((di, ci, c, k) for ci, (c, k) in enumerate(zip(d.contexts, d.continuations)))
+    if plain:
+        lls = loglikelihoods(model, tokenizer, [(c, k) for _, _, c, k in plain], batch_size=batch_size,
+                             max_length=max_length, progress=progress)
+        for (di, ci, _, _), v in zip(plain, lls):
+            out[di][ci] = v
+    if shared:
+        device = _model_device(model)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        pad = 0 if pad is None else pad
+        keep_last = _accepts(model, "logits_to_keep")
+        with _EvalMode(model):
+            for di, ctx, conts in _progress(shared, len(shared), "multiple choice", progress):
+                x = torch.tensor([ctx], dtype=torch.long, device=device)
+                kw = {"logits_to_keep": 1} if keep_last else {}
+                o1 = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, **kw)
+                first = torch.log_softmax(o1.logits[0, -1].float(), dim=-1)
+                past = o1.past_key_values
+                n = len(conts)
+                longest = max(len(k) for k in conts) - 1
+                rest = None
+                if longest > 0:
+                    if not hasattr(past, "batch_repeat_interleave"):
+                        for ci, k in enumerate(conts):
+                            out[di][ci] = loglikelihoods(model, tokenizer, [(docs[di].contexts[ci],
+                                                         docs[di].continuations[ci])], max_length=max_length)[0]
+                        continue
+                    past.batch_repeat_interleave(n)
+                    x2 = torch.full((n, longest), pad, dtype=torch.long)
+                    m2 = torch.zeros((n, len(ctx) + longest), dtype=torch.long)
+                    m2[:, :len(ctx)] = 1
+                    for ci, k in enumerate(conts):
+                        x2[ci, :len(k) - 1] = torch.tensor(k[:-1], dtype=torch.long)
+                        m2[ci, len(ctx):len(ctx) + len(k) - 1] = 1
+                    o2 = model(input_ids=x2.to(device), attention_mask=m2.to(device), past_key_values=past,
+                               use_cache=True)
+                    rest = torch.log_softmax(o2.logits.float(), dim=-1)
+                for ci, k in enumerate(conts):
+                    v = float(first[k[0]].double())
+                    if len(k) > 1:
+                        tgt = torch.tensor(k[1:], dtype=torch.long, device=rest.device)
+                        v += float(rest[ci, :len(k) - 1].gather(-1, tgt[:, None]).sum().double())
+                    out[di][ci] = v
+    return out  # type: ignore[return-value]
+
+
 def score_multiple_choice(model: Any, tokenizer: Any, docs: Sequence[MCDoc], *, metrics: Sequence[str] = ("acc", "acc_norm"),
                           batch_size: int = DEFAULT_MC_BATCH, max_length: int | None = None,
-                          progress: bool = False) -> dict[str, float]:
+                          share_context: bool = True, progress: bool = False) -> dict[str, float]:
     """Accuracy of ``model`` on multiple-choice ``docs``.
 
     ``acc``: the choice with the largest summed log-probability is the prediction. ``acc_norm``: the
     largest log-probability divided by ``len(choice)`` (characters, as lm-evaluation-harness). Ties go to
     the first choice (``argmax``). Also returns ``<metric>_stderr`` (sample standard error of the mean).
 
+    Args:
+        model, tokenizer: the causal LM and its tokenizer.
+        docs: items built with :func:`build_doc` (or by hand).
+        metrics: any of ``acc``, ``acc_norm``.
+        batch_size: sequences per forward on the plain path (default 8).
+        max_length: longest input (default ``min(2048, max_position_embeddings)``).
+        share_context: run a shared context once and score the choices from its KV cache (default True).
+        progress: show a progress bar.
+
     Example:
         >>> score_multiple_choice(model, tok, [build_doc("piqa", row) for row in rows])   # doctest: +SKIP
         {'acc': 0.62, 'acc_stderr': 0.011, 'acc_norm': 0.61, 'acc_norm_stderr': 0.011}
     """
-    requests = [(c, k) for d in docs for c, k in zip(d.contexts, d.continuations)]
-    lls = loglikelihoods(model, tokenizer, requests, batch_size=batch_size, max_length=max_length, progress=progress)
+    all_lls = multiple_choice_loglikelihoods(model, tokenizer, docs, batch_size=batch_size, max_length=max_length,
+                                             share_context=share_context, progress=progress)
     per_metric: dict[str, list[float]] = {m: [] for m in metrics}
-    pos = 0
-    for d in docs:
-        ll = lls[pos:pos + len(d.continuations)]
-        pos += len(d.continuations)
+    for d, ll in zip(docs, all_lls):
         if "acc" in per_metric:
             per_metric["acc"].append(float(_argmax(ll) == d.gold))
         if "acc_norm" in per_metric:

@@ -21,7 +21,7 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
     """Validate an output folder path before any work starts.
 
     Raises:
-        ConfigError: ``out`` exists and is a file.
+        ConfigError: ``out`` exists and is a file, sits under a file, or its parent is not writable.
         OutputExistsError: ``out`` is a non-empty folder and ``force`` is False.
     """
     path = Path(out)
@@ -32,7 +32,12 @@ def check_output_dir(out: str | os.PathLike, force: bool = False) -> Path:
             f"output folder {str(path)!r} exists and is not empty; pass --force (force=True) to replace it"
         )
     parent = path.absolute().parent
-    if parent.exists() and not os.access(parent, os.W_OK):
+    while not parent.exists() and parent != parent.parent:  # the nearest existing ancestor is created from
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"output path {str(path)!r} is inside {str(parent)!r}, which is a file, not a folder; "
+                          f"give a folder path")
+    if not os.access(parent, os.W_OK):
         raise ConfigError(f"output folder's parent {str(parent)!r} is not writable")
     return path
 

@@ -86,6 +86,13 @@ def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False) ->
             f"({', '.join(BUILTIN_MODELS)})"
         )
     looks_like_hub = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and " " not in spec
+    if looks_like_hub and p.parent.is_dir():
+        # 'models/llama' where ./models exists is a mistyped local path, not a hub id: fail now instead of
+        # after the hub's network retries
+        raise ModelLoadError(
+            f"model folder {spec!r} not found: the folder {str(p.parent)!r} exists but has no {p.name!r}; give an "
+            f"existing model folder or .gguf file (a hub id 'org/name' is only tried when no local folder 'org' exists)"
+        )
     if looks_like_hub:
         return ModelSource(spec, "hub", spec)
     raise ModelLoadError(
@@ -114,6 +121,9 @@ def load_config(source: ModelSource):
     try:
         cfg = AutoConfig.from_pretrained(source.path, **source.load_kwargs())
     except Exception as exc:
+        if source.kind == "hub":
+            raise ModelLoadError(f"model {source.spec!r} is not a local file or folder, and reading it as a Hugging "
+                                 f"Face hub id failed: {exc}") from exc
         raise ModelLoadError(f"cannot read the config of model {source.spec!r}: {exc}") from exc
     check_architecture(cfg, source.spec)
     return cfg
@@ -171,7 +181,9 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"cannot load model {source.spec!r}: {type(exc).__name__}: {exc}") from exc
+        hint = ("; its weight files look corrupt or incomplete (re-download or re-save the model)"
+                if "safetensor" in type(exc).__name__.lower() or isinstance(exc, (EOFError, OSError)) else "")
+        raise ModelLoadError(f"cannot load model {source.spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, **source.load_kwargs())
     except Exception as exc:

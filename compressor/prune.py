@@ -142,6 +142,8 @@ def _as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig) -> torch.Tensor:
 
 def _run_id(cfg: PruneConfig, model_id: str, blocks: torch.Tensor) -> str:
     keep = {k: v for k, v in cfg.to_dict().items() if k not in ("save_every", "eval_windows", "eval_seq_len")}
+    if model_id and os.path.exists(model_id):  # './m/' and '/abs/m' name the same model
+        model_id = os.path.realpath(model_id)
     h = hashlib.sha256(json.dumps([keep, model_id], sort_keys=True, default=str).encode())
     h.update(blocks.numpy().tobytes())
     return h.hexdigest()[:16]
@@ -331,7 +333,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
                 loss = out.loss / config.grad_accum
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f"loss became {loss.item()} at step {step + 1}; the last good checkpoint "
-                                         f"(if any) is kept in {str(checkpoint_dir)!r}; lower --lr")
+                                         f"(if any) is kept in {str(checkpoint_dir)!r}; resume it with --resume, or start again with a lower --lr")
                 (acc.backward(loss) if acc is not None else loss.backward())
                 total_loss += float(loss.detach())
             if acc is not None:

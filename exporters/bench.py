@@ -39,11 +39,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any
 
 from compressor.errors import ConfigError, DependencyMissingError, ModelLoadError
 from compressor.io import write_json
@@ -118,8 +120,8 @@ class BenchReport:
             if v is None:
                 return "-"
             if isinstance(v, float):
-                return f"{v:.3g}{unit}" if abs(v) < 1e4 else f"{v:.4g}{unit}"
-            return f"{v}{unit}"
+                return f"{v:.3g}{unit}" if abs(v) < 100 else f"{v:,.0f}{unit}"
+            return f"{v:,}{unit}"
 
         def add(label, a, bb, key=None, unit=""):
             r = self.ratios.get(key) if (self.ratios and key) else None
@@ -139,7 +141,13 @@ class BenchReport:
         lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
                  for r in [head] + rows]
         lines.insert(1, "-" * len(lines[0]))
-        return "\n".join(lines)
+        s = self.settings
+        intro = [f"model:    {m.path}" + (" (int8)" if m.quantized else "")]
+        if b:
+            intro.append(f"baseline: {b.path}" + (" (int8)" if b.quantized else ""))
+        intro.append(f"{s['provider']}, {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, "
+                     f"decode context {s['context']}, FLOPs at T={s['context']}")
+        return "\n".join(intro + [""] + lines)
 
 
 # --------------------------------------------------------------------------- folder and config
@@ -317,21 +325,33 @@ def _stats(times: Sequence[float], tokens: int) -> dict[str, float]:
             "min_ms": float(a.min()), "runs": int(a.size), "tokens_per_s": tokens / (med / 1e3) if med > 0 else None}
 
 
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process in MiB: ``VmHWM`` on Linux (reset by exec, unlike ``ru_maxrss``, which
+    keeps the forking parent's peak), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform != "darwin" else 1024  # KiB on Linux, bytes on macOS
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / scale
+
+
 def _memory_probe(path: str, provider: str, threads: int, dims: dict[str, Any], cases: list, conn) -> None:
     """Child-process body: load the graph, run each case once, send back RSS figures (MiB)."""
     try:
-        import resource
-
-        import psutil
-
-        before = psutil.Process().memory_info().rss / 2**20
+        before = _peak_rss_mb()
         ort = _import_ort()
         sess = _make_session(ort, Path(path), provider, threads)
         for batch, new, past in cases:
             sess.run(None, make_feed(sess, dims, batch=batch, new_tokens=new, past=past))
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peak = _peak_rss_mb()
         conn.send({"peak_rss_mb": peak, "peak_rss_delta_mb": peak - before})
-    except Exception as exc:  # pragma: no cover - reported back to the parent
+    except Exception as exc:  # noqa: BLE001  # pragma: no cover - reported back to the parent
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
     finally:
         conn.close()

@@ -18,7 +18,15 @@ from typing import Any
 from compressor.errors import ExportError
 from compressor.io import atomic_output_dir, check_output_dir, write_json
 
-from .onnx import REPORT_FILE, ExportResult, _model_summary, _versions, list_files, load_for_export, save_tokenizer
+from .onnx import (
+    REPORT_FILE,
+    ExportResult,
+    _model_summary,
+    _versions,
+    list_files,
+    load_for_export,
+    save_tokenizer,
+)
 
 
 def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, tokenizer=None,
@@ -49,7 +57,7 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
     """
     t0 = time.perf_counter()
     check_output_dir(out, force)
-    model, tokenizer, spec = load_for_export(model, tokenizer)
+    model, tokenizer, spec = load_for_export(model, tokenizer, require_fp32_cpu=False)
     report: dict[str, Any] = {"format": "safetensors", "source": str(spec), "model": _model_summary(model.config),
                               "versions": _versions()}
     with atomic_output_dir(out, force) as tmp:

@@ -196,6 +196,9 @@ def test_build_doc_prompts():
     hs = ev.build_doc("hellaswag", {"question": "Man on roof [title] he", "choices": [" pulls  it [x]up. ", "b"],
                                     "labels": ["A", "B"], "answer": "A"})
     assert hs.contexts[0] == "Man on roof.  he".replace("  ", " ") and hs.continuations[0] == " pulls it up."
+    hs2 = ev.build_doc("hellaswag", {"question": "A man is on a roof. the man", "choices": ["a", "b"],
+                                     "labels": ["A", "B"], "answer": "B"})
+    assert hs2.contexts[0] == "A man is on a roof. The man" and hs2.gold == 1
     wg = ev.build_doc("winogrande", {"sentence": "Sarah beat Maria so _ won the cup.", "choices": ["Sarah", "Maria"],
                                      "labels": ["A", "B"], "answer": "A"})
     assert wg.contexts == ["Sarah beat Maria so Sarah", "Sarah beat Maria so Maria"]
@@ -207,6 +210,28 @@ def test_build_doc_prompts():
 
 
 # ---------------------------------------------------------------------------------------------- zero-shot
+
+def test_shared_context_cache_matches_plain_scoring():
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    docs = [
+        ev.build_doc("piqa", {"goal": "the cat sat", "choices": ["on a mat .", "far away and then slept"],
+                              "labels": ["A", "B"], "answer": "A"}),
+        ev.build_doc("boolq", {"passage": "the dog ran far", "question": "is it", "answer": "no"}),  # 1-token choices
+        ev.build_doc("arc_challenge", {"question": "my cat ?", "choices": ["sat", "ran far away", "slept in the sun", "x"],
+                                       "labels": ["A", "B", "C", "D"], "answer": "C"}),
+        ev.build_doc("winogrande", {"sentence": "Sarah saw Maria so _ ran far .", "choices": ["Sarah", "Maria"],
+                                    "labels": ["A", "B"], "answer": "A"}),
+        ev.MCDoc(["the cat "] * 2, ["sat", "ran away"], ["sat", "ran away"], 0),  # trailing space in the context
+    ]
+    shared = ev.multiple_choice_loglikelihoods(model, tok, docs, share_context=True)
+    plain = ev.multiple_choice_loglikelihoods(model, tok, docs, share_context=False)
+    assert [len(x) for x in shared] == [2, 2, 4, 2, 2]
+    for a, b in zip(shared, plain):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert ev.score_multiple_choice(model, tok, docs) == ev.score_multiple_choice(model, tok, docs, share_context=False)
+
+
 
 def _rows_fixture(tmp_path, monkeypatch, rows_by_task):
     files = {}
@@ -342,3 +367,20 @@ def test_smollm2_wikitext2_first_window():
     model, tok, _ = load_model(_smollm2_spec())
     r = ev.perplexity(model, tok, load_eval_text("wikitext2"), seq_len=2048, max_windows=1)
     assert r["ppl"] == pytest.approx(15.15, abs=0.05)
+
+
+def test_ort_model_gives_the_same_numbers(tmp_path):
+    pytest.importorskip("optimum.onnxruntime")
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "m", export=True)
+    assert ev.perplexity(ort, tok, TEXT, seq_len=16)["nll"] == pytest.approx(
+        ev.perplexity(model, tok, TEXT, seq_len=16)["nll"], rel=1e-4)
+    docs = [ev.build_doc("piqa", {"goal": "the cat sat", "choices": ["on a mat .", "far away"], "labels": ["A", "B"],
+                                  "answer": "A"})]
+    assert ev.multiple_choice_loglikelihoods(ort, tok, docs)[0] == pytest.approx(
+        ev.multiple_choice_loglikelihoods(model, tok, docs)[0], abs=1e-4)

@@ -20,6 +20,19 @@ _CFG_OPTIONS = {
 }
 
 
+DEFAULT_CLI_SAVE_EVERY = 25
+
+
+def _read_keys(path) -> set:
+    try:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text())
+        return set(data) if isinstance(data, dict) else set()
+    except Exception:  # the config loader reports parse errors properly
+        return set()
+
+
 def _ratio(ctx, param, value):
     if value is None:
         return None
@@ -63,7 +76,7 @@ def _ratio(ctx, param, value):
               help="Held-out text for perplexity before/after: wikitext2, ptb, a text file, 'none', or auto (wikitext2 if found).")
 @click.option("--eval-windows", type=int, default=None, help="Perplexity windows before/after (0 skips) [8].")
 @click.option("--eval-seq-len", type=int, default=None, help="Tokens per perplexity window [512].")
-@click.option("--save-every", type=int, default=None, help="Write a resumable checkpoint every N steps (0: only on Ctrl-C) [0].")
+@click.option("--save-every", type=int, default=None, help="Write a resumable checkpoint every N steps (0: only on Ctrl-C) [25].")
 @click.option("--checkpoint-dir", type=click.Path(), default=None, help="Checkpoint folder [OUT.ckpt].")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in --checkpoint-dir.")
 @click.option("--from-plan", "from_plan", type=click.Path(), default=None,
@@ -96,6 +109,8 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
         fields["base_bits"] = int(fields["base_bits"])
     if separate:
         fields["joint"] = False
+    if "save_every" not in fields and not (config_file and "save_every" in (_read_keys(config_file))):
+        fields["save_every"] = DEFAULT_CLI_SAVE_EVERY
     if config_file:
         cfg = PruneConfig.from_file(config_file, **fields)
     else:
@@ -108,6 +123,8 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
     ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(str(Path(out)) + ".ckpt")
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"output path {out!r} is an existing file; give a folder path")
+    if ckpt.exists() and not ckpt.is_dir():
+        raise ConfigError(f"checkpoint path {str(ckpt)!r} is an existing file; give a folder with --checkpoint-dir")
     if not resume:
         check_output_dir(out, force)
     elif Path(out).is_dir() and any(Path(out).iterdir()) and not force:
@@ -146,10 +163,16 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
     progress = None if quiet else _Progress(cfg.steps)
     mdl.config._name_or_path = source.spec
     try:
-        res = prune(mdl, cfg, blocks, tokenizer=tok, eval_text=eval_text, checkpoint_dir=ckpt if (cfg.save_every or resume or True) else None,
+        res = prune(mdl, cfg, blocks, tokenizer=tok, eval_text=eval_text, checkpoint_dir=ckpt,
                     resume=resume, plan=plan, progress=progress)
     except KeyboardInterrupt:
-        click.echo(f"\nInterrupted; checkpoint in {ckpt} — continue with the same command plus --resume.", err=True)
+        from compressor.checkpoint import has_checkpoint
+
+        if has_checkpoint(ckpt):
+            click.echo(f"\nInterrupted; checkpoint in {ckpt} — continue with the same command plus --resume.", err=True)
+        else:
+            click.echo("\nInterrupted before a checkpoint was written; nothing to resume (run the command again).",
+                       err=True)
         sys.exit(130)
     finally:
         if progress is not None:

@@ -21,6 +21,7 @@ def lora_importance(t: ProjectionTensors) -> torch.Tensor:
     A, B, gA, gB = t.lora_A, t.lora_B, t.grad_A, t.grad_B
     if A is None or B is None or gA is None or gB is None:
         raise ValueError("the 'lora' criterion needs lora_A, lora_B and their gradients")
-    grad_est = gB @ A + B @ gA - gB @ gA
+    # one matmul with inner size 3r:  [∇B, B, −∇B] · [A; ∇A; ∇A]
+    grad_est = torch.cat([gB, B, -gB], dim=1) @ torch.cat([A, gA, gA], dim=0)
     merged = t.weight + (B @ A) * t.scaling
     return (grad_est * merged).pow(2)

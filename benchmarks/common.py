@@ -1,0 +1,61 @@
+"""Shared helpers for the benchmark scripts (not part of the installed package)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+
+def cache_root() -> Path:
+    from compressor.assets import cache_dir
+
+    return cache_dir()
+
+
+def dense_hf_dir(name: str = "smollm2-135m") -> Path:
+    """An HF safetensors copy of a built-in model (made once, then reused)."""
+    out = cache_root() / f"{name}-hf"
+    if (out / "config.json").is_file():
+        return out
+    from compressor.models import load_model
+    from compressor.save import save_model_folder
+
+    model, tok, _ = load_model(name)
+    save_model_folder(model, tok, out, force=True)
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+            "threads": torch.get_num_threads(), "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def write_result(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    from compressor.io import write_json
+
+    write_json(path, data)
+    print(f"wrote {path}")
+    return path
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

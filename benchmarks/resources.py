@@ -1,0 +1,119 @@
+"""Paper Table 4: per-step peak memory and step time of the scoring step, `lora` vs `taylor` vs
+`lora` with an 8-bit base, same model and batch, measured in one run (each mode in a fresh subprocess,
+run one after another, never concurrently).
+
+Peak memory is the process's peak resident set (VmHWM) during the measured steps, reset after loading
+(``/proc/self/clear_refs``), so it covers what a training+scoring step holds: weights, LoRA, optimizer
+state, activations, gradients (and W's gradient for Taylor). Step time is the median over the steps.
+
+    python benchmarks/resources.py --batch 4 --seq-len 256 --steps 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import dense_hf_dir, git_rev, machine, write_result  # noqa: E402
+
+MODES = {"lora": ("lora", None), "taylor": ("taylor", None), "lora-8bit": ("lora", 8)}
+
+
+def _rss_mb(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int) -> dict:
+    import torch
+
+    from compressor.config import PruneConfig
+    from compressor.criteria import get_criterion
+    from compressor.groups import discover_groups
+    from compressor.masking import MaskState
+    from compressor.models import load_model
+    from compressor.prune import _wrap_lora
+    from compressor.scoring import MovingAverage, model_scores
+
+    crit_name, bits = MODES[mode]
+    cfg = PruneConfig(ratio=0.5, criterion=crit_name, base_bits=bits, steps=max(steps, 10))
+    model, tok, _ = load_model(model_dir, base_bits=bits)
+    groups = discover_groups(model)
+    pm = _wrap_lora(model, cfg)
+    MaskState.full(groups).install(pm, groups)
+    crit = get_criterion(crit_name)
+    opt = torch.optim.AdamW([p for n, p in pm.named_parameters() if "lora_" in n and p.requires_grad], lr=1e-4)
+    ema = MovingAverage(0.9)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=g)
+    rss_loaded = _rss_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = pm(input_ids=ids, labels=ids).loss
+        loss.backward()
+        ema.update(model_scores(pm, groups, crit))
+        opt.step()
+        pm.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - t0)
+    peak = _rss_mb("VmHWM")
+    return {"mode": mode, "criterion": crit_name, "base_bits": bits, "rss_after_load_mb": round(rss_loaded, 1),
+            "peak_step_rss_mb": round(peak, 1), "peak_above_load_mb": round(peak - rss_loaded, 1),
+            "step_s_median": round(statistics.median(times[1:] if len(times) > 1 else times), 3),
+            "step_s_all": [round(t, 3) for t in times], "batch": batch, "seq_len": seq_len}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="HF folder (default: built-in SmolLM2-135M, converted once)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--modes", default="lora,taylor,lora-8bit")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print("RESULT " + json.dumps(worker(a.worker, a.model, a.batch, a.seq_len, a.steps)))
+        return
+    model_dir = a.model or str(dense_hf_dir())
+    rows = []
+    for mode in a.modes.split(","):
+        print(f"[resources] {mode} ...", flush=True)
+        p = subprocess.run([sys.executable, __file__, "--worker", mode, "--model", model_dir, "--batch", str(a.batch),
+                            "--seq-len", str(a.seq_len), "--steps", str(a.steps)], capture_output=True, text=True)
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+        if p.returncode != 0 or not line:
+            rows.append({"mode": mode, "error": (p.stderr or p.stdout)[-800:]})
+            print(f"  failed: {rows[-1]['error'][-300:]}")
+            continue
+        rows.append(json.loads(line[0][7:]))
+        r = rows[-1]
+        print(f"  peak {r['peak_step_rss_mb']:.0f} MiB (+{r['peak_above_load_mb']:.0f} above load), step {r['step_s_median']:.2f} s")
+    by = {r["mode"]: r for r in rows if "error" not in r}
+    ratios = {}
+    if "lora" in by and "taylor" in by:
+        t = by["taylor"]
+        for m in ("lora", "lora-8bit"):
+            if m in by:
+                ratios[f"{m}/taylor"] = {
+                    "peak_rss": round(by[m]["peak_step_rss_mb"] / t["peak_step_rss_mb"], 3),
+                    "peak_above_load": round(by[m]["peak_above_load_mb"] / max(t["peak_above_load_mb"], 1e-9), 3),
+                    "step_time": round(by[m]["step_s_median"] / t["step_s_median"], 3)}
+    print(json.dumps(ratios, indent=1))
+    write_result("resources", {"benchmark": "resources (paper Table 4)", "model": model_dir, "rows": rows,
+                               "ratios": ratios, "targets": {"lora/taylor peak": "<= 0.5", "lora-8bit/taylor peak": "<= 0.35",
+                                                             "lora/taylor step time": "<= 0.5"},
+                               "machine": machine(), "git": git_rev()})
+
+
+if __name__ == "__main__":
+    main()

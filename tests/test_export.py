@@ -1,0 +1,248 @@
+"""ONNX and safetensors export on tiny random LLaMA models (dense / head-pruned, MHA / GQA)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from compressor.errors import (
+    ConfigError,
+    ModelLoadError,
+    OutputExistsError,
+    UnsupportedArchitectureError,
+    ValidationError,
+)
+from exporters import ExportResult, export_onnx, export_safetensors
+from tests.conftest import EXPORT_CASES
+
+PROMPTS = ("w1 w2 w3 w4", "w10 w20 w30", "w5")  # words of the tiny tokenizer's vocabulary
+
+
+def _export(src, out, **kw):
+    kw.setdefault("threads", 1)
+    kw.setdefault("prompts", PROMPTS)
+    return export_onnx(src, out, **kw)
+
+
+def _pt(src):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager").eval()
+
+
+@pytest.mark.parametrize("case", list(EXPORT_CASES))
+def test_onnx_export_parity_and_ort_generate(case, tiny_llama_dir, tmp_path):
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    src = tiny_llama_dir(case)
+    src_cfg = (src / "config.json").read_text()
+    out = tmp_path / "onnx"
+    res = _export(src, out)
+    assert isinstance(res, ExportResult) and res.path == out and res.validated
+    for f in ("model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json", "export_report.json"):
+        assert (out / f).is_file(), f
+    assert (src / "config.json").read_text() == src_cfg, "the HF model's config must never change"
+
+    rep = json.loads((out / "export_report.json").read_text())
+    par = rep["validation"]["parity"]
+    assert par["passed"] and par["max_abs_diff"] < 1e-4
+    assert {"prefill.logits", "decode.logits", "prefill.present.key", "decode.present.value"} <= set(par["per_output"])
+    assert rep["tolerance"]["fp32_atol"] == 1e-4 and isinstance(rep["opset"], int)
+    assert rep["files"]["model.onnx"] == (out / "model.onnx").stat().st_size > 0
+    assert rep["validation"]["generate"]["all_equal"]
+
+    hidden, heads, _, hd, _ = EXPORT_CASES[case]
+    cfg = json.loads((out / "config.json").read_text())
+    if hidden // heads != hd:  # head-pruned: folder config adjusted for ORTModelForCausalLM
+        assert cfg["hidden_size"] == heads * hd and cfg["lorapress_export"]["model_hidden_size"] == hidden
+        assert rep["ort_config_adjustment"]["hidden_size"] == {"model": hidden, "onnx_config": heads * hd}
+    else:
+        assert cfg["hidden_size"] == hidden and "lorapress_export" not in cfg
+        assert rep["ort_config_adjustment"] is None
+
+    # Independent check with stock optimum: logits with the KV cache, and greedy generate.
+    pt = _pt(src)
+    ort = ORTModelForCausalLM.from_pretrained(out)
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 150]])
+    with torch.no_grad():
+        a = pt(input_ids=ids).logits
+        b = ort(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        assert (a - b).abs().max().item() < 1e-4
+        for p in PROMPTS:
+            x = torch.tensor([[int(w[1:]) + 3 for w in p.split()]])
+            kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": 10, "do_sample": False, "pad_token_id": 2}
+            assert pt.generate(x, **kw).tolist() == ort.generate(x, **kw).tolist()
+
+
+def test_int8_export_within_tolerance(tiny_llama_dir, tmp_path):
+    import onnx
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    src = tiny_llama_dir("pruned-gqa")
+    res = _export(src, tmp_path / "int8", int8=True)
+    rep = res.report
+    i8 = rep["validation"]["int8"]
+    assert i8["passed"] and i8["rel_nll_increase"] <= 0.05 and i8["top1_agreement"] >= 0.8
+    assert rep["validation"]["parity"]["passed"], "the intermediate fp32 graph is checked exactly"
+    assert rep["tolerance"]["int8_max_rel_nll_increase"] == 0.05
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
+    assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
+    assert rep["files"]["model.onnx"] < rep["fp32_onnx_bytes"]
+    assert [f for f in res.files if f.endswith(".onnx")] == ["model.onnx"]
+    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "int8")
+    out = ort.generate(torch.tensor([[4, 5, 6]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                       max_new_tokens=4, do_sample=False, pad_token_id=2)
+    assert out.shape[1] >= 4
+
+
+def test_int8_outside_tolerance_raises(tiny_llama_dir, tmp_path):
+    out = tmp_path / "int8"
+    with pytest.raises(ValidationError, match="relative NLL increase"):
+        _export(tiny_llama_dir("dense-gqa"), out, int8=True, int8_min_top1_agreement=1.01)
+    assert not out.exists(), "a failed validation leaves no output"
+
+
+def test_parity_failure_lists_each_output(tiny_llama_dir, tmp_path):
+    out = tmp_path / "o"
+    (out).mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(ValidationError) as ei:
+        _export(tiny_llama_dir("pruned-mha"), out, atol=1e-12, rtol=0.0, noise_factor=0, force=True)
+    msg = str(ei.value)
+    for name in ("prefill.logits", "decode.logits", "prefill.present.key", "decode.present.value"):
+        assert name in msg
+    assert (out / "keep.txt").read_text() == "old", "the old output stays in place when validation fails"
+
+
+def test_no_validate_and_force(tiny_llama_dir, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "stale.txt").write_text("x")
+    res = _export(tiny_llama_dir("dense-mha"), out, validate=False, force=True, opset=17)
+    assert res.report["validation"] == {"enabled": False} and not res.validated
+    assert res.report["opset"] == 17
+    assert not (out / "stale.txt").exists() and (out / "model.onnx").is_file()
+
+
+def test_safetensors_export_drops_gguf_tokenizer_model(tiny_llama_dir, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    # Mimic a GGUF-sourced folder: the slow-tokenizer vocab file is the .gguf itself.
+    src = tmp_path / "src"
+    shutil.copytree(tiny_llama_dir("pruned-gqa"), src)
+    tc = json.loads((src / "tokenizer_config.json").read_text())
+    tc["tokenizer_class"] = "LlamaTokenizerFast"
+    (src / "tokenizer_config.json").write_text(json.dumps(tc))
+    (src / "tokenizer.model").write_bytes(b"GGUF" + bytes(4096))
+
+    out = tmp_path / "hf"
+    res = export_safetensors(src, out)
+    assert res.format == "safetensors" and (out / "model.safetensors").is_file()
+    assert not (out / "tokenizer.model").exists()
+    assert res.report["tokenizer"]["removed_gguf_tokenizer_model"] is True
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok("w1 w2")["input_ids"] == AutoTokenizer.from_pretrained(src)("w1 w2")["input_ids"]
+    ids = torch.tensor([[4, 9, 33]])
+    with torch.no_grad():
+        assert torch.equal(_pt(src)(ids).logits, _pt(out)(ids).logits)
+
+    onnx_out = tmp_path / "onnx"  # the ONNX export of such a folder drops it as well
+    _export(src, onnx_out, validate=False)
+    assert not (onnx_out / "tokenizer.model").exists() and (onnx_out / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("fn", [export_onnx, export_safetensors])
+def test_bad_inputs(fn, tiny_llama_dir, tmp_path):
+    src = tiny_llama_dir("dense-mha")
+    not_model = tmp_path / "notes"
+    not_model.mkdir()
+    (not_model / "README.md").write_text("hello")
+    with pytest.raises(ModelLoadError, match="config.json"):
+        fn(not_model, tmp_path / "o1")
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32)).save_pretrained(gpt2)
+    with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
+        fn(gpt2, tmp_path / "o2")
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "x").write_text("x")
+    with pytest.raises(OutputExistsError, match="--force"):
+        fn(src, busy)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="file"):
+        fn(src, a_file)
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
+def test_bad_options(tiny_llama_dir, tmp_path):
+    src = tiny_llama_dir("dense-mha")
+    with pytest.raises(ConfigError, match="opset"):
+        export_onnx(src, tmp_path / "o", opset=3)
+    with pytest.raises(ConfigError, match="atol"):
+        export_onnx(src, tmp_path / "o", atol=0)
+
+
+def test_cli_export(tiny_llama_dir, tmp_path):
+    from compressor.cli import main
+
+    src = str(tiny_llama_dir("pruned-gqa"))
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(main, ["export", src, "--format", "onnx", "--out", str(out), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "fp32 parity" in r.output and "hidden_size 64 -> 32" in r.output
+    r = CliRunner().invoke(main, ["export", src, "--out", str(out)])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = CliRunner().invoke(main, ["export", src, "--format", "safetensors", "--int8", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "--int8" in r.output
+    r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "z")])
+    assert r.exit_code == 2 and "Error:" in r.output
+
+
+def test_report_is_valid_json_with_sizes(tiny_llama_dir, tmp_path):
+    res = _export(tiny_llama_dir("dense-gqa"), tmp_path / "o", validate=False)
+    rep = json.loads((tmp_path / "o" / "export_report.json").read_text())
+    assert rep["total_bytes"] == sum(rep["files"].values()) > 0
+    assert rep["model"]["num_key_value_heads"] == 2 and rep["task"] == "text-generation-with-past"
+    assert np.isfinite(rep["seconds"]) and res.report["opset"] == rep["opset"]
+
+
+def test_fp64_noise_floor_fallback(tiny_llama_dir, tmp_path):
+    """The float64 fallback accepts fp32 rounding noise but not a real mismatch."""
+    from exporters.onnx import validate_parity
+
+    src = tiny_llama_dir("pruned-gqa")
+    _export(src, tmp_path / "o", validate=False)
+    onnx_path = tmp_path / "o" / "model.onnx"
+    model = _pt(src)
+    res = validate_parity(model, onnx_path, atol=1e-12, rtol=0.0, noise_factor=1e6, threads=1)
+    assert res["passed"] and res["judged_by"] == "fp64_noise_floor"
+    for v in res["per_output"].values():
+        assert v["max_abs_diff"] > 1e-12 and np.isfinite(v["max_abs_diff_vs_fp64"])
+        assert 0 < v["pt_fp32_error_vs_fp64"] < 1e-5
+    with torch.no_grad():  # a different model with the same shapes: a genuine mismatch
+        model.model.layers[1].mlp.down_proj.weight.add_(1e-2)
+    with pytest.raises(ValidationError, match="float64") as ei:
+        validate_parity(model, onnx_path, threads=1)
+    assert "decode.logits" in str(ei.value)
+
+
+def test_export_loaded_model(tiny_llama_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    src = tiny_llama_dir("pruned-mha")
+    model, tok = _pt(src), AutoTokenizer.from_pretrained(src)
+    res = _export(model, tmp_path / "o", tokenizer=tok)
+    assert res.report["validation"]["parity"]["passed"] and (tmp_path / "o" / "tokenizer.json").is_file()
+    assert model.config.hidden_size == 64, "the in-memory model's config is not touched"
+    with pytest.raises(ConfigError, match="float32"):
+        export_onnx(model.to(torch.bfloat16), tmp_path / "o2")
