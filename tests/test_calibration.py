@@ -16,7 +16,8 @@ from calibration import data as cdata
 from compressor import assets as assets_mod
 from compressor.errors import AssetError, CalibrationError, ConfigError, DependencyMissingError
 
-WORDS = ("the cat sat on a mat . dog ran far away and then slept in sun ! my " * 1).split()
+WORDS = ["the", "cat", "sat", "on", "a", "mat", ".", "dog", "ran", "far", "away", "and", "then", "slept", "in",
+         "sun", "!", "my"]
 
 
 def make_tokenizer(words=WORDS, bos=True):
@@ -28,7 +29,7 @@ def make_tokenizer(words=WORDS, bos=True):
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    kw = dict(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="<pad>")
+    kw = {"tokenizer_object": tok, "unk_token": "<unk>", "eos_token": "</s>", "pad_token": "<pad>"}
     if bos:
         kw["bos_token"] = "<s>"
     return PreTrainedTokenizerFast(**kw)
@@ -223,7 +224,7 @@ def test_hf_with_fake_datasets(monkeypatch):
     calls = []
 
     class FakeDS(list):
-        column_names = ["text", "id"]
+        column_names = ("text", "id")
 
     def load_dataset(name, config, split):
         calls.append((name, config, split))

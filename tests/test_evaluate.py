@@ -9,14 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from compressor import assets as assets_mod
 from compressor import evaluate as ev
 from compressor.errors import CalibrationError, ConfigError, NonFiniteError
 
-WORDS = ("the cat sat on a mat . dog ran far away and then slept in sun ! my good bad thing very "
-         "Question Answer : ? \n yes no Sarah Maria likes hates cats dogs x y z w").split()
+WORDS = [
+    "the", "cat", "sat", "on", "a", "mat", ".", "dog", "ran", "far", "away", "and", "then", "slept", "in", "sun",
+    "!", "my", "good", "bad", "thing", "very", "Question", "Answer", ":", "?", "yes", "no", "Sarah", "Maria",
+    "likes", "hates", "cats", "dogs", "x", "y", "z", "w",
+]
 
 
 def make_tokenizer(words=WORDS):

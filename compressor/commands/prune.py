@@ -154,7 +154,7 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
     from calibration import check_seq_len, pack_blocks
 
     check_seq_len(cfg.seq_len, mdl.config)
-    blocks = pack_blocks(tok, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed)
+    blocks = pack_blocks(tok, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed, add_bos=False)
     _say(quiet, f"Calibration: {blocks.shape[0]} sequences of {blocks.shape[1]} tokens; criterion={cfg.criterion}, "
                 f"ratio={cfg.ratio}, steps={cfg.steps}")
     from compressor.prune import prune, save_plan
