@@ -35,7 +35,7 @@ def main() -> None:
     from compressor.groups import discover_groups
     from compressor.masking import MaskState, mask_lowest
     from compressor.models import load_model
-    from compressor.prune import _Data, _wrap_lora
+    from compressor.pruning import _Data, _wrap_lora
     from compressor.schedule import solve_widths
     from compressor.scoring import MovingAverage, model_scores
 

@@ -39,7 +39,7 @@ def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int) -> d
     from compressor.groups import discover_groups
     from compressor.masking import MaskState
     from compressor.models import load_model
-    from compressor.prune import _wrap_lora
+    from compressor.pruning import _wrap_lora
     from compressor.scoring import MovingAverage, model_scores
 
     crit_name, bits = MODES[mode]

@@ -11,7 +11,7 @@ from .errors import (CalibrationError, CompressError, ConfigError, GroupDiscover
                      NonFiniteError, OutputExistsError, ResumeError, UnsupportedArchitectureError)
 
 __all__ = [
-    "PruneConfig", "PruneResult", "prune", "load_model", "discover_groups", "merge_and_slice", "evaluate",
+    "PruneConfig", "PruneResult", "prune", "load_model", "discover_groups", "merge_and_slice", "evaluate", "perplexity", "EvalReport",
     "save_model_folder", "CompressError", "ConfigError", "ModelLoadError", "UnsupportedArchitectureError",
     "GroupDiscoveryError", "CalibrationError", "OutputExistsError", "NonFiniteError", "ResumeError",
 ]
@@ -20,9 +20,9 @@ __all__ = [
 def __getattr__(name: str):
     # torch-heavy parts are imported lazily so `import compressor` stays cheap
     if name in ("prune", "PruneResult", "save_plan", "load_plan"):
-        from . import prune as _p
+        import importlib
 
-        return getattr(_p, name)
+        return getattr(importlib.import_module("compressor.pruning"), name)
     if name == "load_model":
         from .models import load_model
 
@@ -39,8 +39,8 @@ def __getattr__(name: str):
         from .save import save_model_folder
 
         return save_model_folder
-    if name == "evaluate":
-        from .evaluate import evaluate
+    if name in ("evaluate", "perplexity", "EvalReport"):
+        import importlib
 
-        return evaluate
+        return getattr(importlib.import_module("compressor.evaluation"), name)
     raise AttributeError(f"module 'compressor' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from compressor import PruneConfig, load_model, prune, save_model_folder
-from compressor.prune import save_plan
+from compressor.pruning import save_plan
 
 
 def main() -> None:

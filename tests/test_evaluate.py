@@ -1,4 +1,4 @@
-"""compressor.evaluate: perplexity against a hand computation, lm-eval style multiple choice, evaluate(), CLI."""
+"""compressor.evaluation: perplexity against a hand computation, lm-eval style multiple choice, evaluate(), CLI."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compressor import assets as assets_mod
-from compressor import evaluate as ev
+from compressor import evaluation as ev
 from compressor.errors import CalibrationError, ConfigError, NonFiniteError
 
 WORDS = [

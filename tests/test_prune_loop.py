@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from compressor.cli import main
 from compressor.config import PruneConfig
-from compressor.prune import prune
+from compressor.pruning import prune
 from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
 
 
@@ -40,7 +40,7 @@ def test_prune_runs_and_reaches_ratio(case, criterion):
 def test_lora_criterion_leaves_base_without_grad():
     from compressor.criteria import get_criterion
     from compressor.groups import discover_groups
-    from compressor.prune import _wrap_lora
+    from compressor.pruning import _wrap_lora
     from compressor.scoring import model_scores
 
     m = tiny_model("llama-gqa")

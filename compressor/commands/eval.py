@@ -45,7 +45,7 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
       compress eval pruned/ --tasks piqa,boolq --limit 200 --out reports/pruned.json
     """
     from ..errors import ConfigError
-    from ..evaluate import evaluate, resolve_tasks
+    from ..evaluation import evaluate, resolve_tasks
     from ..io import write_json
 
     resolve_tasks(tasks)  # fail on a bad task name before loading the model

@@ -1,4 +1,4 @@
-"""``compress prune``: thin click layer over :func:`compressor.prune.prune`."""
+"""``compress prune``: thin click layer over :func:`compressor.pruning.prune`."""
 from __future__ import annotations
 
 import math
@@ -145,7 +145,7 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
     texts = load_texts(data, text_field=text_field)
     plan = None
     if from_plan:
-        from compressor.prune import load_plan
+        from compressor.pruning import load_plan
 
         plan = load_plan(from_plan)
     eval_text = _eval_text(eval_data)
@@ -157,7 +157,7 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
     blocks = pack_blocks(tok, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed, add_bos=False)
     _say(quiet, f"Calibration: {blocks.shape[0]} sequences of {blocks.shape[1]} tokens; criterion={cfg.criterion}, "
                 f"ratio={cfg.ratio}, steps={cfg.steps}")
-    from compressor.prune import prune, save_plan
+    from compressor.pruning import prune, save_plan
     from compressor.save import save_model_folder
 
     progress = None if quiet else _Progress(cfg.steps)

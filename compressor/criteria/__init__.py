@@ -3,7 +3,7 @@
 A criterion is a pure function of one projection's tensors (:class:`ProjectionTensors`) returning an
 element-wise importance matrix with the weight's shape ``[out, in]``. Group scores are sums of these
 (paper Eq. 4) and are formed in :mod:`compressor.scoring`; the loop that collects tensors lives in
-:mod:`compressor.prune`.
+:mod:`compressor.pruning`.
 
 Example:
     >>> from compressor.criteria import get_criterion, available_criteria

@@ -137,7 +137,7 @@ def _as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig) -> torch.Tensor:
         raise CalibrationError(f"calibration data must be token blocks, a list of strings or a path; got {type(data).__name__}")
     if tokenizer is None:
         raise CalibrationError("text calibration data needs a tokenizer")
-    return pack_blocks(tokenizer, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed)
+    return pack_blocks(tokenizer, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed, add_bos=False)
 
 
 def _run_id(cfg: PruneConfig, model_id: str, blocks: torch.Tensor) -> str:
@@ -438,7 +438,7 @@ def _reduce_scores(acc, scores: list[LayerScores], device) -> list[LayerScores]:
 def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneConfig) -> dict[str, Any] | None:
     if not text or cfg.eval_windows <= 0 or tokenizer is None:
         return None
-    from .evaluate import perplexity
+    from .evaluation import perplexity
 
     was = model.training
     model.eval()

