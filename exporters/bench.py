@@ -13,6 +13,12 @@ median, p90, mean and min in milliseconds, and tokens/s from the median. With a 
 are loaded in the same process and timed alternately (order A B, B A, A B, ...) so drifts in machine
 load affect both alike; the report gives the ratio model/baseline of each median.
 
+Sessions: ``graph_optimization_level = ORT_ENABLE_ALL``, ``intra_op_num_threads = threads`` (default
+``os.cpu_count()``), one inter-op thread, intra-op spin-waiting off (see ``spinning`` in :func:`bench`).
+Feeds: ``input_ids`` (random ids), ``attention_mask`` (ones), ``position_ids`` if the graph has it, and
+``past_key_values.*`` shaped from the graph's own inputs (KV heads, head_dim), so head-pruned and GQA graphs
+are fed correctly. CUDA timings include the host/device copies of the numpy feeds.
+
 Memory: the peak resident set size (RSS) of a separate process that only loads the graph and runs the
 largest prefill and decode case once (``peak_rss_mb``), and the part of it added by the session
 (``peak_rss_delta_mb``: peak minus the RSS before the session was created). Measuring in a child
@@ -25,7 +31,8 @@ FLOPs per token (forward, from the exported ``config.json``; multiply-add = 2 FL
     flops_per_token = linear + attention
 
 with ``L`` layers, ``h`` hidden size, ``H`` query heads, ``K`` KV heads, ``d`` head_dim, ``I``
-intermediate size, ``V`` vocabulary and ``T = context``. Embedding lookup, norms, RoPE, softmax and
+intermediate size, ``V`` vocabulary and ``T = context`` (``h`` is the model's real hidden size, also for
+head-pruned exports whose config.json carries an adjusted one, see :mod:`exporters.onnx`). Embedding lookup, norms, RoPE, softmax and
 activations (O(h) per layer) are left out. Parameter count is from the same config: embedding, the
 linear layers above, norms and biases (lm_head not counted twice when tied).
 
@@ -263,7 +270,7 @@ def _providers(ort, provider: str) -> list[str]:
     return [name] + (["CPUExecutionProvider"] if name != "CPUExecutionProvider" else [])
 
 
-def _make_session(ort, path: Path, provider: str, threads: int, spinning: bool = True):
+def _make_session(ort, path: Path, provider: str, threads: int, spinning: bool = False):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = int(threads)
@@ -393,7 +400,7 @@ class _Loaded:
     dims: dict[str, Any]
 
 
-def _load(ort, folder, provider, threads, context, file_name=None, spinning=True) -> _Loaded:
+def _load(ort, folder, provider, threads, context, file_name=None, spinning=False) -> _Loaded:
     folder = Path(folder)
     onnx_path = find_onnx_file(folder, file_name)
     cfg = _read_config(folder)
@@ -424,7 +431,8 @@ def _is_quantized(onnx_path: Path) -> bool | None:
 def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None = None, *, provider: str = "cpu",
           threads: int | None = None, runs: int = 20, warmup: int = 3, prompt_lengths: Sequence[int] = (128, 512),
           decode_batches: Sequence[int] = (1, 8), context: int = 128, out: str | os.PathLike | None = None,
-          write: bool = True, measure_memory: bool = True, file_name: str | None = None) -> BenchReport:
+          write: bool = True, measure_memory: bool = True, file_name: str | None = None,
+          spinning: bool = False) -> BenchReport:
     """Benchmark an exported ONNX folder with ONNX Runtime, optionally against a baseline folder.
 
     Args:
@@ -442,6 +450,10 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
         write: write ``bench_report.json`` (default True).
         measure_memory: run the peak-RSS probe in a child process per model (default True).
         file_name: graph file inside the folders (default ``model.onnx`` or the only ``*.onnx``).
+        spinning: let idle ORT intra-op threads spin-wait (ORT's default; default here False). With spinning,
+            the threads of the session just timed keep spinning while the other one runs: on a 2-core
+            machine the alternated decode step measured up to 1.7x slower than alone; without it the paired
+            figures match single-model runs. Also applies to single-model runs so both kinds compare.
 
     Returns:
         :class:`BenchReport` (``.table()`` for the terminal table, ``.to_dict()`` as written to JSON).
@@ -472,9 +484,9 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
     ort = _import_ort()
     _providers(ort, provider)
 
-    loaded = [_load(ort, model_dir, provider, threads, context, file_name)]
+    loaded = [_load(ort, model_dir, provider, threads, context, file_name, spinning)]
     if baseline_dir is not None:
-        loaded.append(_load(ort, baseline_dir, provider, threads, context, file_name))
+        loaded.append(_load(ort, baseline_dir, provider, threads, context, file_name, spinning))
 
     # case name -> (batch, new tokens, past positions)
     cases = {f"prefill_{n}": (1, n, 0) for n in prompt_lengths}
@@ -516,7 +528,8 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
         "provider": provider, "threads": threads, "runs": runs, "warmup": warmup,
         "prompt_lengths": prompt_lengths, "decode_batches": decode_batches, "context": context,
         "alternating": baseline is not None, "timing_seconds": timing_seconds,
-        "graph_optimization_level": "ORT_ENABLE_ALL", "onnxruntime": ort.__version__,
+        "graph_optimization_level": "ORT_ENABLE_ALL", "intra_op_spinning": spinning,
+        "onnxruntime": ort.__version__,
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
         "flops_formula": "2*(L*(h*H*d + 2*h*K*d + H*d*h + 3*h*I) + V*h) + 4*L*H*d*T, T=context",
     }
