@@ -109,14 +109,19 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
     cfg.num_key_value_heads = n_kv
     cfg.intermediate_size = n_inter
     cfg.head_dim = groups.layers[0].head_dim
-    for attr in ("quantization_config",):
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(cfg, attr):
             delattr(cfg, attr)
-    if getattr(base, "is_quantized", False):
-        base.is_quantized = False
-        base.hf_quantizer = None
-    # non-prunable quantized or half leftovers (embeddings, norms) -> dtype
-    base.to(dtype)
+    if getattr(base, "is_quantized", False) or getattr(base, "quantization_method", None):
+        for attr, val in (("is_quantized", False), ("hf_quantizer", None), ("quantization_method", None),
+                          ("is_loaded_in_8bit", False), ("is_loaded_in_4bit", False)):
+            if hasattr(base, attr):
+                try:
+                    setattr(base, attr, val)
+                except AttributeError:
+                    pass
+    # every prunable projection is now a plain float nn.Linear; bring the rest (embeddings, norms) to dtype
+    nn.Module.to(base, dtype)
     return base
 
 

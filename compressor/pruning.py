@@ -374,8 +374,14 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
                 save_checkpoint(checkpoint_dir, snapshot())
             if stop.requested:
                 raise KeyboardInterrupt(f"stopped at step {step}; checkpoint written to {str(checkpoint_dir)!r}")
+    ranks_agree = None
     if acc is not None:
         acc.wait_for_everyone()
+        flat = torch.cat([torch.cat([m.heads, m.channels]) for m in masks.layers]).to(torch.uint8).to(device)
+        gathered = acc.gather(flat.unsqueeze(0)).cpu()
+        ranks_agree = bool((gathered == gathered[0]).all())
+        if not ranks_agree:
+            raise RuntimeError("data-parallel ranks chose different masks; this is a bug, please report it")
     final_scores = ema.value
     merged = merge_and_slice(pm, groups, masks)
     merged.eval()
@@ -410,6 +416,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         "tokens_seen": config.steps * per_step * blocks.shape[1],
         "calibration_blocks": int(blocks.shape[0]),
         "world_size": world,
+        "masks_identical_across_ranks": ranks_agree,
         "history": history,
         "scores_skipped_steps": ema.skipped,
         "wall_time_s": round(time.time() - t_start, 2),

@@ -125,3 +125,34 @@ def test_cli_yaml_config(model_dir, tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "compression_report.json").read_text())
     assert rep["config"]["ratio"] == 0.4 and rep["config"]["steps"] == 6  # CLI wins over the file
+
+
+def test_prune_with_8bit_base_merges_to_plain_float(tmp_path):
+    """LoRAPrune-8bit: W0 in bitsandbytes int8 (CPU), scores from LoRA only, merge dequantizes."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    from compressor.models import load_model
+
+    src = tmp_path / "src"
+    tiny_model("llama-gqa").save_pretrained(src)
+    tiny_tokenizer().save_pretrained(src)
+    m8, tok, _ = load_model(str(src), base_bits=8)
+    assert type(m8.model.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
+    text = tiny_text(2000)
+    res = prune(m8, _cfg(steps=6, base_bits=8), [text], tokenizer=tok, eval_text=text)
+    assert type(res.model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert res.model.dtype == torch.float32 and not hasattr(res.model.config, "quantization_config")
+    assert res.report["perplexity_after"]["ppl"] > 0
+    res.model.save_pretrained(tmp_path / "out")
+    re = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(re(input_ids=ids).logits, res.model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_taylor_refuses_8bit_base():
+    from compressor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="taylor"):
+        prune(tiny_model("llama-mha"), _cfg(criterion="taylor", base_bits=8), torch.randint(0, 96, (4, 32)))
