@@ -37,6 +37,8 @@ class PruneConfig:
         max_blocks: use at most this many calibration sequences (None: all).
         base_bits: ``8`` keeps W0 in 8-bit (bitsandbytes; LoRAPrune-8bit), ``None`` float.
         channel_multiple: round the kept MLP width to a multiple of this (8: friendly to matmul kernels).
+        head_policy: how the budget is split between heads and MLP channels: ``mlp-first`` (default: keep
+            heads while the MLP keeps >= 25 % of its channels) or ``balanced`` (same fraction for both).
         joint: True (default) scores during the fine-tune (LoRAPrune); False prunes one-shot from the
             scores of the first ``prune_every`` steps, then fine-tunes ("separate" baseline).
         seed: seed of data order, LoRA init and the random criterion.
@@ -63,6 +65,7 @@ class PruneConfig:
     max_blocks: Optional[int] = None
     base_bits: Optional[int] = None
     channel_multiple: int = 8
+    head_policy: str = "mlp-first"
     joint: bool = True
     seed: int = 0
     eval_windows: int = 8
@@ -109,6 +112,10 @@ class PruneConfig:
             raise bad("max_blocks", "need at least 1 (or None for all)")
         if self.base_bits not in (None, 8):
             raise bad("base_bits", "use 8 (bitsandbytes 8-bit base) or None (float)")
+        from .schedule import HEAD_POLICIES
+
+        if self.head_policy not in HEAD_POLICIES:
+            raise bad("head_policy", f"use one of {', '.join(HEAD_POLICIES)}")
         if self.channel_multiple < 1:
             raise bad("channel_multiple", "need at least 1")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps and self.steps > 1 and self.warmup_steps:

@@ -259,7 +259,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     if len(shapes) != 1:
         raise ConfigError(f"layers have different widths {sorted(shapes)}; only uniform models are supported")
     lg0 = groups.layers[0]
-    final = solve_widths(lg0, groups.hidden_size, config.ratio, config.channel_multiple)
+    final = solve_widths(lg0, groups.hidden_size, config.ratio, config.channel_multiple, config.head_policy)
     events = prune_events(config.steps, config.prune_every, config.prune_until) if config.joint else [config.prune_every]
     if plan is not None:
         events = []
@@ -404,6 +404,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
                           "head_dim": lg0.head_dim, "intermediate_size": lg0.intermediate_size},
         "widths_after": {"num_attention_heads": final.num_heads, "num_key_value_heads": final.num_kv_heads,
                          "head_dim": lg0.head_dim, "intermediate_size": final.intermediate_size},
+        "head_policy": config.head_policy,
         "gqa_policy": "query heads pruned evenly within each KV group; KV heads kept" if lg0.gqa else "MHA: whole heads (q,k,v rows + o columns)",
         "kept": [{"layer": i, "heads": lm.kept_heads(), "channels": lm.kept_channels()} for i, lm in enumerate(masks.layers)],
         "criterion": config.criterion,

@@ -40,12 +40,23 @@ def _kept(lg: LayerGroups, heads_per_kv: int) -> tuple[int, int]:
     return heads_per_kv, heads_per_kv
 
 
-def solve_widths(lg: LayerGroups, hidden: int, ratio: float, channel_multiple: int = 8) -> Widths:
+HEAD_POLICIES = ("mlp-first", "balanced")
+#: under ``mlp-first`` the MLP keeps at least this fraction of its channels before heads are pruned
+MLP_FIRST_MIN_CHANNELS = 0.25
+
+
+def solve_widths(lg: LayerGroups, hidden: int, ratio: float, channel_multiple: int = 8,
+                 head_policy: str = "mlp-first") -> Widths:
     """Widths that remove about ``ratio`` of a layer's prunable weights.
 
     Candidates are every feasible head count (≥ 1 head per KV group); for each, the MLP width that
-    best meets the ratio is computed (rounded to ``channel_multiple`` when possible); the candidate
-    whose head keep-fraction is closest to its channel keep-fraction wins (ties: closer achieved ratio).
+    best meets the ratio is computed (rounded to ``channel_multiple`` when possible). Then
+
+    * ``head_policy="mlp-first"`` (default): the candidate that keeps the most heads while the MLP keeps at
+      least ``MLP_FIRST_MIN_CHANNELS`` of its channels (measured on SmolLM2-135M: removing a third of the
+      heads cost ~1.8 nats of training loss at once, removing 28 % of the MLP channels ~0.1);
+    * ``head_policy="balanced"``: the candidate whose head keep-fraction is closest to its channel
+      keep-fraction (the paper's uniform ratio), ties broken by the closer achieved ratio.
 
     Raises:
         ConfigError: ``ratio`` outside (0, 1), or so large that a layer would keep no head or channel.
@@ -55,7 +66,10 @@ def solve_widths(lg: LayerGroups, hidden: int, ratio: float, channel_multiple: i
     total = layer_params(lg, hidden)
     budget = total * (1.0 - ratio)
     per_group_max = lg.heads_per_kv if lg.gqa else lg.num_heads
+    if head_policy not in HEAD_POLICIES:
+        raise ConfigError(f"head_policy {head_policy!r} is not valid; use one of {', '.join(HEAD_POLICIES)}")
     best = None
+    candidates: list[tuple[int, Widths, float]] = []
     for hk in range(1, per_group_max + 1):
         heads, kv = _kept(lg, hk)
         attn = layer_params(lg, hidden, heads, kv, 0)
@@ -72,8 +86,12 @@ def solve_widths(lg: LayerGroups, hidden: int, ratio: float, channel_multiple: i
         ch_frac = inter_r / lg.intermediate_size
         achieved = 1 - layer_params(lg, hidden, heads, kv, inter_r) / total
         key = (round(abs(head_frac - ch_frac), 9), abs(achieved - ratio))
+        candidates.append((hk, Widths(hk, heads, kv, inter_r), ch_frac))
         if best is None or key < best[0]:
             best = (key, Widths(hk, heads, kv, inter_r))
+    if head_policy == "mlp-first" and candidates:
+        ok = [c for c in candidates if c[2] >= MLP_FIRST_MIN_CHANNELS]
+        best = (None, max(ok, key=lambda c: c[0])[1] if ok else min(candidates, key=lambda c: c[0])[1])
     if best is None:
         raise ConfigError(
             f"ratio {ratio} would leave layers with no attention heads or no MLP channels "

@@ -154,8 +154,22 @@ def test_widths_balanced_on_smollm_shapes():
     from compressor.groups import LayerGroups
 
     lg = LayerGroups(0, 9, 3, 64, 1536)
-    w = solve_widths(lg, 576, 0.5)
+    w = solve_widths(lg, 576, 0.5, head_policy="balanced")
     assert (w.num_heads, w.num_kv_heads) == (3, 3) and w.intermediate_size % 8 == 0
     assert abs(achieved_ratio(lg, 576, w) - 0.5) < 0.01
-    w2 = solve_widths(lg, 576, 0.2)
+    w2 = solve_widths(lg, 576, 0.2, head_policy="balanced")
     assert abs(achieved_ratio(lg, 576, w2) - 0.2) < 0.01
+
+
+def test_widths_mlp_first_keeps_heads_until_mlp_floor():
+    from compressor.groups import LayerGroups
+
+    lg = LayerGroups(0, 9, 3, 64, 1536)
+    w = solve_widths(lg, 576, 0.5)  # default policy
+    assert (w.num_heads, w.num_kv_heads) == (9, 3) and w.intermediate_size == 512
+    assert abs(achieved_ratio(lg, 576, w) - 0.5) < 0.01
+    w6 = solve_widths(lg, 576, 0.6)  # the MLP alone cannot absorb 60 % above its floor: a third of the heads go
+    assert w6.num_heads == 6 and w6.intermediate_size >= 0.25 * 1536
+    assert abs(achieved_ratio(lg, 576, w6) - 0.6) < 0.01
+    w7 = solve_widths(lg, 576, 0.7)  # floor unreachable: as few heads as allowed, the rest from the MLP
+    assert w7.num_heads == 3 and abs(achieved_ratio(lg, 576, w7) - 0.7) < 0.01

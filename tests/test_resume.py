@@ -108,31 +108,23 @@ def work(tmp_path_factory) -> Path:
     return w
 
 
-def test_kill9_mid_run_then_resume_matches_uninterrupted(work):
-    rc, seen, _ = _interrupt(work, "B", signal.SIGKILL)
-    assert rc == -signal.SIGKILL
-    step = _ckpt_step(work / "B.ckpt")
-    assert step is not None and seen <= step < STEPS, "killed mid-run with a checkpoint on disk"
-    _assert_no_partial_output(work, "B")
+@pytest.mark.parametrize("name,sig,want_rc", [("B", signal.SIGKILL, -signal.SIGKILL), ("C", signal.SIGINT, 130)],
+                         ids=["kill-9", "ctrl-c"])
+def test_interrupt_mid_run_then_resume_matches_uninterrupted(work, name, sig, want_rc):
+    """SIGKILL of a real subprocess (or Ctrl-C, which finishes the step and checkpoints, exit 130), then
+    the same command plus --resume gives the same masks and weights as the uninterrupted run A."""
+    rc, seen, stderr = _interrupt(work, name, sig)
+    assert rc == want_rc, stderr
+    if sig == signal.SIGINT:
+        assert "--resume" in stderr and "Traceback" not in stderr
+    step = _ckpt_step(work / f"{name}.ckpt")
+    assert step is not None and seen <= step < STEPS, "interrupted mid-run with a checkpoint on disk"
+    _assert_no_partial_output(work, name)
 
-    r = _run_cli(work, "B", "--resume")
+    r = _run_cli(work, name, "--resume")
     assert r.returncode == 0, r.stderr
-    _assert_same_result(work / "A", work / "B")
-    assert not list(work.glob(".B.tmp-*")) and not (work / "B.ckpt").exists()
-
-
-def test_ctrl_c_writes_checkpoint_exits_130_and_resume_matches(work):
-    rc, seen, stderr = _interrupt(work, "C", signal.SIGINT)
-    assert rc == 130, stderr
-    assert "--resume" in stderr and "Traceback" not in stderr
-    step = _ckpt_step(work / "C.ckpt")
-    assert step is not None and seen <= step < STEPS, "Ctrl-C finishes the step and writes a checkpoint"
-    _assert_no_partial_output(work, "C")
-
-    r = _run_cli(work, "C", "--resume")
-    assert r.returncode == 0, r.stderr
-    _assert_same_result(work / "A", work / "C")
-    assert not list(work.glob(".C.tmp-*")) and not (work / "C.ckpt").exists()
+    _assert_same_result(work / "A", work / name)
+    assert not list(work.glob(f".{name}.tmp-*")) and not (work / f"{name}.ckpt").exists()
 
 
 def _invoke(args):

@@ -15,7 +15,7 @@ _CFG_OPTIONS = {
     "prune_until": "prune_until", "lam": "lam", "lora_r": "lora_r", "lora_alpha": "lora_alpha",
     "lora_dropout": "lora_dropout", "lr": "lr", "warmup_steps": "warmup_steps", "batch_size": "batch_size",
     "grad_accum": "grad_accum", "seq_len": "seq_len", "max_blocks": "max_blocks", "base_bits": "base_bits",
-    "channel_multiple": "channel_multiple", "seed": "seed", "eval_windows": "eval_windows",
+    "channel_multiple": "channel_multiple", "head_policy": "head_policy", "seed": "seed", "eval_windows": "eval_windows",
     "eval_seq_len": "eval_seq_len", "save_every": "save_every", "dtype": "dtype",
 }
 
@@ -70,6 +70,8 @@ def _ratio(ctx, param, value):
 @click.option("--max-blocks", type=int, default=None, help="Use at most this many calibration sequences.")
 @click.option("--base-bits", type=click.Choice(["8"]), default=None, help="Keep W0 in 8-bit (bitsandbytes).")
 @click.option("--channel-multiple", type=int, default=None, help="Round the kept MLP width to a multiple of this [8].")
+@click.option("--head-policy", type=click.Choice(["mlp-first", "balanced"]), default=None,
+              help="Split of the budget: mlp-first (default; prune heads only once the MLP keeps 25 %) or balanced.")
 @click.option("--separate", is_flag=True, help="Baseline: one-shot pruning from the first prune-every steps' scores, then fine-tune.")
 @click.option("--seed", type=int, default=None, help="Seed [0].")
 @click.option("--eval-data", default="auto", show_default=True,
