@@ -6,7 +6,8 @@ layer to mask (Eq. 13), with the sparsity rising linearly until the target is re
 ``prune_until × steps``; fine-tuning then continues. Finally the masked groups are removed and LoRA is
 folded into the base (:mod:`compressor.merge`).
 
-Run it data-parallel with ``accelerate launch --num_processes N compress prune ...``: every rank trains on
+Run it data-parallel with ``accelerate launch --multi_gpu --num_processes N -m compressor.cli prune ...``
+(works on CPU too, with gloo): every rank trains on
 its own share of each batch, gradients are averaged by DDP, and the group scores are averaged across
 ranks before the moving average so every rank masks the same groups.
 """

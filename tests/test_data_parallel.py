@@ -24,7 +24,7 @@ def test_two_process_data_parallel_masks_identical(tmp_path):
     if not os.path.exists(launcher):
         launcher = shutil.which("accelerate")
     env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
-    cmd = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+    cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "compressor.cli", "prune", str(src), "--ratio", "0.5", "--steps", "6",
            "--prune-every", "2", "--seq-len", "32", "--batch-size", "2", "--data", str(tmp_path / "calib.txt"),
            "--eval-data", "none", "--out", str(out), "--quiet"]
