@@ -2,8 +2,8 @@
 
 ``--ratio r`` is the fraction of the parameters of the decoder layers' prunable projections
 (``q,k,v,o,gate,up,down``) to remove. Every layer is pruned to the same widths so the result is a stock
-config. Heads and MLP channels are pruned at (as near as rounding allows) the same fraction; under GQA the
-KV heads are kept, so the MLP takes the rest of the budget. The achieved ratio is reported.
+config. How the budget is split between heads and MLP channels is the ``head_policy`` (see
+:func:`solve_widths`); under GQA the KV heads are always kept. The achieved ratio is reported.
 """
 from __future__ import annotations
 
