@@ -481,6 +481,8 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
     find_onnx_file(model_dir, file_name)
     if baseline_dir is not None:
         find_onnx_file(baseline_dir, file_name)
+    if write and out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {str(out)!r} is an existing file; give a folder")  # before minutes of timing
     ort = _import_ort()
     _providers(ort, provider)
 
