@@ -52,6 +52,7 @@ from compressor.errors import (
     ValidationError,
 )
 from compressor.io import atomic_output_dir, check_output_dir, write_json
+from compressor.save import drop_gguf_tokenizer_model  # noqa: F401  (re-exported for callers of exporters.onnx)
 
 #: Name of the ONNX graph inside an exported folder (optimum's standard name).
 ONNX_FILE = "model.onnx"
@@ -150,22 +151,6 @@ def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True):
                           f"use model.float().cpu() first")
     model.eval()
     return model, tokenizer, getattr(config, "_name_or_path", "") or type(model).__name__
-
-
-def drop_gguf_tokenizer_model(folder: str | os.PathLike) -> bool:
-    """Delete ``folder/tokenizer.model`` if it is a GGUF file (starts with ``b"GGUF"``).
-
-    A tokenizer loaded from a ``.gguf`` file keeps the whole ``.gguf`` as its ``vocab_file`` and
-    ``save_pretrained`` copies it as ``tokenizer.model`` (98 MB for SmolLM2-135M). The fast tokenizer
-    only needs ``tokenizer.json``. Returns True if a file was removed.
-    """
-    p = Path(folder) / "tokenizer.model"
-    if p.is_file():
-        with open(p, "rb") as fh:
-            if fh.read(4) == b"GGUF":
-                p.unlink()
-                return True
-    return False
 
 
 def save_tokenizer(tokenizer, folder: str | os.PathLike, sample: str = "Hello world, this is a test.") -> dict:

@@ -2,7 +2,7 @@
 
 GGUF weights are dequantized by :func:`compressor.models.load_model`; the tokenizer is saved as
 ``tokenizer.json`` and a GGUF copy saved as ``tokenizer.model`` is removed (see
-:func:`exporters.onnx.drop_gguf_tokenizer_model`).
+:func:`compressor.save.drop_gguf_tokenizer_model`).
 
 Example:
     >>> from exporters import export_safetensors                          # doctest: +SKIP
