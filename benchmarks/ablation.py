@@ -49,7 +49,12 @@ def main() -> None:
         rows.append({"ablation": kind, "value": val, "wikitext2_ppl": ppl,
                      "prune_wall_s": load_json(out / "compression_report.json")["wall_time_s"]})
         print(rows[-1], flush=True)
-    write_result("ablation", {"benchmark": "ablation λ and prune-every at 50%", "ratio": a.ratio, "steps": a.steps,
+        _write(a, rows, complete=False)  # partial results survive an interrupted run
+    _write(a, rows, complete=True)
+
+
+def _write(a, rows, complete: bool) -> None:
+    write_result("ablation", {"complete": complete, "benchmark": "ablation λ and prune-every at 50%", "ratio": a.ratio, "steps": a.steps,
                               "batch_size": a.batch_size, "seq_len": a.seq_len, "rows": rows,
                               "protocol": f"WikiText-2, 2048-token windows, first {a.eval_windows}",
                               "machine": machine(), "git": git_rev()})
