@@ -12,7 +12,6 @@ Every run goes through the product's own CLI (``compress prune`` then ``compress
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import time

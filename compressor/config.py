@@ -148,8 +148,10 @@ class PruneConfig:
         return cls(**data)
 
     @classmethod
-    def from_file(cls, path: Union[str, os.PathLike], **overrides: Any) -> "PruneConfig":
-        """Read a YAML or JSON file; ``overrides`` (e.g. CLI options the user set) win."""
+    def from_file(cls, path: Union[str, os.PathLike], defaults: Optional[dict[str, Any]] = None,
+                  **overrides: Any) -> "PruneConfig":
+        """Read a YAML or JSON file; ``overrides`` (e.g. CLI options the user set) win over the file, which wins
+        over ``defaults`` (e.g. the CLI's own defaults)."""
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
@@ -165,7 +167,7 @@ class PruneConfig:
             raise ConfigError(f"config file {str(p)!r} cannot be parsed: {exc}") from exc
         data = dict(data or {}) if isinstance(data, dict) or data is None else data
         if isinstance(data, dict):
-            data.update(overrides)
+            data = {**(defaults or {}), **data, **overrides}
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "PruneConfig":

@@ -47,7 +47,6 @@ class MaskState:
         for layer, lg, lm in zip(decoder_layers(model), groups.layers, self.layers):
             fm = _FloatMasks(lg, lm)
             self._float.append(fm)
-            rows_h = fm.head_rows
             self._handles.append(projection(layer, "q_proj").register_forward_hook(_out_hook(fm, "head_rows")))
             if not lg.gqa:
                 for name in ("k_proj", "v_proj"):
@@ -56,7 +55,6 @@ class MaskState:
             for name in ("gate_proj", "up_proj"):
                 self._handles.append(projection(layer, name).register_forward_hook(_out_hook(fm, "channels")))
             self._handles.append(projection(layer, "down_proj").register_forward_pre_hook(_in_hook(fm, "channels")))
-            del rows_h
         return self
 
     def refresh(self) -> None:

@@ -35,7 +35,7 @@ from .errors import CalibrationError, ConfigError, NonFiniteError, ResumeError
 from .groups import PRUNABLE, ModelGroups, discover_groups, unwrap
 from .masking import MaskState, mask_lowest
 from .merge import merge_and_slice
-from .schedule import Widths, achieved_ratio, layer_params, prune_events, solve_widths, widths_at
+from .schedule import achieved_ratio, layer_params, prune_events, solve_widths, widths_at
 from .scoring import LayerScores, MovingAverage, model_scores
 
 ProgressFn = Callable[[dict[str, Any]], None]

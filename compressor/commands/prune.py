@@ -23,16 +23,6 @@ _CFG_OPTIONS = {
 DEFAULT_CLI_SAVE_EVERY = 25
 
 
-def _read_keys(path) -> set:
-    try:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text())
-        return set(data) if isinstance(data, dict) else set()
-    except Exception:  # the config loader reports parse errors properly
-        return set()
-
-
 def _ratio(ctx, param, value):
     if value is None:
         return None
@@ -111,15 +101,14 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
         fields["base_bits"] = int(fields["base_bits"])
     if separate:
         fields["joint"] = False
-    if "save_every" not in fields and not (config_file and "save_every" in (_read_keys(config_file))):
-        fields["save_every"] = DEFAULT_CLI_SAVE_EVERY
+    cli_defaults = {"save_every": DEFAULT_CLI_SAVE_EVERY}  # the file or the command line may override it
     if config_file:
-        cfg = PruneConfig.from_file(config_file, **fields)
+        cfg = PruneConfig.from_file(config_file, defaults=cli_defaults, **fields)
     else:
         if "ratio" not in fields:
             raise ConfigError("--ratio is required (fraction of prunable parameters to remove, in (0, 1)), "
                               "or give it in --config")
-        cfg = PruneConfig(**fields)
+        cfg = PruneConfig(**{**cli_defaults, **fields})
     if resume and from_plan:
         raise ConfigError("--resume and --from-plan cannot be used together")
     ckpt = Path(checkpoint_dir) if checkpoint_dir else Path(str(Path(out)) + ".ckpt")
