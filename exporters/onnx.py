@@ -182,6 +182,15 @@ def save_tokenizer(tokenizer, folder: str | os.PathLike, sample: str = "Hello wo
     return {"saved": True, "removed_gguf_tokenizer_model": removed, "reload_ok": True}
 
 
+def write_report(folder: Path, report: dict, t_start: float) -> None:
+    """Add the folder's files, their total size and the elapsed time to ``report``; write ``REPORT_FILE``."""
+    files = list_files(folder)
+    report["files"] = files
+    report["total_bytes"] = sum(files.values())
+    report["seconds"] = time.perf_counter() - t_start
+    write_json(folder / REPORT_FILE, report)
+
+
 def list_files(folder: str | os.PathLike) -> dict[str, int]:
     """File name (relative, sorted) -> size in bytes for every file under ``folder``."""
     root = Path(folder)
@@ -858,11 +867,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
                                "fp32_noise_factor_vs_float64": noise_factor} | (
             {"int8_max_rel_nll_increase": int8_max_rel_nll_increase,
              "int8_min_top1_agreement": int8_min_top1_agreement} if int8 else {})
-        files = list_files(tmp)
-        report["files"] = files
-        report["total_bytes"] = sum(files.values())
-        report["seconds"] = time.perf_counter() - t_start
-        write_json(tmp / REPORT_FILE, report)
+        write_report(tmp, report, t_start)
     files = list_files(out)
     return ExportResult(path=Path(out), format="onnx", files=files, total_bytes=sum(files.values()),
                         validated=bool(validate), seconds=report["seconds"], report=report)

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import ExportError
-from compressor.io import atomic_output_dir, check_output_dir, write_json
+from compressor.io import atomic_output_dir, check_output_dir
 
 from .onnx import (
-    REPORT_FILE,
     ExportResult,
     _model_summary,
     _versions,
     list_files,
+    write_report,
     load_for_export,
     save_tokenizer,
 )
@@ -67,11 +67,7 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
             raise ExportError(f"saving the model failed: {type(exc).__name__}: {exc}") from exc
         report["tokenizer"] = save_tokenizer(tokenizer, tmp)
         report["checks"] = _check_folder(model, tmp)
-        files = list_files(tmp)
-        report["files"] = files
-        report["total_bytes"] = sum(files.values())
-        report["seconds"] = time.perf_counter() - t0
-        write_json(tmp / REPORT_FILE, report)
+        write_report(tmp, report, t0)
     files = list_files(out)
     return ExportResult(path=Path(out), format="safetensors", files=files, total_bytes=sum(files.values()),
                         validated=True, seconds=report["seconds"], report=report)
