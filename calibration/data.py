@@ -334,10 +334,17 @@ def load_texts(source: str | os.PathLike, *, text_field: str = "text", max_docs:
     else:
         path = Path(spec).expanduser()
         label = str(path)
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except OSError:  # e.g. a name longer than the file system allows: raw text passed as a path
+            exists = False
+        if not exists:
+            shown = spec if len(spec) <= 120 else spec[:100] + f"... ({len(spec)} characters)"
+            hint = (" To calibrate on text itself, pass a list of strings (Python API), not one string."
+                    if ("\n" in spec or len(spec) > 255) else "")
             raise CalibrationError(
-                f"calibration source {spec!r} not found: not an existing file, a built-in name or an hf: source. "
-                f"Valid sources: {_VALID_SOURCES}"
+                f"calibration source {shown!r} not found: not an existing file, a built-in name or an hf: source. "
+                f"Valid sources: {_VALID_SOURCES}.{hint}"
             )
         text = _read_text(path)
         if not text.strip():

@@ -111,6 +111,13 @@ def test_missing_file(tmp_path, name):
         load_texts(str(tmp_path / name))
 
 
+def test_raw_text_given_as_a_source_says_to_pass_a_list():
+    text = "word " * 2000 + "\n\nmore text"  # longer than any file name: os.stat raises ENAMETOOLONG
+    with pytest.raises(CalibrationError, match="list of strings") as ei:
+        load_texts(text)
+    assert "10011 characters" in str(ei.value) and len(str(ei.value)) < 1200
+
+
 def test_folder(tmp_path):
     with pytest.raises(CalibrationError, match="is a folder"):
         load_texts(tmp_path)

@@ -246,3 +246,24 @@ def test_export_loaded_model(tiny_llama_dir, tmp_path):
     assert model.config.hidden_size == 64, "the in-memory model's config is not touched"
     with pytest.raises(ConfigError, match="float32"):
         export_onnx(model.to(torch.bfloat16), tmp_path / "o2")
+
+
+def test_sliding_window_model_exports(tmp_path):
+    """Mistral with a window shorter than the check sequence: PyTorch's cache keeps only the window."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from tests.tiny import tiny_tokenizer
+
+    cfg = MistralConfig(vocab_size=200, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=8, max_position_embeddings=128,
+                        tie_word_embeddings=False, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = MistralForCausalLM(cfg).eval()
+    res = _export(model, tmp_path / "o", tokenizer=tiny_tokenizer(200))
+    par = res.report["validation"]["parity"]
+    assert par["passed"] and par["prompt_len"] + par["decode_steps"] <= 7
+    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "o")
+    x = torch.tensor([[5, 6, 7]])
+    kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": 4, "do_sample": False, "pad_token_id": 2}
+    assert model.generate(x, **kw).tolist() == ort.generate(x, **kw).tolist()
