@@ -21,7 +21,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import dense_hf_dir, git_rev, machine, write_result  # noqa: E402
 
-MODES = {"lora": ("lora", None), "taylor": ("taylor", None), "lora-8bit": ("lora", 8)}
+#: mode -> (criterion, base bits, gradient checkpointing)
+MODES = {"lora": ("lora", None, False), "taylor": ("taylor", None, False), "lora-8bit": ("lora", 8, False),
+         "lora-gc": ("lora", None, True), "taylor-gc": ("taylor", None, True), "lora-8bit-gc": ("lora", 8, True)}
+#: (numerator, denominator) pairs reported as ratios: each LoRA mode against Taylor with the same checkpointing
+PAIRS = [("lora", "taylor"), ("lora-8bit", "taylor"), ("lora-gc", "taylor-gc"), ("lora-8bit-gc", "taylor-gc"),
+         ("lora-gc", "taylor")]
 
 
 def _rss_mb(field: str) -> float:
@@ -42,11 +47,14 @@ def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int) -> d
     from compressor.pruning import _wrap_lora
     from compressor.scoring import MovingAverage, model_scores
 
-    crit_name, bits = MODES[mode]
-    cfg = PruneConfig(ratio=0.5, criterion=crit_name, base_bits=bits, steps=max(steps, 10))
+    crit_name, bits, gc = MODES[mode]
+    cfg = PruneConfig(ratio=0.5, criterion=crit_name, base_bits=bits, steps=max(steps, 10), gradient_checkpointing=gc)
     model, tok, _ = load_model(model_dir, base_bits=bits)
     groups = discover_groups(model)
     pm = _wrap_lora(model, cfg)
+    if gc:  # as compressor.pruning.prune does for gradient_checkpointing=True
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    pm.train()
     MaskState.full(groups).install(pm, groups)
     crit = get_criterion(crit_name)
     opt = torch.optim.AdamW([p for n, p in pm.named_parameters() if "lora_" in n and p.requires_grad], lr=1e-4)
@@ -66,7 +74,7 @@ def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int) -> d
         pm.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
     peak = _rss_mb("VmHWM")
-    return {"mode": mode, "criterion": crit_name, "base_bits": bits, "rss_after_load_mb": round(rss_loaded, 1),
+    return {"mode": mode, "criterion": crit_name, "base_bits": bits, "gradient_checkpointing": gc, "rss_after_load_mb": round(rss_loaded, 1),
             "peak_step_rss_mb": round(peak, 1), "peak_above_load_mb": round(peak - rss_loaded, 1),
             "step_s_median": round(statistics.median(times[1:] if len(times) > 1 else times), 3),
             "step_s_all": [round(t, 3) for t in times], "batch": batch, "seq_len": seq_len}
@@ -78,7 +86,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--modes", default="lora,taylor,lora-8bit")
+    ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -100,14 +108,13 @@ def main() -> None:
         print(f"  peak {r['peak_step_rss_mb']:.0f} MiB (+{r['peak_above_load_mb']:.0f} above load), step {r['step_s_median']:.2f} s")
     by = {r["mode"]: r for r in rows if "error" not in r}
     ratios = {}
-    if "lora" in by and "taylor" in by:
-        t = by["taylor"]
-        for m in ("lora", "lora-8bit"):
-            if m in by:
-                ratios[f"{m}/taylor"] = {
-                    "peak_rss": round(by[m]["peak_step_rss_mb"] / t["peak_step_rss_mb"], 3),
-                    "peak_above_load": round(by[m]["peak_above_load_mb"] / max(t["peak_above_load_mb"], 1e-9), 3),
-                    "step_time": round(by[m]["step_s_median"] / t["step_s_median"], 3)}
+    for num, den in PAIRS:
+        if num in by and den in by:
+            t = by[den]
+            ratios[f"{num}/{den}"] = {
+                "peak_rss": round(by[num]["peak_step_rss_mb"] / t["peak_step_rss_mb"], 3),
+                "peak_above_load": round(by[num]["peak_above_load_mb"] / max(t["peak_above_load_mb"], 1e-9), 3),
+                "step_time": round(by[num]["step_s_median"] / t["step_s_median"], 3)}
     print(json.dumps(ratios, indent=1))
     write_result("resources", {"benchmark": "resources (paper Table 4)", "model": model_dir, "rows": rows,
                                "ratios": ratios, "targets": {"lora/taylor peak": "<= 0.5", "lora-8bit/taylor peak": "<= 0.35",

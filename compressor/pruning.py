@@ -272,6 +272,9 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     ppl_before = _perplexity(model, tokenizer, eval_text, config) if is_main else None
 
     pm = _wrap_lora(model, config)
+    if config.gradient_checkpointing:
+        # non-reentrant: LoRA weights get gradients although the embeddings' outputs do not require grad
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     masks = MaskState.full(groups).install(pm, groups)
     ema = MovingAverage(config.lam)
     if plan is not None:
@@ -384,6 +387,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         if not ranks_agree:
             raise RuntimeError("data-parallel ranks chose different masks; this is a bug, please report it")
     final_scores = ema.value
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
     merged = merge_and_slice(pm, groups, masks)
     merged.eval()
     ppl_after = _perplexity(merged, tokenizer, eval_text, config) if is_main else None

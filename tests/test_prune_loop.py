@@ -65,6 +65,19 @@ def test_prune_is_deterministic():
         torch.testing.assert_close(p, q, rtol=0, atol=0, msg=n)
 
 
+@pytest.mark.parametrize("criterion", ["lora", "taylor"])
+def test_gradient_checkpointing_gives_the_same_result(criterion):
+    text = tiny_text(2000)
+    a = prune(tiny_model("llama-gqa"), _cfg(steps=6, criterion=criterion), [text], tokenizer=tiny_tokenizer())
+    m = tiny_model("llama-gqa")
+    b = prune(m, _cfg(steps=6, criterion=criterion, gradient_checkpointing=True), [text], tokenizer=tiny_tokenizer())
+    assert a.report["kept"] == b.report["kept"]
+    assert [h["loss"] for h in a.report["history"]] == pytest.approx([h["loss"] for h in b.report["history"]], rel=1e-5)
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=n)
+    assert not b.model.is_gradient_checkpointing, "the returned model is an ordinary one"
+
+
 def test_separate_mode_prunes_once():
     res = prune(tiny_model("llama-mha"), _cfg(joint=False), [tiny_text(2000)], tokenizer=tiny_tokenizer())
     ev = res.report["schedule"]["events"]
