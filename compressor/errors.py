@@ -42,6 +42,10 @@ class NonFiniteError(CompressError, RuntimeError):
     """A loss, score or weight became NaN/inf."""
 
 
+class SaveError(CompressError, RuntimeError):
+    """A saved file does not read back as what was saved (e.g. a tokenizer that does not reload)."""
+
+
 class ExportError(CompressError, RuntimeError):
     """Export failed."""
 

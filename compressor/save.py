@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torch import nn
 
+from .errors import SaveError
 from .io import atomic_output_dir, write_json
 
 
@@ -27,12 +28,41 @@ def drop_gguf_tokenizer_model(folder: str | os.PathLike) -> bool:
     return False
 
 
-def save_tokenizer(tokenizer: Any, folder: str | os.PathLike) -> None:
-    """Save a tokenizer; drop the copy of a GGUF file that GGUF-loaded tokenizers write as ``tokenizer.model``."""
+def save_tokenizer(tokenizer: Any, folder: str | os.PathLike, *, check: bool = True,
+                   sample: str = "Hello world, this is a test.") -> dict[str, Any]:
+    """Save ``tokenizer`` into ``folder``, drop a GGUF ``tokenizer.model``, and check that it reloads.
+
+    The check loads the folder with ``AutoTokenizer`` (which then reads ``tokenizer.json``) and compares the
+    ids of ``sample`` with the original tokenizer's.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer, or None (nothing is written).
+        folder: destination folder (exists).
+        check: reload and compare (default True).
+        sample: text encoded by both for the comparison.
+
+    Returns:
+        ``{"saved": bool, "removed_gguf_tokenizer_model": bool, "reload_ok": bool | None}``.
+
+    Raises:
+        SaveError: the saved tokenizer does not reload, or encodes ``sample`` differently.
+    """
     if tokenizer is None:
-        return
+        return {"saved": False, "removed_gguf_tokenizer_model": False, "reload_ok": None}
     tokenizer.save_pretrained(str(folder))
-    drop_gguf_tokenizer_model(folder)
+    removed = drop_gguf_tokenizer_model(folder)
+    if not check:
+        return {"saved": True, "removed_gguf_tokenizer_model": removed, "reload_ok": None}
+    from transformers import AutoTokenizer
+
+    try:
+        reloaded = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # noqa: BLE001 - any loader failure means the folder is unusable
+        raise SaveError(f"the saved tokenizer in {str(folder)!r} does not reload: {type(exc).__name__}: {exc}") from exc
+    a, b = list(tokenizer(sample)["input_ids"]), list(reloaded(sample)["input_ids"])
+    if a != b:
+        raise SaveError(f"the saved tokenizer encodes {sample!r} as {b} instead of {a}")
+    return {"saved": True, "removed_gguf_tokenizer_model": removed, "reload_ok": True}
 
 
 def save_model_folder(model: nn.Module, tokenizer: Any, out: str | os.PathLike, *, force: bool = False,

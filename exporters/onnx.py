@@ -52,7 +52,7 @@ from compressor.errors import (
     ValidationError,
 )
 from compressor.io import atomic_output_dir, check_output_dir, write_json
-from compressor.save import drop_gguf_tokenizer_model  # noqa: F401  (re-exported for callers of exporters.onnx)
+from compressor.save import drop_gguf_tokenizer_model, save_tokenizer
 
 #: Name of the ONNX graph inside an exported folder (optimum's standard name).
 ONNX_FILE = "model.onnx"
@@ -151,35 +151,6 @@ def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True):
                           f"use model.float().cpu() first")
     model.eval()
     return model, tokenizer, getattr(config, "_name_or_path", "") or type(model).__name__
-
-
-def save_tokenizer(tokenizer, folder: str | os.PathLike, sample: str = "Hello world, this is a test.") -> dict:
-    """Save ``tokenizer`` into ``folder``, drop a GGUF ``tokenizer.model``, and check it reloads.
-
-    The reload check loads the folder with ``AutoTokenizer`` (which then reads ``tokenizer.json``) and
-    compares the ids of ``sample`` with the original tokenizer's.
-
-    Returns:
-        ``{"saved": bool, "removed_gguf_tokenizer_model": bool, "reload_ok": bool}``.
-
-    Raises:
-        ExportError: the saved tokenizer does not reload or encodes ``sample`` differently.
-    """
-    if tokenizer is None:
-        return {"saved": False, "removed_gguf_tokenizer_model": False, "reload_ok": None}
-    from transformers import AutoTokenizer
-
-    tokenizer.save_pretrained(folder)
-    removed = drop_gguf_tokenizer_model(folder)
-    try:
-        reloaded = AutoTokenizer.from_pretrained(str(folder))
-    except Exception as exc:
-        raise ExportError(f"the saved tokenizer in {str(folder)!r} does not reload: {type(exc).__name__}: {exc}") from exc
-    a = tokenizer(sample)["input_ids"]
-    b = reloaded(sample)["input_ids"]
-    if list(a) != list(b):
-        raise ExportError(f"the saved tokenizer encodes {sample!r} as {b} instead of {a}")
-    return {"saved": True, "removed_gguf_tokenizer_model": removed, "reload_ok": True}
 
 
 def write_report(folder: Path, report: dict, t_start: float) -> None:

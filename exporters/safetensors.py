@@ -17,6 +17,7 @@ from typing import Any
 
 from compressor.errors import ExportError
 from compressor.io import atomic_output_dir, check_output_dir
+from compressor.save import save_tokenizer
 
 from .onnx import (
     ExportResult,
@@ -25,7 +26,6 @@ from .onnx import (
     list_files,
     write_report,
     load_for_export,
-    save_tokenizer,
 )
 
 
