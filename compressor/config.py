@@ -45,6 +45,10 @@ class PruneConfig:
         eval_windows, eval_seq_len: perplexity before/after on held-out text (0 windows: skip).
         save_every: write a resumable checkpoint every this many optimizer steps (0: only on Ctrl-C).
         dtype: dtype of the float weights (``float32``, ``bfloat16``).
+        distill: weight of a distillation term in the fine-tune loss, in [0, 1]:
+            ``(1 - distill) · CE + distill · KL(dense ‖ pruned)`` per token. The teacher is the same model with
+            LoRA and masks switched off (no second copy of the weights; one more forward pass per step).
+            0 (default) is the paper's plain language-modelling loss.
         gradient_checkpointing: recompute each decoder layer's activations in the backward pass instead of
             keeping them (less memory, about a third more time per step; results are unchanged).
     """
@@ -74,6 +78,7 @@ class PruneConfig:
     eval_seq_len: int = 512
     save_every: int = 0
     dtype: str = "float32"
+    distill: float = 0.0
     gradient_checkpointing: bool = False
     version: int = CONFIG_VERSION
 
@@ -104,6 +109,8 @@ class PruneConfig:
             raise bad("lora_alpha", "must be > 0")
         if not (0.0 <= self.lora_dropout < 1.0):
             raise bad("lora_dropout", "must be in [0, 1)")
+        if not (0.0 <= self.distill <= 1.0):
+            raise bad("distill", "must be in [0, 1] (0: language-modelling loss only, 1: distillation only)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise bad("lr", "must be > 0")
         for name in ("batch_size", "grad_accum"):

@@ -7,6 +7,7 @@ exactly what the physically sliced model computes (see ``tests/test_prune_core.p
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +63,18 @@ class MaskState:
         for fm in self._float:
             fm.refresh()
 
+    @contextlib.contextmanager
+    def bypassed(self):
+        """Inside the block the hooks pass activations through unmasked (the dense model, e.g. as teacher)."""
+        prev = [fm.active for fm in self._float]
+        for fm in self._float:
+            fm.active = False
+        try:
+            yield self
+        finally:
+            for fm, a in zip(self._float, prev):
+                fm.active = a
+
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
@@ -85,6 +98,7 @@ class MaskState:
 class _FloatMasks:
     def __init__(self, lg: LayerGroups, lm: LayerMask):
         self.lg, self.lm = lg, lm
+        self.active = True
         self.refresh()
 
     def refresh(self) -> None:
@@ -103,13 +117,15 @@ class _FloatMasks:
 
 def _out_hook(fm: _FloatMasks, which: str):
     def hook(module, args, output):
-        return output * fm.get(which, output)
+        return output * fm.get(which, output) if fm.active else output
 
     return hook
 
 
 def _in_hook(fm: _FloatMasks, which: str):
     def hook(module, args):
+        if not fm.active:
+            return None
         x = args[0]
         return (x * fm.get(which, x),) + tuple(args[1:])
 

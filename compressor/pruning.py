@@ -190,6 +190,14 @@ def _wrap_lora(model: nn.Module, cfg: PruneConfig) -> nn.Module:
     return pm
 
 
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of ``KL(teacher ‖ student)`` of the next-token distributions (temperature 1)."""
+    v = student_logits.shape[-1]
+    s = torch.log_softmax(student_logits.float().reshape(-1, v), dim=-1)
+    t = torch.log_softmax(teacher_logits.float().reshape(-1, v), dim=-1)
+    return torch.nn.functional.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
 def _distributed():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import Accelerator
@@ -330,11 +338,18 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
             t0 = time.time()
             batch_all = data_order.take(pos, per_step)
             mine = batch_all[rank::world]
-            total_loss = 0.0
+            total_loss, lm_loss = 0.0, 0.0
             for m in range(config.grad_accum):
                 mb = mine[m * config.batch_size:(m + 1) * config.batch_size].to(device)
                 out = train_model(input_ids=mb, labels=mb)
-                loss = out.loss / config.grad_accum
+                loss = out.loss
+                if config.distill > 0:
+                    with torch.no_grad(), pm.disable_adapter(), masks.bypassed():
+                        teacher = pm(input_ids=mb).logits
+                    lm_loss += float(loss.detach()) / config.grad_accum
+                    loss = (1 - config.distill) * loss + config.distill * distill_loss(out.logits, teacher)
+                    del teacher
+                loss = loss / config.grad_accum
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f"loss became {loss.item()} at step {step + 1}; the last good checkpoint "
                                          f"(if any) is kept in {str(checkpoint_dir)!r}; resume it with --resume, or start again with a lower --lr")
@@ -368,6 +383,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
                                      "sparsity": round(_sparsity(groups, masks), 6)})
             rec = {"step": step, "loss": round(total_loss, 6), "lr": sched.get_last_lr()[0],
                    "sparsity": round(_sparsity(groups, masks), 6), "time_s": round(time.time() - t0, 4)}
+            if config.distill > 0:
+                rec["lm_loss"] = round(lm_loss, 6)
             if skipped:
                 rec["scores_skipped"] = True
             history.append(rec)

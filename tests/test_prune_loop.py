@@ -78,6 +78,46 @@ def test_gradient_checkpointing_gives_the_same_result(criterion):
     assert not b.model.is_gradient_checkpointing, "the returned model is an ordinary one"
 
 
+def test_distill_teacher_is_the_dense_model():
+    from compressor.groups import discover_groups
+    from compressor.masking import MaskState, mask_lowest
+    from compressor.pruning import _wrap_lora, distill_loss
+    from compressor.scoring import LayerScores
+
+    m = tiny_model("llama-gqa")
+    ids = torch.randint(0, 96, (2, 16))
+    with torch.no_grad():
+        dense = m(input_ids=ids).logits
+    groups = discover_groups(m)
+    pm = _wrap_lora(m, _cfg())
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    masks = MaskState.full(groups).install(pm, groups)
+    g = torch.Generator().manual_seed(1)
+    scores = [LayerScores(torch.rand(lg.num_heads, generator=g), torch.rand(lg.intermediate_size, generator=g))
+              for lg in groups.layers]
+    mask_lowest(masks, scores, groups, 2, 24)
+    with torch.no_grad():
+        student = pm(input_ids=ids).logits
+        with pm.disable_adapter(), masks.bypassed():
+            teacher = pm(input_ids=ids).logits
+        again = pm(input_ids=ids).logits
+    torch.testing.assert_close(teacher, dense)  # LoRA off, masks off: the original model
+    torch.testing.assert_close(again, student)  # both come back on after the block
+    assert (student - dense).abs().max() > 1e-3
+    assert distill_loss(dense, dense).abs() < 1e-6 and distill_loss(student, dense) > 0
+
+
+def test_prune_with_distillation_logs_both_losses():
+    text = tiny_text(2000)
+    res = prune(tiny_model("llama-gqa"), _cfg(steps=4, distill=0.5), [text], tokenizer=tiny_tokenizer())
+    h = res.report["history"]
+    assert all("lm_loss" in r and r["loss"] != r["lm_loss"] for r in h)
+    assert res.report["config"]["distill"] == 0.5
+
+
 def test_separate_mode_prunes_once():
     res = prune(tiny_model("llama-mha"), _cfg(joint=False), [tiny_text(2000)], tokenizer=tiny_tokenizer())
     ev = res.report["schedule"]["events"]

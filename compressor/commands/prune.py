@@ -17,7 +17,7 @@ _CFG_OPTIONS = {
     "grad_accum": "grad_accum", "seq_len": "seq_len", "max_blocks": "max_blocks", "base_bits": "base_bits",
     "channel_multiple": "channel_multiple", "head_policy": "head_policy", "seed": "seed", "eval_windows": "eval_windows",
     "eval_seq_len": "eval_seq_len", "save_every": "save_every", "dtype": "dtype",
-    "gradient_checkpointing": "gradient_checkpointing",
+    "gradient_checkpointing": "gradient_checkpointing", "distill": "distill",
 }
 
 
@@ -63,6 +63,9 @@ def _ratio(ctx, param, value):
 @click.option("--channel-multiple", type=int, default=None, help="Round the kept MLP width to a multiple of this [8].")
 @click.option("--head-policy", type=click.Choice(["mlp-first", "balanced"]), default=None,
               help="Split of the budget: mlp-first (default; prune heads only once the MLP keeps 25 %) or balanced.")
+@click.option("--distill", type=float, default=None,
+              help="Weight of distillation from the dense model in the fine-tune loss, in [0, 1] [0]: "
+                   "(1-w)·CE + w·KL(dense‖pruned). Costs one more forward pass per step.")
 @click.option("--gradient-checkpointing", is_flag=True, default=None,
               help="Recompute activations in the backward pass: less memory, about a third more time per step.")
 @click.option("--separate", is_flag=True, help="Baseline: one-shot pruning from the first prune-every steps' scores, then fine-tune.")
