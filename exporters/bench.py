@@ -72,7 +72,8 @@ class ModelBench:
         params: parameter count from the config (see module docstring).
         flops_per_token: forward FLOPs per token at ``context`` positions; ``flops`` has the parts.
         latency: case name (``prefill_128``, ``decode_b8``...) -> ``{"median_ms", "p90_ms", "mean_ms",
-            "min_ms", "runs", "tokens_per_s"}``.
+            "min_ms", "runs", "tokens_per_s", "flops_per_token"}``; the case's FLOPs per token use the mean
+            attention context of its new tokens (``past + (new + 1) / 2``).
         peak_rss_mb / peak_rss_delta_mb: see module docstring (None if the memory probe was skipped).
         load_seconds: session creation time; ``providers``: the session's execution providers.
         quantized: True/False from the folder's ``export_report.json`` (``int8``), None without a report.
@@ -102,7 +103,8 @@ class BenchReport:
 
     Attributes:
         model: the measured folder; ``baseline`` the baseline (or None).
-        ratios: with a baseline, model/baseline for every latency median (``latency.<case>``), ``flops_per_token``,
+        ratios: with a baseline, model/baseline for every latency median (``latency.<case>``), the case's FLOPs
+            (``flops.<case>``) and latency over FLOP ratio (``latency_over_flops.<case>``), ``flops_per_token``,
             ``params``, ``file_bytes`` and ``peak_rss_mb``; else None.
         settings: provider, threads, runs, warmup, prompt lengths, decode batches, context, machine.
         json_path: where ``bench_report.json`` was written (None if not written).
@@ -139,6 +141,9 @@ class BenchReport:
             bl = b.latency.get(case) if b else None
             add(f"{case} median", ml["median_ms"], bl["median_ms"] if bl else None, f"latency.{case}", " ms")
             add(f"{case} p90", ml["p90_ms"], bl["p90_ms"] if bl else None, f"latency_p90.{case}", " ms")
+            if b and self.ratios and self.ratios.get(f"flops.{case}"):
+                rows.append((f"{case} FLOP ratio", "", "", f"{self.ratios[f'flops.{case}']:.3f}"))
+                rows.append((f"{case} latency/FLOP ratio", "", "", f"{self.ratios[f'latency_over_flops.{case}']:.3f}"))
         add("params", m.params, b.params if b else None, "params")
         add("GFLOPs/token", m.flops_per_token / 1e9, b.flops_per_token / 1e9 if b else None, "flops_per_token")
         add("file size", m.file_bytes / 2**20, b.file_bytes / 2**20 if b else None, "file_bytes", " MiB")
@@ -153,7 +158,7 @@ class BenchReport:
         if b:
             intro.append(f"baseline: {b.path}" + (" (int8)" if b.quantized else ""))
         intro.append(f"{s['provider']}, {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, "
-                     f"decode context {s['context']}, FLOPs at T={s['context']}")
+                     f"decode context {s['context']}; GFLOPs/token at T={s['context']}, per-case FLOP ratios at each case's context")
         return "\n".join(intro + [""] + lines)
 
 
@@ -508,6 +513,8 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
                 times[j].append(time.perf_counter() - t0)
         for lm, t in zip(loaded, times):
             lm.info.latency[name] = _stats(t, batch * new)
+            # FLOPs of this case per token: mean attention context of its new tokens (prefill: (n+1)/2)
+            lm.info.latency[name]["flops_per_token"] = flops_per_token(lm.dims, past + (new + 1) / 2)["total"]
         del feeds
     timing_seconds = time.perf_counter() - t_start
 
@@ -559,6 +566,10 @@ def _ratios(m: ModelBench, b: ModelBench) -> dict[str, float]:
             continue
         out[f"latency.{case}"] = r(st["median_ms"], b.latency[case]["median_ms"])
         out[f"latency_p90.{case}"] = r(st["p90_ms"], b.latency[case]["p90_ms"])
+        fr = r(st.get("flops_per_token"), b.latency[case].get("flops_per_token"))
+        if fr:
+            out[f"flops.{case}"] = fr
+            out[f"latency_over_flops.{case}"] = out[f"latency.{case}"] / fr if out[f"latency.{case}"] else None
     out["flops_per_token"] = r(m.flops_per_token, b.flops_per_token)
     out["params"] = r(m.params, b.params)
     out["file_bytes"] = r(m.file_bytes, b.file_bytes)

@@ -43,6 +43,13 @@ def test_bench_with_baseline(onnx_dirs, tmp_path):
         assert r[f"latency.{case}"] == pytest.approx(want)
     assert r["flops_per_token"] == pytest.approx(rep.model.flops_per_token / rep.baseline.flops_per_token)
     assert r["flops_per_token"] < 1
+    from exporters.bench import flops_per_token
+
+    ctx = data["settings"]["context"]
+    for case, t in (("prefill_16", 8.5), ("prefill_32", 16.5), ("decode_b1", ctx + 1)):  # mean attention context
+        fr = flops_per_token(rep.model.config, t)["total"] / flops_per_token(rep.baseline.config, t)["total"]
+        assert r[f"flops.{case}"] == pytest.approx(fr) and r[f"latency_over_flops.{case}"] == pytest.approx(r[f"latency.{case}"] / fr)
+    assert "decode_b1 latency/FLOP ratio" in rep.table()
     assert r["params"] < 1, "the head-pruned model has fewer parameters than the dense one"
     # decode latency is what is measured: one new token per sequence on a KV cache of `context` positions
     assert rep.model.latency["decode_b2"]["tokens_per_s"] == pytest.approx(2e3 / rep.model.latency["decode_b2"]["median_ms"])
