@@ -153,3 +153,12 @@ def load_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
 
 def has_checkpoint(ckpt_dir: str | os.PathLike) -> bool:
     return (Path(ckpt_dir) / CKPT_NAME / STATE_FILE).is_file()
+
+
+def checkpoint_step(ckpt_dir: str | os.PathLike) -> int | None:
+    """Optimizer step of the checkpoint in ``ckpt_dir`` (None if there is none or it cannot be read)."""
+    try:
+        doc = json.loads((Path(ckpt_dir) / CKPT_NAME / STATE_FILE).read_text())
+        return int(doc["step"])  # top-level in both layouts
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

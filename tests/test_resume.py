@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from compressor.cli import main
@@ -121,6 +122,10 @@ def test_interrupt_mid_run_then_resume_matches_uninterrupted(work, name, sig, wa
     assert step is not None and seen <= step < STEPS, "interrupted mid-run with a checkpoint on disk"
     _assert_no_partial_output(work, name)
 
+    r = _run_cli(work, name)  # the same command without --resume must not silently discard the checkpoint
+    assert r.returncode == 2 and "--resume" in r.stderr and "--force" in r.stderr and f"step {step}" in r.stderr, r.stderr
+    assert _ckpt_step(work / f"{name}.ckpt") == step
+
     r = _run_cli(work, name, "--resume")
     assert r.returncode == 0, r.stderr
     _assert_same_result(work / "A", work / name)
@@ -223,3 +228,18 @@ def test_non_finite_loss_stops_names_step_and_keeps_checkpoint(work, tmp_path, m
     assert "nan" in r.output and "step 3" in r.output and str(out) + ".ckpt" in r.output
     assert _ckpt_step(Path(str(out) + ".ckpt")) == 2, "the last good checkpoint is kept"
     assert not out.exists() and not list(tmp_path.glob(".E.tmp-*"))
+
+
+def test_force_discards_an_old_checkpoint(work, tmp_path):
+    import compressor.checkpoint as ck
+
+    out = tmp_path / "F"
+    ck.save_checkpoint(Path(str(out) + ".ckpt"), {"step": 3, "run_id": "old", "w": torch.ones(2)})
+    args = ["prune", str(work / "model"), "--steps", "4", "--prune-every", "2", "--seq-len", "32", "--ratio", "0.5",
+            "--data", str(work / "calib.txt"), "--eval-data", "none", "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "interrupted run (step 3)" in r.output and not out.exists()
+    r = CliRunner().invoke(main, args + ["--force"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "compression_report.json").read_text())
+    assert [h["step"] for h in rep["history"]] == [1, 2, 3, 4] and not Path(str(out) + ".ckpt").exists()

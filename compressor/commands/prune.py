@@ -127,6 +127,14 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
     elif Path(out).is_dir() and any(Path(out).iterdir()) and not force:
         raise OutputExistsError(f"output folder {out!r} already holds a finished model; nothing to resume "
                                 f"(pass --force to redo it)")
+    from compressor.checkpoint import checkpoint_step, has_checkpoint
+
+    if not resume and has_checkpoint(ckpt) and not force:
+        step = checkpoint_step(ckpt)
+        raise OutputExistsError(
+            f"{str(ckpt)!r} holds the checkpoint of an interrupted run"
+            + (f" (step {step})" if step is not None else "")
+            + "; add --resume to continue it, or --force to discard it and start over")
     if resume and not (ckpt / "last" / "state.json").is_file():
         from compressor.errors import ResumeError
 
@@ -157,14 +165,14 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
     from compressor.pruning import prune, save_plan
     from compressor.save import save_model_folder
 
+    if not resume and ckpt.is_dir():
+        shutil.rmtree(ckpt, ignore_errors=True)  # --force: a fresh run starts without the old checkpoint
     progress = None if quiet else _Progress(cfg.steps)
     mdl.config._name_or_path = source.spec
     try:
         res = prune(mdl, cfg, blocks, tokenizer=tok, eval_text=eval_text, checkpoint_dir=ckpt,
                     resume=resume, plan=plan, progress=progress)
     except KeyboardInterrupt:
-        from compressor.checkpoint import has_checkpoint
-
         if has_checkpoint(ckpt):
             click.echo(f"\nInterrupted; checkpoint in {ckpt} — continue with the same command plus --resume.", err=True)
         else:
