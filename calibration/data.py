@@ -116,13 +116,14 @@ def _treebank_split(split: str) -> str:
         return _read_text(folder / "ptb" / f"ptb.{split}.txt")
 
 
-def load_eval_text(name: str) -> str:
+def load_eval_text(name: str | os.PathLike) -> str:
     """Return the exact evaluation string of a perplexity corpus.
 
     Args:
         name: ``wikitext2`` (WikiText-2 raw test, rows joined with ``"\\n\\n"``: the string papers
             tokenize), ``ptb`` (PTB test split, Mikolov's file verbatim, one sentence per line), or
-            ``ptb:valid`` / ``ptb:train``.
+            ``ptb:valid`` / ``ptb:train``, or the path of a UTF-8 text file (read whole, e.g. your own copy
+            of ``wiki.test.raw``).
 
     Returns:
         The whole corpus as one string (not split into documents).
@@ -130,6 +131,10 @@ def load_eval_text(name: str) -> str:
     Example:
         >>> text = load_eval_text("wikitext2")   # doctest: +SKIP
     """
+    if isinstance(name, os.PathLike) or (name not in ("wikitext2", "ptb") and not name.startswith("ptb:")):
+        path = Path(name).expanduser()
+        if path.is_file():
+            return _read_text(path)
     if name == "wikitext2":
         return _read_text(shared_data_dir("wikitext2/test.txt") / "wikitext2" / "test.txt")
     if name == "ptb" or name.startswith("ptb:"):
@@ -137,7 +142,8 @@ def load_eval_text(name: str) -> str:
         if split not in ("train", "valid", "test"):
             raise CalibrationError(f"PTB split {split!r} is not valid; use ptb:train, ptb:valid or ptb:test")
         return _treebank_split(split)
-    raise CalibrationError(f"unknown evaluation corpus {name!r}; valid: wikitext2, ptb, ptb:valid, ptb:train")
+    raise CalibrationError(f"unknown evaluation corpus {name!r}; valid: wikitext2, ptb, ptb:valid, ptb:train or the "
+                           f"path of an existing text file")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import CalibrationError, ConfigError, NonFiniteError
@@ -705,12 +706,14 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
 def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, seq_len: int | None = None,
              limit: int | None = None, max_windows: int | None = None, batch_size: int | None = None,
              add_bos: bool = False, dtype: str = "float32", progress: bool = False,
-             log: Callable[[str], None] | None = None) -> EvalReport:
+             log: Callable[[str], None] | None = None,
+             texts: dict[str, str | os.PathLike] | None = None) -> EvalReport:
     """Evaluate a model on perplexity and zero-shot tasks.
 
     Args:
-        model: a loaded causal LM, or anything :func:`compressor.models.load_model` accepts (HF folder,
-            ``.gguf`` file, built-in name) — then the tokenizer is loaded with it.
+        model: a loaded causal LM (PyTorch or ``ORTModelForCausalLM``), an exported ONNX folder (loaded with
+            optimum's ``ORTModelForCausalLM``), or anything :func:`compressor.models.load_model` accepts (HF
+            folder, ``.gguf`` file, built-in name) — then the tokenizer is loaded with it.
         tasks: task names or a comma-separated string: ``wikitext2``, ``ptb`` (perplexity, metric ``ppl``)
             and ``piqa``, ``arc_challenge``, ``boolq``, ``winogrande``, ``openbookqa``, ``hellaswag``
             (lm-eval metrics ``acc`` / ``acc_norm``); groups ``zeroshot`` and ``ppl``.
@@ -724,6 +727,8 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         dtype: used only when ``model`` is a path (``float32``, ``bfloat16``, ``float16``).
         progress: show progress bars on stderr.
         log: called with one line per finished task (e.g. ``print``).
+        texts: perplexity task -> UTF-8 text file to use instead of the built-in source, e.g.
+            ``{"wikitext2": "wiki.test.raw"}`` (the whole file is the evaluation string).
 
     Returns:
         :class:`EvalReport`.
@@ -740,14 +745,24 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
     for name, v in (("limit", limit), ("max_windows", max_windows), ("batch_size", batch_size)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ConfigError(f"{name} {v!r} is not valid; use a positive integer or None")
+    texts = dict(texts or {})
+    for task, path in texts.items():
+        if task not in PERPLEXITY_TASKS:
+            raise ConfigError(f"texts: {task!r} is not a perplexity task; valid: {', '.join(PERPLEXITY_TASKS)}")
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"text file for {task} {os.fspath(path)!r} does not exist or is not a file")
     source = None
     if isinstance(model, (str, os.PathLike)):
-        from .models import load_model
-
         spec = os.fspath(model)
-        model, loaded_tok, src = load_model(spec, dtype=dtype)
+        if _is_onnx_folder(spec):
+            model, loaded_tok = _load_onnx(spec)
+            source = {"spec": spec, "kind": "onnx", "path": str(Path(spec).resolve()), "gguf_file": None}
+        else:
+            from .models import load_model
+
+            model, loaded_tok, src = load_model(spec, dtype=dtype)
+            source = {"spec": spec, "kind": src.kind, "path": src.path, "gguf_file": src.gguf_file}
         tokenizer = tokenizer or loaded_tok
-        source = {"spec": spec, "kind": src.kind, "path": src.path, "gguf_file": src.gguf_file}
     if tokenizer is None:
         raise ConfigError("evaluate() needs tokenizer= when model is a loaded model")
     max_pos = _max_positions(model)
@@ -765,12 +780,13 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         if task in PERPLEXITY_TASKS:
             from calibration import load_eval_text
 
-            r = perplexity(model, tokenizer, load_eval_text(task), seq_len=seq_len, max_windows=max_windows,
+            text = load_eval_text(texts.get(task, task))
+            r = perplexity(model, tokenizer, text, seq_len=seq_len, max_windows=max_windows,
                            add_bos=add_bos, batch_size=batch_size or 1, progress=progress)
             results[task] = {"ppl": r["ppl"], "nll": r["nll"]}
             details[task] = {k: r[k] for k in ("tokens", "windows", "windows_available", "seq_len", "text_tokens",
                                                 "add_bos", "protocol")}
-            details[task]["data"] = PERPLEXITY_TASKS[task]
+            details[task]["data"] = str(Path(texts[task]).expanduser().resolve()) if task in texts else PERPLEXITY_TASKS[task]
         else:
             metrics, desc = MULTIPLE_CHOICE_TASKS[task]
             rows = load_task_rows(task, limit)
@@ -793,6 +809,29 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
     config = _run_config(model, source, task_list, seq_len if has_ppl else None, limit,
                          max_windows if has_ppl else None, batch_size, add_bos)
     return EvalReport(results=results, config=config, details=details)
+
+
+def _is_onnx_folder(spec: str) -> bool:
+    p = Path(spec).expanduser()
+    return p.is_dir() and any(p.glob("*.onnx"))
+
+
+def _load_onnx(folder: str):
+    """An exported ONNX folder as ``(ORTModelForCausalLM, tokenizer)``."""
+    from .errors import DependencyMissingError, ModelLoadError
+
+    try:
+        from optimum.onnxruntime import ORTModelForCausalLM
+    except ImportError as exc:
+        raise DependencyMissingError(f"evaluating an ONNX folder needs optimum[onnxruntime] ({exc})") from exc
+    from transformers import AutoTokenizer
+
+    try:
+        model = ORTModelForCausalLM.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - any loader failure: say which folder and why
+        raise ModelLoadError(f"cannot load ONNX folder {folder!r} with ORTModelForCausalLM: {type(exc).__name__}: {exc}") from exc
+    return model, tok
 
 
 def _run_config(model, source, tasks, seq_len, limit, max_windows, batch_size, add_bos) -> dict[str, Any]:

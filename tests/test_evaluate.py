@@ -386,3 +386,36 @@ def test_ort_model_gives_the_same_numbers(tmp_path):
                                   "answer": "A"})]
     assert ev.multiple_choice_loglikelihoods(ort, tok, docs)[0] == pytest.approx(
         ev.multiple_choice_loglikelihoods(model, tok, docs)[0], abs=1e-4)
+
+
+def test_evaluate_onnx_folder_and_own_text_file(tmp_path):
+    """`compress eval` on an exported ONNX folder gives the PyTorch folder's numbers; --wikitext2-file is used."""
+    pytest.importorskip("optimum.onnxruntime")
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+    from exporters import export_onnx
+
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    export_onnx(tmp_path / "m", tmp_path / "onnx", validate=False)
+    (tmp_path / "w.txt").write_text(TEXT)
+    a = ev.evaluate(tmp_path / "m", "wikitext2", seq_len=16, texts={"wikitext2": tmp_path / "w.txt"})
+    b = ev.evaluate(str(tmp_path / "onnx"), "wikitext2", seq_len=16, texts={"wikitext2": str(tmp_path / "w.txt")})
+    assert b.config["source"]["kind"] == "onnx" and b.config["model_class"] == "ORTModelForCausalLM"
+    assert b.results["wikitext2"]["nll"] == pytest.approx(a.results["wikitext2"]["nll"], rel=1e-4)
+    assert b.details["wikitext2"]["data"] == str((tmp_path / "w.txt").resolve())
+    direct = ev.perplexity(model, tok, TEXT, seq_len=16)
+    assert a.results["wikitext2"]["nll"] == pytest.approx(direct["nll"], rel=1e-6)
+
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "onnx"), "--tasks", "wikitext2", "--seq-len", "16",
+                                  "--wikitext2-file", str(tmp_path / "w.txt"), "-q", "--out", str(tmp_path / "r.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "r.json").read_text())["results"]["wikitext2"]["nll"] == pytest.approx(
+        a.results["wikitext2"]["nll"], rel=1e-4)
+    with pytest.raises(ConfigError, match="does not exist"):
+        ev.evaluate(model, "wikitext2", tokenizer=tok, texts={"wikitext2": tmp_path / "nope.txt"})
+    with pytest.raises(ConfigError, match="not a perplexity task"):
+        ev.evaluate(model, "piqa", tokenizer=tok, texts={"piqa": tmp_path / "w.txt"})

@@ -35,9 +35,14 @@ def default_report_path(model: str) -> Path:
 @click.option("--add-bos", is_flag=True, help="Start each perplexity window with BOS (off: the papers' protocol).")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Report path [default: MODEL_DIR/eval_report.json].")
+@click.option("--wikitext2-file", type=click.Path(dir_okay=False), default=None,
+              help="Text file for the wikitext2 task [default: ../shared/data/wikitext2/test.txt or $COMPRESS_SHARED_DATA].")
+@click.option("--ptb-file", type=click.Path(dir_okay=False), default=None,
+              help="Text file for the ptb task [default: the treebank package's test split, or shared data].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, add_bos, out, quiet):
-    """Evaluate MODEL_DIR (HF folder, .gguf file or built-in name) and write eval_report.json.
+def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, add_bos, out, wikitext2_file, ptb_file,
+             quiet):
+    """Evaluate MODEL_DIR (HF folder, exported ONNX folder, .gguf file or built-in name); write eval_report.json.
 
     \b
     Examples:
@@ -59,8 +64,9 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
     def log(line: str) -> None:
         click.echo(line, err=True)
 
+    texts = {k: v for k, v in (("wikitext2", wikitext2_file), ("ptb", ptb_file)) if v}
     report = evaluate(model_dir, tasks, seq_len=seq_len, limit=limit, max_windows=max_windows,
-                      batch_size=batch_size, add_bos=add_bos, dtype=dtype, progress=not quiet, log=log)
+                      batch_size=batch_size, add_bos=add_bos, dtype=dtype, progress=not quiet, log=log, texts=texts)
     write_json(out_path, report.to_dict())
     click.echo(report.table())
     click.echo(f"report: {out_path}")
