@@ -2,9 +2,14 @@
 `lora` with an 8-bit base, same model and batch, measured in one run (each mode in a fresh subprocess,
 run one after another, never concurrently).
 
+Modes: ``lora``, ``taylor``, ``lora-8bit``, each also with gradient checkpointing (``-gc``). Every mode
+computes the loss as ``compress prune`` does (LM head and loss in chunks unless ``--loss-chunk-tokens 0``).
+
 Peak memory is the process's peak resident set (VmHWM) during the measured steps, reset after loading
 (``/proc/self/clear_refs``), so it covers what a training+scoring step holds: weights, LoRA, optimizer
-state, activations, gradients (and W's gradient for Taylor). Step time is the median over the steps.
+state, activations, gradients (and W's gradient for Taylor). Workers run with glibc's mmap threshold fixed
+at 64 KiB (``MALLOC_MMAP_THRESHOLD_``) so that freed tensors leave the RSS (see ``_worker_env``). Step time
+is the median over the steps after the first.
 
     python benchmarks/resources.py --batch 4 --seq-len 256 --steps 4
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -36,19 +42,21 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int) -> dict:
+def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int, loss_chunk: int) -> dict:
     import torch
 
     from compressor.config import PruneConfig
     from compressor.criteria import get_criterion
     from compressor.groups import discover_groups
+    from compressor.loss import lm_loss, supports_chunked_loss
     from compressor.masking import MaskState
     from compressor.models import load_model
     from compressor.pruning import _wrap_lora
     from compressor.scoring import MovingAverage, model_scores
 
     crit_name, bits, gc = MODES[mode]
-    cfg = PruneConfig(ratio=0.5, criterion=crit_name, base_bits=bits, steps=max(steps, 10), gradient_checkpointing=gc)
+    cfg = PruneConfig(ratio=0.5, criterion=crit_name, base_bits=bits, steps=max(steps, 10), gradient_checkpointing=gc,
+                      loss_chunk_tokens=loss_chunk)
     model, tok, _ = load_model(model_dir, base_bits=bits)
     groups = discover_groups(model)
     pm = _wrap_lora(model, cfg)
@@ -65,9 +73,11 @@ def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int) -> d
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     times = []
+    chunked = cfg.loss_chunk_tokens > 0 and supports_chunked_loss(pm)
     for _ in range(steps):
         t0 = time.perf_counter()
-        loss = pm(input_ids=ids, labels=ids).loss
+        # the loss exactly as compressor.pruning.prune computes it (chunked LM head unless disabled)
+        loss = lm_loss(pm, ids, chunk_tokens=cfg.loss_chunk_tokens)[0] if chunked else pm(input_ids=ids, labels=ids).loss
         loss.backward()
         ema.update(model_scores(pm, groups, crit))
         opt.step()
@@ -77,7 +87,25 @@ def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int) -> d
     return {"mode": mode, "criterion": crit_name, "base_bits": bits, "gradient_checkpointing": gc, "rss_after_load_mb": round(rss_loaded, 1),
             "peak_step_rss_mb": round(peak, 1), "peak_above_load_mb": round(peak - rss_loaded, 1),
             "step_s_median": round(statistics.median(times[1:] if len(times) > 1 else times), 3),
-            "step_s_all": [round(t, 3) for t in times], "batch": batch, "seq_len": seq_len}
+            "step_s_all": [round(t, 3) for t in times], "batch": batch, "seq_len": seq_len,
+            "loss_chunk_tokens": loss_chunk if chunked else 0}
+
+
+def _config_default(name: str):
+    from dataclasses import fields
+
+    from compressor.config import PruneConfig
+
+    return next(f.default for f in fields(PruneConfig) if f.name == name)
+
+
+def _worker_env() -> dict:
+    """glibc keeps freed blocks below its (growing) mmap threshold in the heap, so a process's RSS peak
+    depends on its allocation history as much as on what it holds. A fixed 64 KiB threshold makes every
+    tensor-sized block an mmap that is returned on free, so the RSS peak tracks the live tensors."""
+    env = dict(os.environ)
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    return env
 
 
 def main() -> None:
@@ -87,17 +115,20 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--loss-chunk-tokens", type=int, default=_config_default("loss_chunk_tokens"),
+                    help="LM-head/loss chunk as in `compress prune` (0: stock full-logits loss)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        print("RESULT " + json.dumps(worker(a.worker, a.model, a.batch, a.seq_len, a.steps)))
+        print("RESULT " + json.dumps(worker(a.worker, a.model, a.batch, a.seq_len, a.steps, a.loss_chunk_tokens)))
         return
     model_dir = a.model or str(dense_hf_dir())
     rows = []
     for mode in a.modes.split(","):
         print(f"[resources] {mode} ...", flush=True)
         p = subprocess.run([sys.executable, __file__, "--worker", mode, "--model", model_dir, "--batch", str(a.batch),
-                            "--seq-len", str(a.seq_len), "--steps", str(a.steps)], capture_output=True, text=True)
+                            "--seq-len", str(a.seq_len), "--steps", str(a.steps), "--loss-chunk-tokens",
+                            str(a.loss_chunk_tokens)], capture_output=True, text=True, env=_worker_env())
         line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
         if p.returncode != 0 or not line:
             rows.append({"mode": mode, "error": (p.stderr or p.stdout)[-800:]})

@@ -49,6 +49,9 @@ class PruneConfig:
             ``(1 - distill) · CE + distill · KL(dense ‖ pruned)`` per token. The teacher is the same model with
             LoRA and masks switched off (no second copy of the weights; one more forward pass per step).
             0 (default) is the paper's plain language-modelling loss.
+        loss_chunk_tokens: compute the LM head and the loss this many positions at a time (same loss and
+            gradients, without the full ``[batch, seq, vocab]`` logits in memory); 0 uses the stock
+            ``model(input_ids, labels=...)`` loss. Data-parallel runs always use the stock loss.
         gradient_checkpointing: recompute each decoder layer's activations in the backward pass instead of
             keeping them (less memory, about a third more time per step; results are unchanged).
     """
@@ -79,6 +82,7 @@ class PruneConfig:
     save_every: int = 0
     dtype: str = "float32"
     distill: float = 0.0
+    loss_chunk_tokens: int = 1024
     gradient_checkpointing: bool = False
     version: int = CONFIG_VERSION
 
@@ -109,6 +113,8 @@ class PruneConfig:
             raise bad("lora_alpha", "must be > 0")
         if not (0.0 <= self.lora_dropout < 1.0):
             raise bad("lora_dropout", "must be in [0, 1)")
+        if self.loss_chunk_tokens < 0:
+            raise bad("loss_chunk_tokens", "use a positive number of positions per chunk, or 0 for the stock loss")
         if not (0.0 <= self.distill <= 1.0):
             raise bad("distill", "must be in [0, 1] (0: language-modelling loss only, 1: distillation only)")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -33,6 +33,8 @@ from .config import PruneConfig
 from .criteria import get_criterion
 from .errors import CalibrationError, ConfigError, NonFiniteError, ResumeError
 from .groups import PRUNABLE, ModelGroups, discover_groups, unwrap
+from .loss import decoder_hidden, supports_chunked_loss
+from .loss import lm_loss as lm_loss_chunked
 from .masking import MaskState, mask_lowest
 from .merge import merge_and_slice
 from .schedule import achieved_ratio, layer_params, prune_events, solve_widths, widths_at
@@ -330,6 +332,9 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
                 "masks": masks.state_dict(), "gen": gen.get_state(), "rng": rng_state(),
                 "config": config.to_dict()}
 
+    # LM head + loss in chunks (same value and gradients, far less memory); data-parallel runs keep the
+    # stock forward, which DDP needs to synchronise gradients
+    chunked = config.loss_chunk_tokens > 0 and acc is None and supports_chunked_loss(pm)
     last_event = events[-1] if events else 0
     per_step = config.batch_size * config.grad_accum * world
     train_model.train()
@@ -341,14 +346,24 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
             total_loss, lm_loss = 0.0, 0.0
             for m in range(config.grad_accum):
                 mb = mine[m * config.batch_size:(m + 1) * config.batch_size].to(device)
-                out = train_model(input_ids=mb, labels=mb)
-                loss = out.loss
-                if config.distill > 0:
-                    with torch.no_grad(), pm.disable_adapter(), masks.bypassed():
-                        teacher = pm(input_ids=mb).logits
+                if chunked:
+                    th = None
+                    if config.distill > 0:
+                        with pm.disable_adapter(), masks.bypassed():
+                            th = decoder_hidden(pm, mb)
+                    loss, ce = lm_loss_chunked(pm, mb, chunk_tokens=config.loss_chunk_tokens, teacher_hidden=th,
+                                               distill=config.distill)
+                    lm_loss += float(ce) / config.grad_accum
+                else:
+                    out = train_model(input_ids=mb, labels=mb)
+                    loss = out.loss
                     lm_loss += float(loss.detach()) / config.grad_accum
-                    loss = (1 - config.distill) * loss + config.distill * distill_loss(out.logits, teacher)
-                    del teacher
+                    if config.distill > 0:
+                        with torch.no_grad(), pm.disable_adapter(), masks.bypassed():
+                            teacher = pm(input_ids=mb).logits
+                        loss = (1 - config.distill) * loss + config.distill * distill_loss(out.logits, teacher)
+                        del teacher
+                    del out
                 loss = loss / config.grad_accum
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f"loss became {loss.item()} at step {step + 1}; the last good checkpoint "
