@@ -82,7 +82,7 @@ class PruneConfig:
     save_every: int = 0
     dtype: str = "float32"
     distill: float = 0.0
-    loss_chunk_tokens: int = 1024
+    loss_chunk_tokens: int = 256
     gradient_checkpointing: bool = False
     version: int = CONFIG_VERSION
 

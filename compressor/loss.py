@@ -3,15 +3,15 @@
 With a 49 k-token vocabulary the logits of one batch (4 × 256 tokens) take 200 MB in float32, and a stock
 ``model(input_ids, labels=...)`` keeps three such tensors alive (logits, the shifted copy, log-softmax) until
 the backward pass. :func:`lm_loss` instead runs the decoder once, then the LM head and the loss over
-``chunk_tokens`` positions at a time under activation checkpointing, so only one chunk's logits exist at
-any moment. The value and the gradients are the same as the stock loss (tested), to float rounding.
+``chunk_tokens`` positions at a time, forming the gradient w.r.t. the hidden states as it goes, so only one
+chunk's logits exist at any moment and nothing is recomputed. The value and the gradients are the same as
+the stock loss (tested), to float rounding.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 
 def supports_chunked_loss(model: nn.Module) -> bool:
@@ -24,26 +24,53 @@ def supports_chunked_loss(model: nn.Module) -> bool:
     return callable(getattr(lm, "get_decoder", None)) and callable(getattr(lm, "get_output_embeddings", None))
 
 
-def _chunk(lm_head: nn.Module, h: torch.Tensor, y: torch.Tensor, th: torch.Tensor | None) -> torch.Tensor:
-    """``[sum of CE over targets != -100, sum over rows of KL(teacher ‖ student)]`` of one chunk."""
-    logits = lm_head(h).float()
-    ce = F.cross_entropy(logits, y, ignore_index=-100, reduction="sum")
-    if th is None:
-        return torch.stack([ce, ce.new_zeros(())])
-    with torch.no_grad():
-        t = torch.log_softmax(lm_head(th).float(), dim=-1)
-    kl = F.kl_div(torch.log_softmax(logits, dim=-1), t, log_target=True, reduction="sum")
-    return torch.stack([ce, kl])
+class _HeadLoss(torch.autograd.Function):
+    """LM head + loss over chunks of positions; the gradient w.r.t. the hidden states is formed chunk by
+    chunk in the forward pass (``dlogits = softmax - target``), so no logits are kept and none recomputed.
+    The LM head's weights are frozen during pruning (no gradient is produced for them)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, y, th, ce_scale, kl_scale, chunk):
+        grad_h = torch.empty_like(h)
+        ce_sum = h.new_zeros((), dtype=torch.float32)
+        kl_sum = h.new_zeros((), dtype=torch.float32)
+        for s in range(0, h.shape[0], chunk):
+            e = min(s + chunk, h.shape[0])
+            logp = torch.log_softmax(F.linear(h[s:e], weight, bias).float(), dim=-1)
+            p = logp.exp()
+            yc = y[s:e]
+            valid = yc != -100
+            tgt = torch.where(valid, yc, 0)
+            ce_sum += -(logp.gather(1, tgt[:, None]).squeeze(1) * valid).sum()
+            g = p * (ce_scale * valid[:, None])  # d(ce_scale · CE)/dlogits = ce_scale · (p − onehot)
+            g.scatter_add_(1, tgt[:, None], (-ce_scale * valid).to(g.dtype)[:, None])
+            if th is not None:
+                tlogp = torch.log_softmax(F.linear(th[s:e], weight, bias).float(), dim=-1)
+                tp = tlogp.exp()
+                kl_sum += (tp * (tlogp - logp)).sum()
+                g += kl_scale * (p - tp)  # d(kl_scale · KL(t ‖ s))/dlogits
+                del tlogp, tp
+            del logp, p
+            grad_h[s:e] = (g.to(weight.dtype) @ weight).to(h.dtype)
+            del g
+        ctx.save_for_backward(grad_h)
+        return torch.stack([ce_scale * ce_sum + kl_scale * kl_sum, ce_sum, kl_sum])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad_h,) = ctx.saved_tensors
+        # only the first output (the loss) is differentiated; the ce/kl sums are for logging
+        return grad_h * grad_out[0].to(grad_h.dtype), None, None, None, None, None, None, None
 
 
-def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 1024,
+def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 256,
             teacher_hidden: torch.Tensor | None = None, distill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of ``model`` on ``input_ids`` (labels = the inputs shifted by one), logits in chunks.
 
     Args:
         model: a causal LM (peft-wrapped or not) for which :func:`supports_chunked_loss` is True.
         input_ids: ``[batch, seq]`` token ids (no padding).
-        chunk_tokens: positions per LM-head chunk (default 1024).
+        chunk_tokens: positions per LM-head chunk (default 256).
         teacher_hidden: final hidden states of the teacher (``decoder_hidden(teacher, input_ids)``) when
             distilling; the teacher shares the LM head.
         distill: weight of the distillation term: ``(1 - distill) · CE + distill · KL``, CE averaged over the
@@ -54,22 +81,20 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 10
     """
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
-    lm_head = lm.get_output_embeddings()
+    head = lm.get_output_embeddings()
+    if head.weight.requires_grad:
+        raise ValueError("the chunked loss needs a frozen LM head")
     b, t, d = hidden.shape
     y = torch.full_like(input_ids, -100)
     y[:, :-1] = input_ids[:, 1:]
-    h, y = hidden.reshape(b * t, d), y.reshape(b * t)
-    th = teacher_hidden.reshape(b * t, d) if teacher_hidden is not None else None
-    sums = hidden.new_zeros(2, dtype=torch.float32)
-    for s in range(0, b * t, chunk_tokens):
-        e = min(s + chunk_tokens, b * t)
-        part = checkpoint(_chunk, lm_head, h[s:e], y[s:e], None if th is None else th[s:e], use_reentrant=False)
-        sums = sums + part
-    ce = sums[0] / max(1, b * (t - 1))
-    if teacher_hidden is None or distill == 0:
-        return ce, ce.detach()
-    kl = sums[1] / (b * t)
-    return (1 - distill) * ce + distill * kl, ce.detach()
+    use_kl = teacher_hidden is not None and distill > 0
+    n_ce = max(1, b * (t - 1))
+    ce_scale = (1 - distill if use_kl else 1.0) / n_ce
+    kl_scale = distill / (b * t) if use_kl else 0.0
+    th = teacher_hidden.reshape(b * t, d).detach() if use_kl else None
+    out = _HeadLoss.apply(hidden.reshape(b * t, d), head.weight, head.bias, y.reshape(b * t), th, ce_scale,
+                          kl_scale, int(chunk_tokens))
+    return out[0], (out[1] / n_ce).detach()
 
 
 def decoder_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
