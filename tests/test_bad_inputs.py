@@ -124,6 +124,7 @@ CASES = [
     Case("lambda-1", P("--lam", "1"), ["lam=1.0", "[0, 1)"]),
     Case("distill-above-1", P("--distill", "1.5"), ["distill=1.5", "[0, 1]"]),
     Case("distill-nan", P("--distill", "nan"), ["distill=nan", "[0, 1]"]),
+    Case("loss-chunk-negative", P("--loss-chunk-tokens", "-1"), ["loss_chunk_tokens=-1", "0 for the stock loss"]),
     Case("lr-nan", P("--lr", "nan"), ["lr=nan", "> 0"]),
     Case("prune-until-0", P("--prune-until", "0"), ["prune_until=0.0", "(0, 1]"]),
     Case("warmup-too-long", P("--warmup-steps", "4"), ["warmup_steps=4", "[0, steps=4)"]),

@@ -17,7 +17,7 @@ _CFG_OPTIONS = {
     "grad_accum": "grad_accum", "seq_len": "seq_len", "max_blocks": "max_blocks", "base_bits": "base_bits",
     "channel_multiple": "channel_multiple", "head_policy": "head_policy", "seed": "seed", "eval_windows": "eval_windows",
     "eval_seq_len": "eval_seq_len", "save_every": "save_every", "dtype": "dtype",
-    "gradient_checkpointing": "gradient_checkpointing", "distill": "distill",
+    "gradient_checkpointing": "gradient_checkpointing", "distill": "distill", "loss_chunk_tokens": "loss_chunk_tokens",
 }
 
 
@@ -66,6 +66,8 @@ def _ratio(ctx, param, value):
 @click.option("--distill", type=float, default=None,
               help="Weight of distillation from the dense model in the fine-tune loss, in [0, 1] [0]: "
                    "(1-w)·CE + w·KL(dense‖pruned). Costs one more forward pass per step.")
+@click.option("--loss-chunk-tokens", type=int, default=None,
+              help="Positions per LM-head/loss chunk [256]; 0 = stock loss with the full logits in memory.")
 @click.option("--gradient-checkpointing", is_flag=True, default=None,
               help="Recompute activations in the backward pass: less memory, about a third more time per step.")
 @click.option("--separate", is_flag=True, help="Baseline: one-shot pruning from the first prune-every steps' scores, then fine-tune.")
