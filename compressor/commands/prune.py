@@ -244,10 +244,12 @@ class _Progress:
             if self.bar.n < rec["step"] - 1:
                 self.bar.update(rec["step"] - 1 - self.bar.n)
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", sparsity=f"{rec['sparsity']:.3f}")
+            extra = {"lm_loss": f"{rec['lm_loss']:.3f}"} if "lm_loss" in rec else {}
+            self.bar.set_postfix(loss=f"{rec['loss']:.3f}", **extra, sparsity=f"{rec['sparsity']:.3f}")
         elif rec["step"] % self.every == 0 or rec["step"] == self.total or rec["step"] == 1:
             el = time.time() - self.t0
-            click.echo(f"step {rec['step']}/{self.total}  loss {rec['loss']:.4f}  sparsity {rec['sparsity']:.3f}  "
+            lm = f"  lm_loss {rec['lm_loss']:.4f}" if "lm_loss" in rec else ""
+            click.echo(f"step {rec['step']}/{self.total}  loss {rec['loss']:.4f}{lm}  sparsity {rec['sparsity']:.3f}  "
                        f"lr {rec['lr']:.2e}  {el:.0f}s", err=True)
 
     def close(self):
