@@ -47,6 +47,10 @@ def write_result(name: str, data: dict) -> Path:
 
     write_json(path, data)
     print(f"wrote {path}")
+    from plots import PLOTTERS  # the PNG next to the JSON (quality.py draws its own)
+
+    if name in PLOTTERS:
+        PLOTTERS[name](data)
     return path
 
 

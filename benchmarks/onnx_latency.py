@@ -104,6 +104,10 @@ def main(argv=None) -> int:
     data["inputs"] = {"model": {"spec": args.model, **model_info}, "baseline": {"spec": args.baseline, **base_info},
                       "argv": sys.argv[1:] if argv is None else list(argv), "cwd": os.getcwd()}
     write_json(path, data)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from plots import plot_onnx_latency
+
+    plot_onnx_latency([str(p) for p in args.results_dir.glob("onnx_latency_*.json")])
     print(f"results: {path}")
     return 0
 

@@ -1,0 +1,134 @@
+"""PNG plots of the benchmark results in ``benchmarks/results/`` (one per JSON; needs matplotlib).
+
+Each benchmark script calls its function here after writing its JSON; running this file re-draws every
+plot from the JSON already on disk, without re-running anything:
+
+    python benchmarks/plots.py
+"""
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS  # noqa: E402
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return None
+    return plt
+
+
+def _save(fig, name: str, folder: Path = RESULTS) -> Path:
+    path = Path(folder) / f"{name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+    return path
+
+
+def plot_resources(d: dict, name: str = "resources") -> Path | None:
+    """Peak memory above the loaded model and step time per mode."""
+    plt = _plt()
+    rows = [r for r in d["rows"] if "error" not in r]
+    if plt is None or not rows:
+        return None
+    modes = [r["mode"] for r in rows]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.bar(modes, [r["peak_above_load_mb"] for r in rows], color=["C0" if "lora" in m else "C1" for m in modes])
+    a1.set_ylabel("peak RSS above the loaded model (MiB)")
+    a2.bar(modes, [r["step_s_median"] for r in rows], color=["C0" if "lora" in m else "C1" for m in modes])
+    a2.set_ylabel("step time, median (s)")
+    for ax in (a1, a2):
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("Scoring step: lora vs taylor (-gc: gradient checkpointing)")
+    return _save(fig, name)
+
+
+def plot_mask_agreement(d: dict, name: str = "mask_agreement") -> Path | None:
+    """Share of pruned channels chosen by both criteria, against the random expectation."""
+    plt = _plt()
+    if plt is None or not d.get("rows"):
+        return None
+    rows = d["rows"]
+    ratios = [f"{int(r['ratio'] * 100)}%" for r in rows]
+    total = max(1, round(rows[0]["pruned_channels"] / max(1e-9, 1 - rows[0]["random_expectation_kept"])))
+    rand = [r["pruned_channels"] / total for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar([i - 0.2 for i in x], [r["pruned_channels_overlap"] for r in rows], 0.4, label="lora ∩ taylor (pruned channels)")
+    ax.bar([i + 0.2 for i in x], rand, 0.4, label="random expectation")
+    ax.set_xticks(list(x), ratios)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("overlap")
+    ax.set_title(f"Mask agreement, lora vs taylor ({d.get('steps')} scoring steps)")
+    ax.legend(fontsize=8)
+    return _save(fig, name)
+
+
+def plot_ablation(d: dict, name: str = "ablation") -> Path | None:
+    """WikiText-2 perplexity per λ and per prune-every."""
+    plt = _plt()
+    if plt is None or not d.get("rows"):
+        return None
+    kinds = list(dict.fromkeys(r["ablation"] for r in d["rows"]))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
+    for ax, k in zip(axes[0], kinds):
+        rs = [r for r in d["rows"] if r["ablation"] == k]
+        ax.bar([str(r["value"]) for r in rs], [r["wikitext2_ppl"] for r in rs])
+        ax.set_xlabel(k)
+        ax.set_ylabel("WikiText-2 perplexity")
+    fig.suptitle(f"Ablations at {int(d.get('ratio', 0.5) * 100)} %, {d.get('steps')} steps each")
+    return _save(fig, name)
+
+
+def plot_onnx_latency(files: list[str], name: str = "onnx_latency") -> Path | None:
+    """Latency ratio and FLOP ratio per case, for the newest result file of each model."""
+    plt = _plt()
+    newest: dict[str, dict] = {}
+    for f in sorted(files):  # names end in a UTC time stamp: the last one per model wins
+        label = Path(f).stem.removeprefix("onnx_latency_").rsplit("_", 1)[0]
+        newest[label] = json.loads(Path(f).read_text())
+    if plt is None or not newest:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / (2 * len(newest))
+    for i, (label, d) in enumerate(newest.items()):
+        cases = list(d["model"]["latency"])
+        r = d["ratios"]
+        xs = range(len(cases))
+        ax.bar([x + (2 * i) * width for x in xs], [r[f"latency.{c}"] for c in cases], width, label=f"{label}: latency")
+        ax.bar([x + (2 * i + 1) * width for x in xs], [r.get(f"flops.{c}", r["flops_per_token"]) for c in cases], width,
+               label=f"{label}: FLOPs", alpha=0.6)
+        ax.set_xticks([x + width * (len(newest) - 0.5) for x in xs], cases)
+    ax.set_ylabel("pruned / dense")
+    ax.set_title("ONNX Runtime (CPU): latency vs FLOP ratio")
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, name, Path(sorted(files)[0]).parent)
+
+
+#: result name -> plot function (called by common.write_result)
+PLOTTERS = {"resources": plot_resources, "mask_agreement": plot_mask_agreement, "ablation": plot_ablation}
+
+
+def main() -> None:
+    for stem, fn in PLOTTERS.items():
+        p = RESULTS / f"{stem}.json"
+        if p.is_file():
+            fn(json.loads(p.read_text()))
+    files = glob.glob(str(RESULTS / "onnx_latency_*.json"))
+    if files:
+        plot_onnx_latency(files)
+
+
+if __name__ == "__main__":
+    main()
