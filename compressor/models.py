@@ -19,6 +19,9 @@ SUPPORTED_MODEL_TYPES = {
     "qwen2": "Qwen2ForCausalLM",
 }
 
+#: files of which a model folder needs at least one for AutoTokenizer to load its tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+
 #: built-in model names -> asset name (see :mod:`compressor.assets`).
 BUILTIN_MODELS = {"smollm2-135m": "smollm2-135m"}
 DEFAULT_MODEL = "smollm2-135m"
@@ -158,6 +161,9 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
 
     source = resolve_model(spec, allow_pickle=allow_pickle)
     load_config(source)
+    if source.kind == "folder" and not any((Path(source.path) / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"model folder {source.spec!r} has no tokenizer ({', '.join(TOKENIZER_FILES)} are all "
+                             f"missing); save it next to the weights with tokenizer.save_pretrained(folder)")
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
         from .errors import ConfigError

@@ -37,6 +37,10 @@ def w(tmp_path_factory) -> Path:
     (w / "noconfig" / "notes.txt").write_text("not a model")
     (w / "noweights").mkdir()
     shutil.copy(w / "model" / "config.json", w / "noweights")
+    shutil.copytree(w / "model", w / "notokenizer")
+    for f in (w / "notokenizer").iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            f.unlink()
     shutil.copytree(w / "model", w / "corrupt")
     (w / "corrupt" / "model.safetensors").write_bytes(b"\x00garbage" * 64)
     shutil.copytree(w / "model", w / "truncated")
@@ -97,6 +101,7 @@ CASES = [
     Case("model-unreadable", P(model="{w}/locked"), ["'{w}/locked'", "not readable"], prep="locked"),
     Case("model-no-config", P(model="{w}/noconfig"), ["'{w}/noconfig'", "no config.json", "Hugging Face model folder"]),
     Case("model-no-weights", P(model="{w}/noweights"), ["'{w}/noweights'", "no weight files (*.safetensors)"]),
+    Case("model-no-tokenizer", P(model="{w}/notokenizer"), ["'{w}/notokenizer'", "has no tokenizer", "save_pretrained"]),
     Case("model-unsupported-arch", P(model="{w}/gpt2"), ["'gpt2'", "supported: llama", "qwen2"]),
     Case("model-corrupt-safetensors", P(model="{w}/corrupt"), ["'{w}/corrupt'", "corrupt or incomplete"]),
     Case("model-truncated-safetensors", P(model="{w}/truncated"), ["'{w}/truncated'", "corrupt or incomplete"]),
