@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging as _logging
 
+from .config import PruneConfig
+from .errors import (CalibrationError, CompressError, ConfigError, GroupDiscoveryError, ModelLoadError,
+                     NonFiniteError, OutputExistsError, ResumeError, UnsupportedArchitectureError)
+
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional 4-bit kernel package is missing;
 # we never use 4-bit CPU kernels, so keep that line out of every command's output.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
-
-from .config import PruneConfig  # noqa: E402
-from .errors import (CalibrationError,  # noqa: E402 CompressError, ConfigError, GroupDiscoveryError, ModelLoadError,
-                     NonFiniteError, OutputExistsError, ResumeError, UnsupportedArchitectureError)
 
 __all__ = [
     "PruneConfig", "PruneResult", "prune", "load_model", "discover_groups", "merge_and_slice", "evaluate", "perplexity", "EvalReport",

@@ -21,3 +21,11 @@ def test_help_lists_all_commands():
     assert r.exit_code == 0
     for cmd in ("prune", "export", "bench", "eval"):
         assert cmd in r.output
+
+
+def test_every_public_name_resolves():
+    import compressor
+
+    for name in compressor.__all__:
+        assert getattr(compressor, name) is not None, name
+    assert issubclass(compressor.ConfigError, compressor.CompressError)
