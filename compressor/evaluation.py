@@ -753,8 +753,10 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
             raise ConfigError(f"text file for {task} {os.fspath(path)!r} does not exist or is not a file")
     source = None
     if isinstance(model, (str, os.PathLike)):
+        from .models import is_onnx_folder
+
         spec = os.fspath(model)
-        if _is_onnx_folder(spec):
+        if is_onnx_folder(spec):
             model, loaded_tok = _load_onnx(spec)
             source = {"spec": spec, "kind": "onnx", "path": str(Path(spec).resolve()), "gguf_file": None}
         else:
@@ -809,11 +811,6 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
     config = _run_config(model, source, task_list, seq_len if has_ppl else None, limit,
                          max_windows if has_ppl else None, batch_size, add_bos)
     return EvalReport(results=results, config=config, details=details)
-
-
-def _is_onnx_folder(spec: str) -> bool:
-    p = Path(spec).expanduser()
-    return p.is_dir() and any(p.glob("*.onnx"))
 
 
 def _load_onnx(folder: str):

@@ -13,11 +13,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .groups import unwrap
+
 
 def supports_chunked_loss(model: nn.Module) -> bool:
     """True if ``model`` (a causal LM, possibly peft-wrapped) computes ``logits = lm_head(decoder(x))`` with no
     post-processing, so the loss may be computed from the decoder's hidden states."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = unwrap(model)
     cfg = getattr(lm, "config", None)
     if cfg is None or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
         return False
@@ -79,8 +81,8 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 25
     Returns:
         ``(loss, ce)``: the loss to minimise, and the plain cross-entropy (detached) for logging.
     """
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    lm = unwrap(model)
+    hidden = _final_hidden(lm, input_ids)
     head = lm.get_output_embeddings()
     if head.weight.requires_grad:
         raise ValueError("the chunked loss needs a frozen LM head")
@@ -97,8 +99,12 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 25
     return out[0], (out[1] / n_ce).detach()
 
 
+def _final_hidden(lm: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Hidden states after the decoder's last norm: what the LM head reads."""
+    return lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
 def decoder_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Final hidden states (after the last norm) of ``model``'s decoder, without gradients."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     with torch.no_grad():
-        return lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+        return _final_hidden(unwrap(model), input_ids)

@@ -132,6 +132,12 @@ def load_config(source: ModelSource):
     return cfg
 
 
+def is_onnx_folder(folder: str | os.PathLike) -> bool:
+    """True if ``folder`` is a folder holding at least one ``*.onnx`` file (an exported model)."""
+    p = Path(folder).expanduser()
+    return p.is_dir() and any(p.glob("*.onnx"))
+
+
 def check_architecture(cfg, spec: str = "model") -> None:
     mt = getattr(cfg, "model_type", None)
     if mt not in SUPPORTED_MODEL_TYPES:

@@ -52,6 +52,7 @@ from compressor.errors import (
     ValidationError,
 )
 from compressor.io import atomic_output_dir, check_output_dir, write_json
+from compressor.models import is_onnx_folder  # noqa: F401  (part of this module's API)
 from compressor.save import drop_gguf_tokenizer_model, save_tokenizer
 
 #: Name of the ONNX graph inside an exported folder (optimum's standard name).
@@ -857,9 +858,3 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
     files = list_files(out)
     return ExportResult(path=Path(out), format="onnx", files=files, total_bytes=sum(files.values()),
                         validated=bool(validate), seconds=report["seconds"], report=report)
-
-
-def is_onnx_folder(folder: str | os.PathLike) -> bool:
-    """True if ``folder`` holds at least one ``*.onnx`` file."""
-    p = Path(folder)
-    return p.is_dir() and any(p.glob("*.onnx"))

@@ -371,14 +371,20 @@ def test_smollm2_wikitext2_first_window():
     assert r["ppl"] == pytest.approx(15.15, abs=0.05)
 
 
+def _saved_llama(folder):
+    """The tiny llama and its tokenizer, also saved as an HF folder at ``folder``."""
+    tok = make_tokenizer()
+    model = make_llama(len(tok))
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model, tok
+
+
 def test_ort_model_gives_the_same_numbers(tmp_path):
     pytest.importorskip("optimum.onnxruntime")
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    tok = make_tokenizer()
-    model = make_llama(len(tok))
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    model, tok = _saved_llama(tmp_path / "m")
     ort = ORTModelForCausalLM.from_pretrained(tmp_path / "m", export=True)
     assert ev.perplexity(ort, tok, TEXT, seq_len=16)["nll"] == pytest.approx(
         ev.perplexity(model, tok, TEXT, seq_len=16)["nll"], rel=1e-4)
@@ -396,10 +402,7 @@ def test_evaluate_onnx_folder_and_own_text_file(tmp_path):
     from compressor.cli import main
     from exporters import export_onnx
 
-    tok = make_tokenizer()
-    model = make_llama(len(tok))
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    model, tok = _saved_llama(tmp_path / "m")
     export_onnx(tmp_path / "m", tmp_path / "onnx", validate=False)
     (tmp_path / "w.txt").write_text(TEXT)
     a = ev.evaluate(tmp_path / "m", "wikitext2", seq_len=16, texts={"wikitext2": tmp_path / "w.txt"})

@@ -5,29 +5,9 @@ import pytest
 import torch
 
 from compressor.config import PruneConfig
-from compressor.groups import discover_groups
 from compressor.loss import decoder_hidden, lm_loss, supports_chunked_loss
-from compressor.masking import MaskState, mask_lowest
-from compressor.pruning import _wrap_lora, distill_loss
-from compressor.scoring import LayerScores
-from tests.tiny import CASES, tiny_model
-
-
-def _masked_lora(case):
-    m = tiny_model(case)
-    groups = discover_groups(m)
-    pm = _wrap_lora(m, PruneConfig(ratio=0.5))
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    masks = MaskState.full(groups).install(pm, groups)
-    g = torch.Generator().manual_seed(1)
-    scores = [LayerScores(torch.rand(lg.num_heads, generator=g), torch.rand(lg.intermediate_size, generator=g))
-              for lg in groups.layers]
-    per_kv = groups.layers[0].heads_per_kv if groups.layers[0].gqa else groups.layers[0].num_heads
-    mask_lowest(masks, scores, groups, max(1, per_kv - 1), 24)
-    return pm, masks
+from compressor.pruning import distill_loss
+from tests.tiny import CASES, masked_lora, tiny_model
 
 
 def _grads(pm):
@@ -37,7 +17,7 @@ def _grads(pm):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("chunk", [7, 64, 4096])
 def test_chunked_loss_equals_stock_loss_and_grads(case, chunk):
-    pm, _ = _masked_lora(case)
+    pm, _ = masked_lora(case)
     assert supports_chunked_loss(pm)
     ids = torch.randint(0, 96, (3, 21), generator=torch.Generator().manual_seed(0))
     ref = pm(input_ids=ids, labels=ids).loss
@@ -55,7 +35,7 @@ def test_chunked_loss_equals_stock_loss_and_grads(case, chunk):
 
 
 def test_chunked_distillation_equals_full_distillation():
-    pm, masks = _masked_lora("llama-gqa")
+    pm, masks = masked_lora("llama-gqa")
     ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), pm.disable_adapter(), masks.bypassed():
         t_logits = pm(input_ids=ids).logits

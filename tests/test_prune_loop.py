@@ -79,26 +79,13 @@ def test_gradient_checkpointing_gives_the_same_result(criterion):
 
 
 def test_distill_teacher_is_the_dense_model():
-    from compressor.groups import discover_groups
-    from compressor.masking import MaskState, mask_lowest
-    from compressor.pruning import _wrap_lora, distill_loss
-    from compressor.scoring import LayerScores
+    from compressor.pruning import distill_loss
+    from tests.tiny import masked_lora
 
-    m = tiny_model("llama-gqa")
     ids = torch.randint(0, 96, (2, 16))
     with torch.no_grad():
-        dense = m(input_ids=ids).logits
-    groups = discover_groups(m)
-    pm = _wrap_lora(m, _cfg())
-    with torch.no_grad():
-        for n, p in pm.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.1)
-    masks = MaskState.full(groups).install(pm, groups)
-    g = torch.Generator().manual_seed(1)
-    scores = [LayerScores(torch.rand(lg.num_heads, generator=g), torch.rand(lg.intermediate_size, generator=g))
-              for lg in groups.layers]
-    mask_lowest(masks, scores, groups, 2, 24)
+        dense = tiny_model("llama-gqa")(input_ids=ids).logits
+    pm, masks = masked_lora("llama-gqa")
     with torch.no_grad():
         student = pm(input_ids=ids).logits
         with pm.disable_adapter(), masks.bypassed():

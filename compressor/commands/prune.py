@@ -137,7 +137,7 @@ def prune_cmd(ctx, model, data, text_field, out, separate, eval_data, checkpoint
             f"{str(ckpt)!r} holds the checkpoint of an interrupted run"
             + (f" (step {step})" if step is not None else "")
             + "; add --resume to continue it, or --force to discard it and start over")
-    if resume and not (ckpt / "last" / "state.json").is_file():
+    if resume and not has_checkpoint(ckpt):
         from compressor.errors import ResumeError
 
         raise ResumeError(f"--resume: no checkpoint in {str(ckpt)!r}; start without --resume (add --save-every N)")
