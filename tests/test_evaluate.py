@@ -422,3 +422,17 @@ def test_evaluate_onnx_folder_and_own_text_file(tmp_path):
         ev.evaluate(model, "wikitext2", tokenizer=tok, texts={"wikitext2": tmp_path / "nope.txt"})
     with pytest.raises(ConfigError, match="not a perplexity task"):
         ev.evaluate(model, "piqa", tokenizer=tok, texts={"piqa": tmp_path / "w.txt"})
+
+
+def test_unloadable_onnx_folder_is_a_clear_error(tmp_path):
+    pytest.importorskip("optimum.onnxruntime")
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    _saved_llama(tmp_path / "o")
+    (tmp_path / "o" / "model.onnx").write_bytes(b"not an onnx graph")
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "o"), "--tasks", "wikitext2", "-q",
+                                  "--out", str(tmp_path / "r.json")])
+    assert r.exit_code != 0 and "cannot load ONNX folder" in r.output and str(tmp_path / "o") in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "r.json").exists()
