@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .adapters import unwrap  # noqa: F401  (re-exported)
 from .errors import GroupDiscoveryError, UnsupportedArchitectureError
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -72,12 +73,6 @@ class ModelGroups:
     @property
     def num_layers(self) -> int:
         return len(self.layers)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """Return the ``*ForCausalLM`` under a peft wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

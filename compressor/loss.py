@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .groups import unwrap
+from .adapters import unwrap
 
 
 def supports_chunked_loss(model: nn.Module) -> bool:

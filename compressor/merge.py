@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .adapters import base_weight, lora_parts, strip_peft, unwrap
 from .errors import NonFiniteError
-from .groups import ATTN, PRUNABLE, ModelGroups, decoder_layers, projection, unwrap
+from .groups import ATTN, PRUNABLE, ModelGroups, decoder_layers, projection
 from .masking import MaskState
 from .ops import head_rows, new_linear, slice_cols, slice_rows
-from .scoring import base_weight, lora_parts
 
 
 def merged_weight(mod: nn.Module, adapter: str = "default") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -90,7 +90,7 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
         new_modules.append(mods)
     # all checks passed: unwrap peft and install the new modules
     if base is not model:
-        base = _strip_peft(model)
+        base = strip_peft(model)
     n_heads, n_inter = widths.pop()
     n_kv = groups.layers[0].num_kv_heads if groups.layers[0].gqa else n_heads
     for layer, mods in zip(decoder_layers(base), new_modules):
@@ -122,21 +122,4 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
                     pass
     # every prunable projection is now a plain float nn.Linear; bring the rest (embeddings, norms) to dtype
     nn.Module.to(base, dtype)
-    return base
-
-
-def _strip_peft(model: nn.Module) -> nn.Module:
-    """Replace every peft LoRA layer by its base layer and return the underlying model."""
-    base = unwrap(model)
-    for name, mod in list(base.named_modules()):
-        if hasattr(mod, "base_layer") and hasattr(mod, "lora_A"):
-            parent_name, _, child = name.rpartition(".")
-            parent = base.get_submodule(parent_name) if parent_name else base
-            setattr(parent, child, mod.base_layer)
-    for attr in ("peft_config", "_hf_peft_config_loaded"):
-        if hasattr(base, attr):
-            try:
-                delattr(base, attr)
-            except AttributeError:
-                pass
     return base

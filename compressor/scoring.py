@@ -7,28 +7,11 @@ import torch
 from torch import nn
 
 from .criteria import Criterion, ProjectionTensors
+from .adapters import base_weight, lora_parts
 from .groups import MLP, PRUNABLE, LayerGroups, ModelGroups, decoder_layers, projection
 
 ROW_PRUNED = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # groups own output rows
 COL_PRUNED = ("o_proj", "down_proj")  # groups own input columns
-
-
-def base_weight(mod: nn.Module) -> torch.Tensor:
-    """Float32 copy-free view (or dequantized copy) of a projection's base weight ``W0``."""
-    base = getattr(mod, "base_layer", mod)
-    w = base.weight
-    if w.dtype in (torch.int8, torch.uint8) or type(w).__name__ in ("Int8Params", "Params4bit"):
-        from peft.utils.integrations import dequantize_bnb_weight
-
-        return dequantize_bnb_weight(w, state=getattr(base, "state", None)).float()
-    return w.detach().float()
-
-
-def lora_parts(mod: nn.Module, adapter: str = "default"):
-    """``(A, B, scaling)`` of a peft LoRA layer, or ``(None, None, 1.0)`` for a plain layer."""
-    if not hasattr(mod, "lora_A") or adapter not in getattr(mod, "lora_A", {}):
-        return None, None, 1.0
-    return mod.lora_A[adapter].weight, mod.lora_B[adapter].weight, float(mod.scaling[adapter])
 
 
 def projection_tensors(mod: nn.Module, criterion: Criterion, generator: torch.Generator | None,
