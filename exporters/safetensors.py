@@ -19,14 +19,8 @@ from compressor.errors import ExportError
 from compressor.io import atomic_output_dir, check_output_dir
 from compressor.save import save_tokenizer
 
-from .onnx import (
-    ExportResult,
-    _model_summary,
-    _versions,
-    list_files,
-    write_report,
-    load_for_export,
-)
+from .loading import load_for_export
+from .report import ExportResult, list_files, model_summary, versions, write_report
 
 
 def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, tokenizer=None,
@@ -58,8 +52,8 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
     t0 = time.perf_counter()
     check_output_dir(out, force)
     model, tokenizer, spec = load_for_export(model, tokenizer, require_fp32_cpu=False)
-    report: dict[str, Any] = {"format": "safetensors", "source": str(spec), "model": _model_summary(model.config),
-                              "versions": _versions()}
+    report: dict[str, Any] = {"format": "safetensors", "source": str(spec), "model": model_summary(model.config),
+                              "versions": versions()}
     with atomic_output_dir(out, force) as tmp:
         try:
             model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)

@@ -1,0 +1,58 @@
+"""The ``config.json`` adjustment that lets optimum's ``ORTModelForCausalLM`` run a head-pruned export.
+
+Pruning attention heads keeps ``hidden_size`` and writes an explicit ``head_dim``, so
+``head_dim != hidden_size // num_attention_heads``. The exporter honours ``head_dim``, but
+``ORTModelForCausalLM`` (optimum-onnx 0.1.0, ``modeling_decoder.py``) sizes the empty KV cache it feeds
+on the first step as ``hidden_size // num_attention_heads`` for llama/mistral/qwen2, which then fails
+with ``past_key_values... Got: 64 Expected: 32``. That is the only use it makes of ``hidden_size``,
+so the *exported folder's* ``config.json`` gets ``hidden_size = num_attention_heads * head_dim``
+(the width of the attention projection, which is also what ONNX Runtime's transformer optimizer calls
+``hidden_size``) and keeps the model's real width under ``"lorapress_export": {"model_hidden_size": ..}``.
+The HF model's own config is never changed. Dense models need no adjustment and are written as is.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from compressor.io import write_json
+
+#: Key added to an exported folder's config.json when the ORT config adjustment was applied.
+CONFIG_KEY = "lorapress_export"
+
+
+def adjust_config_for_ort(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """Make an exported folder's ``config.json`` loadable by ``ORTModelForCausalLM`` when heads were pruned.
+
+    Sets ``hidden_size = num_attention_heads * head_dim`` when the two differ and records the model's real
+    ``hidden_size`` under ``config["lorapress_export"]["model_hidden_size"]`` (see this module's docstring).
+    Idempotent. Returns a description of the change, or None when the config needed none.
+    """
+    path = Path(folder) / "config.json"
+    cfg = json.loads(path.read_text())
+    heads = cfg.get("num_attention_heads")
+    head_dim = cfg.get("head_dim")
+    hidden = cfg.get("hidden_size")
+    if not heads or not head_dim or not hidden or hidden // heads == head_dim:
+        return None
+    ort_hidden = int(heads) * int(head_dim)
+    extra = dict(cfg.get(CONFIG_KEY) or {})
+    extra.setdefault("model_hidden_size", int(hidden))
+    extra["note"] = (
+        "hidden_size here is num_attention_heads * head_dim so that optimum's ORTModelForCausalLM sizes the "
+        "KV cache correctly (it uses hidden_size // num_attention_heads); the model's real hidden size is "
+        "model_hidden_size"
+    )
+    cfg["hidden_size"] = ort_hidden
+    cfg[CONFIG_KEY] = extra
+    write_json(path, cfg)
+    return {"hidden_size": {"model": int(extra["model_hidden_size"]), "onnx_config": ort_hidden},
+            "reason": "head_dim != hidden_size // num_attention_heads"}
+
+
+def true_hidden_size(config: dict) -> int:
+    """The model's hidden size from an exported (possibly adjusted) config dict."""
+    extra = config.get(CONFIG_KEY) or {}
+    return int(extra.get("model_hidden_size") or config["hidden_size"])
