@@ -12,6 +12,7 @@ import torch
 
 import calibration
 from calibration import check_seq_len, load_eval_text, load_texts, pack_blocks, tokenize_text
+from calibration import corpora, files
 from calibration import data as cdata
 from compressor import assets as assets_mod
 from compressor.errors import AssetError, CalibrationError, ConfigError, DependencyMissingError
@@ -146,7 +147,7 @@ def test_unreadable(tmp_path, monkeypatch):
     def deny(path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(cdata, "_read_bytes", deny)
+    monkeypatch.setattr(files, "_read_bytes", deny)
     with pytest.raises(CalibrationError, match="cannot be read: Permission denied"):
         load_texts(p)
 
@@ -179,7 +180,7 @@ def test_wikitext2_from_env(shared):
 
 def test_shared_data_not_found(tmp_path, monkeypatch):
     monkeypatch.setenv("COMPRESS_SHARED_DATA", str(tmp_path / "nowhere"))
-    monkeypatch.setattr(cdata, "__file__", str(tmp_path / "a" / "b" / "data.py"))
+    monkeypatch.setattr(corpora, "__file__", str(tmp_path / "a" / "b" / "corpora.py"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CalibrationError) as ei:
         load_texts("wikitext2")
@@ -366,4 +367,4 @@ def test_real_treebank_asset_matches_shared_file():
     root = _real_shared()
     if root is None:
         pytest.skip("shared/data not present")
-    assert cdata._treebank_split("test") == (root / "ptb" / "ptb.test.txt").read_text()
+    assert corpora._treebank_split("test") == (root / "ptb" / "ptb.test.txt").read_text()
