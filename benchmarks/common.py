@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plots import PLOTTERS, RESULTS  # noqa: E402  (plots imports nothing from here: one-way)
 
 
 def cache_root() -> Path:
@@ -47,9 +48,7 @@ def write_result(name: str, data: dict) -> Path:
 
     write_json(path, data)
     print(f"wrote {path}")
-    from plots import PLOTTERS  # the PNG next to the JSON (quality.py draws its own)
-
-    if name in PLOTTERS:
+    if name in PLOTTERS:  # the PNG next to the JSON (quality.py draws its own)
         PLOTTERS[name](data)
     return path
 

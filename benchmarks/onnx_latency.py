@@ -38,7 +38,7 @@ def _ints(s: str) -> list[int]:
 
 def ensure_onnx(spec: str, work: Path, label: str, *, int8: bool, force: bool, threads: int | None) -> tuple[Path, dict]:
     """Return an ONNX folder for ``spec``: itself if it already is one, else a fresh validated export."""
-    from exporters.onnx import is_onnx_folder
+    from compressor.models import is_onnx_folder
 
     if is_onnx_folder(spec):
         return Path(spec), {"exported": False}

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import glob
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS  # noqa: E402
+#: where the benchmark scripts write their JSON and PNG files (common.py imports it from here)
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _plt():

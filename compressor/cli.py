@@ -55,22 +55,17 @@ def main() -> None:
 
 
 def _register() -> None:
+    """Add the subcommands. This is the composition root: the one place in compressor that imports exporters.
+
+    The command modules import only click at module level, so a failing import here is a real bug and is
+    not swallowed (``compress`` would otherwise start without ``export`` and ``bench``)."""
+    from exporters.commands import bench_cmd, export_cmd
+
+    from .commands.eval import eval_cmd
     from .commands.prune import prune_cmd
 
-    main.add_command(prune_cmd)
-    try:
-        from exporters.commands import bench_cmd, export_cmd
-
-        main.add_command(export_cmd)
-        main.add_command(bench_cmd)
-    except ImportError:  # pragma: no cover - exporters not written yet
-        pass
-    try:
-        from .commands.eval import eval_cmd
-
-        main.add_command(eval_cmd)
-    except ImportError:  # pragma: no cover
-        pass
+    for cmd in (prune_cmd, export_cmd, bench_cmd, eval_cmd):
+        main.add_command(cmd)
 
 
 _register()

@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from .adapters import unwrap  # noqa: F401  (re-exported)
 from .errors import GroupDiscoveryError, UnsupportedArchitectureError
+from .sizes import model_sizes
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -55,9 +57,6 @@ class LayerGroups:
     @property
     def heads_per_kv(self) -> int:
         return self.num_heads // self.num_kv_heads
-
-    def head_rows(self, h: int) -> slice:
-        return slice(h * self.head_dim, (h + 1) * self.head_dim)
 
 
 @dataclass(frozen=True)
@@ -106,12 +105,9 @@ def _in_features(mod: nn.Module) -> int:
 def groups_from_config(model: nn.Module) -> ModelGroups:
     """Derive the groups from the config and check every layer's weight shapes against it."""
     base = unwrap(model)
-    cfg = base.config
-    hidden = int(cfg.hidden_size)
-    n_heads = int(cfg.num_attention_heads)
-    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or hidden // n_heads)
-    inter = int(cfg.intermediate_size)
+    cfg: Any = base.config
+    sizes = model_sizes(cfg)
+    hidden, n_heads, n_kv, head_dim, inter = sizes.hidden, sizes.heads, sizes.kv_heads, sizes.head_dim, sizes.intermediate
     if n_heads % n_kv:
         raise GroupDiscoveryError(f"num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}")
     expected = {
