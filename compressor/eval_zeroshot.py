@@ -79,8 +79,8 @@ def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str
             raise CalibrationError(f"request {i}: continuation {cont!r} has no tokens")
         full = (c_ids + k_ids)[-(max_length + 1):]
         inp = full[:-1]
-        cont = k_ids[-len(inp):] if len(k_ids) > len(inp) else k_ids  # only if the continuation alone is too long
-        encoded.append((i, inp, cont))
+        cont_ids = k_ids[-len(inp):] if len(k_ids) > len(inp) else k_ids  # only if the continuation alone is too long
+        encoded.append((i, inp, cont_ids))
     order = sorted(range(len(encoded)), key=lambda j: -len(encoded[j][1]))
     out = [0.0] * len(encoded)
     device = model_device(model)
@@ -191,6 +191,7 @@ def multiple_choice_loglikelihoods(model: Any, tokenizer: Any, docs: Sequence[MC
                 for ci, k in enumerate(conts):
                     v = float(first[k[0]].double())
                     if len(k) > 1:
+                        assert rest is not None  # longest > 0 whenever a continuation has 2+ tokens
                         tgt = torch.tensor(k[1:], dtype=torch.long, device=rest.device)
                         v += float(rest[ci, :len(k) - 1].gather(-1, tgt[:, None]).sum().double())
                     out[di][ci] = v

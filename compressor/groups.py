@@ -93,12 +93,12 @@ def projection(layer: nn.Module, name: str) -> nn.Module:
 
 
 def _out_features(mod: nn.Module) -> int:
-    base = getattr(mod, "base_layer", mod)
+    base: Any = getattr(mod, "base_layer", mod)
     return int(base.out_features)
 
 
 def _in_features(mod: nn.Module) -> int:
-    base = getattr(mod, "base_layer", mod)
+    base: Any = getattr(mod, "base_layer", mod)
     return int(base.in_features)
 
 
@@ -138,8 +138,8 @@ def groups_from_config(model: nn.Module) -> ModelGroups:
 @contextlib.contextmanager
 def tracing_mode(model: nn.Module):
     """Eager attention, no KV cache, RoPE bypassed — what torch-pruning needs to see the head coupling."""
-    base = unwrap(model)
-    modeling = sys.modules.get(type(base).__module__)
+    base: Any = unwrap(model)
+    modeling: Any = sys.modules.get(type(base).__module__)
     orig_rope = getattr(modeling, "apply_rotary_pos_emb", None)
     orig_impl = getattr(base.config, "_attn_implementation", None)
     orig_cache = getattr(base.config, "use_cache", None)
@@ -176,7 +176,7 @@ def discover_groups(model: nn.Module, *, verify: bool = True) -> ModelGroups:
         >>> groups.layers[0].num_heads, groups.layers[0].intermediate_size
     """
     groups = groups_from_config(model)
-    base = unwrap(model)
+    base: Any = unwrap(model)
     if not verify:
         return groups
     if getattr(base, "is_quantized", False) or getattr(base, "quantization_method", None):
@@ -215,7 +215,7 @@ def _coupled(dg, fn, module: nn.Module, idxs: list[int], names: dict[int, str]) 
     return found
 
 
-def _verify_layer(dg, tp, lg: LayerGroups, layer: nn.Module, names: dict[int, str]) -> None:
+def _verify_layer(dg, tp, lg: LayerGroups, layer: Any, names: dict[int, str]) -> None:
     i = lg.index
     # MLP channel 0 and the last one.
     for c in (0, lg.intermediate_size - 1):

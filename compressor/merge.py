@@ -8,6 +8,8 @@ model computed (``tests/test_prune_core.py``).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ def merged_weight(mod: nn.Module, adapter: str = "default") -> tuple[torch.Tenso
     A, B, s = lora_parts(mod, adapter)
     if A is not None:
         w += (B.detach().float() @ A.detach().float()) * s
-    base = getattr(mod, "base_layer", mod)
+    base: Any = getattr(mod, "base_layer", mod)
     bias = None if base.bias is None else base.bias.detach().float()
     return w, bias
 
@@ -104,7 +106,7 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
                 setattr(attn, attr, val)
         if hasattr(layer.mlp, "intermediate_size"):
             layer.mlp.intermediate_size = n_inter
-    cfg = base.config
+    cfg: Any = base.config
     cfg.num_attention_heads = n_heads
     cfg.num_key_value_heads = n_kv
     cfg.intermediate_size = n_inter
@@ -113,8 +115,10 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
         if hasattr(cfg, attr):
             delattr(cfg, attr)
     if getattr(base, "is_quantized", False) or getattr(base, "quantization_method", None):
-        for attr, val in (("is_quantized", False), ("hf_quantizer", None), ("quantization_method", None),
-                          ("is_loaded_in_8bit", False), ("is_loaded_in_4bit", False)):
+        resets: tuple[tuple[str, Any], ...] = (("is_quantized", False), ("hf_quantizer", None),
+                                               ("quantization_method", None), ("is_loaded_in_8bit", False),
+                                               ("is_loaded_in_4bit", False))
+        for attr, val in resets:
             if hasattr(base, attr):
                 try:
                     setattr(base, attr, val)

@@ -191,7 +191,7 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
     if not allow_pickle:
         kwargs["use_safetensors"] = None if source.kind == "gguf" or source.kind == "builtin" else True
     try:
-        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except Exception as exc:
         hint = ("; its weight files look corrupt or incomplete (re-download or re-save the model)"
                 if "safetensor" in type(exc).__name__.lower() or isinstance(exc, (EOFError, OSError)) else "")

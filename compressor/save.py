@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from torch import nn
+    from transformers import PreTrainedModel
 
 from .errors import SaveError
 from .io import atomic_output_dir, write_json
@@ -65,7 +65,7 @@ def save_tokenizer(tokenizer: Any, folder: str | os.PathLike, *, check: bool = T
     return {"saved": True, "removed_gguf_tokenizer_model": removed, "reload_ok": True}
 
 
-def save_model_folder(model: nn.Module, tokenizer: Any, out: str | os.PathLike, *, force: bool = False,
+def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: str | os.PathLike, *, force: bool = False,
                       report: dict[str, Any] | None = None, report_name: str = "compression_report.json",
                       extra: Any = None) -> Path:
     """``save_pretrained`` (safetensors) + tokenizer + report into ``out`` via a temporary folder.

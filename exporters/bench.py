@@ -71,7 +71,7 @@ __all__ = ["BENCH_REPORT_FILE", "PROVIDERS", "BenchReport", "ModelBench", "bench
            "flops_per_token", "make_feed", "measure_peak_rss", "model_dims"]
 
 
-def _stats(times: Sequence[float], tokens: int) -> dict[str, float]:
+def _stats(times: Sequence[float], tokens: int) -> dict[str, Any]:
     import numpy as np
 
     a = np.asarray(times) * 1e3

@@ -59,7 +59,7 @@ class BenchReport:
 
     model: ModelBench
     baseline: ModelBench | None
-    ratios: dict[str, float] | None
+    ratios: dict[str, float | None] | None
     settings: dict[str, Any]
     json_path: Path | None = None
 
@@ -109,11 +109,11 @@ class BenchReport:
         return "\n".join(intro + [""] + lines)
 
 
-def compare(m: ModelBench, b: ModelBench) -> dict[str, float]:
+def compare(m: ModelBench, b: ModelBench) -> dict[str, float | None]:
     def r(x, y):
         return (x / y) if (x is not None and y) else None
 
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for case, st in m.latency.items():
         if case not in b.latency:
             continue

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 import calibration
-from calibration import check_seq_len, load_eval_text, load_texts, pack_blocks, tokenize_text
-from calibration import corpora, files
+from calibration import check_seq_len, corpora, files, load_eval_text, load_texts, pack_blocks, tokenize_text
 from calibration import data as cdata
 from compressor import assets as assets_mod
 from compressor.errors import AssetError, CalibrationError, ConfigError, DependencyMissingError
