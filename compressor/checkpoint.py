@@ -162,3 +162,41 @@ def checkpoint_step(ckpt_dir: str | os.PathLike) -> int | None:
         return int(doc["step"])  # top-level in both layouts
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+# ---- saved pruning plan ----------------------------------------------------------------------
+PLAN_FILE = "pruning_plan.safetensors"
+
+
+def save_plan(folder: str | os.PathLike, result: Any) -> None:
+    """Write the moving-average scores and masks of a :class:`~compressor.pruning.PruneResult` next to the
+    pruned model (``pruning_plan.safetensors``: per layer ``heads`` [num_heads], ``channels`` [intermediate]
+    float64 scores, and ``kept_heads`` / ``kept_channels`` bool masks, in the dense model's indices)."""
+    from safetensors.torch import save_file
+
+    if result.scores is None:
+        return
+    t: dict[str, torch.Tensor] = {}
+    for i, (s, lm) in enumerate(zip(result.scores, result.masks.layers)):
+        t[f"layer{i}.heads"] = s.heads.double().contiguous()
+        t[f"layer{i}.channels"] = s.channels.double().contiguous()
+        t[f"layer{i}.kept_heads"] = lm.heads.clone()
+        t[f"layer{i}.kept_channels"] = lm.channels.clone()
+    save_file(t, str(Path(folder) / PLAN_FILE), metadata={"num_layers": str(len(result.scores))})
+
+
+def load_plan(folder: str | os.PathLike) -> dict[str, Any]:
+    """Read a pruning plan saved by :func:`save_plan`: ``{"heads": [...], "channels": [...], "source"}``
+    (raises ConfigError if missing)."""
+    from safetensors import safe_open
+
+    from .errors import ConfigError
+
+    path = Path(folder) / PLAN_FILE
+    if not path.is_file():
+        raise ConfigError(f"{str(folder)!r} has no {PLAN_FILE}; give the output folder of an earlier `compress prune`")
+    with safe_open(str(path), "pt") as f:
+        n = int(f.metadata()["num_layers"])
+        heads = [f.get_tensor(f"layer{i}.heads") for i in range(n)]
+        channels = [f.get_tensor(f"layer{i}.channels") for i in range(n)]
+    return {"heads": heads, "channels": channels, "source": str(folder)}

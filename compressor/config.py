@@ -5,13 +5,27 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
 CONFIG_VERSION = 1
+
+
+def _opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = True, result: bool = True) -> Any:
+    """A config field with the metadata the CLI, YAML and ``--help`` are generated from.
+
+    ``help``: the option's help text; ``choices``: valid values; ``cli``: exposed as ``--name``;
+    ``result``: changes what the run computes (part of the run id that guards ``--resume``).
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli, "result": result})
+
+
+def cli_fields() -> list[dataclasses.Field]:
+    """The :class:`PruneConfig` fields exposed as ``compress prune`` options, in declaration order."""
+    return [f for f in fields(PruneConfig) if f.metadata.get("cli", False)]
 
 
 @dataclass(frozen=True)
@@ -25,8 +39,17 @@ class PruneConfig:
             gradient), ``magnitude`` or ``random``.
         steps: optimizer steps of the LoRA fine-tune (pruning happens during the first ``prune_until``).
         prune_every: optimizer steps between two mask updates (Algorithm 1's frequency).
-        prune_until: fraction of ``steps`` by which the target ratio is reached (linear schedule);
-            the remaining steps only fine-tune.
+        prune_start: fraction of ``steps`` that score without masking before the first mask update.
+        prune_until: fraction of ``steps`` by which the target ratio is reached; the remaining steps only
+            fine-tune.
+        schedule: ``linear`` or ``cubic`` rise of the sparsity between the first and the last mask update.
+        ema_start: ``first`` (moving average starts at the first score) or ``zero`` (official code).
+        aggregate: ``sum-sq`` (Eq. 4 over squared element scores) or ``official`` (absolute values, each
+            projection's group vector L2-normalised before the projections are summed).
+        widths: ``uniform`` or ``adaptive`` (MLP width per layer from one ranking across layers, floor
+            ``min_channels``; masked model only until per-layer configs can be written).
+        skip_layers: layers left dense (indices, ``official`` = first 10 % + last, or empty).
+        max_grad_norm: clip the LoRA gradients' norm (0: off).
         lam: moving-average factor λ of Eq. 11 (``G ← λG + (1−λ)Ĝ``), in [0, 1).
         lora_r, lora_alpha, lora_dropout: LoRA rank, alpha (scaling = alpha / r) and dropout.
         lr: peak AdamW learning rate (cosine decay to 0 after ``warmup_steps``).
@@ -39,6 +62,9 @@ class PruneConfig:
         channel_multiple: round the kept MLP width to a multiple of this (8: friendly to matmul kernels).
         head_policy: how the budget is split between heads and MLP channels: ``mlp-first`` (default: keep
             heads while the MLP keeps >= 25 % of its channels) or ``balanced`` (same fraction for both).
+
+    Every field's ``metadata`` holds its help text and choices; ``compress prune``'s options are generated
+    from it (:func:`cli_fields`).
         joint: True (default) scores during the fine-tune (LoRAPrune); False prunes one-shot from the
             scores of the first ``prune_every`` steps, then fine-tunes ("separate" baseline).
         seed: seed of data order, LoRA init and the random criterion.
@@ -56,37 +82,74 @@ class PruneConfig:
             keeping them (less memory, about a third more time per step; results are unchanged).
     """
 
-    ratio: float
-    criterion: str = "lora"
-    steps: int = 200
-    prune_every: int = 10
-    prune_until: float = 0.5
-    lam: float = 0.9
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lr: float = 2e-4
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    batch_size: int = 4
-    grad_accum: int = 1
-    seq_len: int = 256
-    max_blocks: Optional[int] = None
-    base_bits: Optional[int] = None
-    channel_multiple: int = 8
-    head_policy: str = "mlp-first"
-    joint: bool = True
-    seed: int = 0
-    eval_windows: int = 8
-    eval_seq_len: int = 512
-    save_every: int = 0
-    dtype: str = "float32"
-    distill: float = 0.0
-    loss_chunk_tokens: int = 256
-    gradient_checkpointing: bool = False
-    version: int = CONFIG_VERSION
+    ratio: float = _opt(None, "Fraction of the parameters of the decoder layers' prunable projections (q,k,v,o,gate,up,"
+                            "down) to remove, in (0, 1). Embeddings, norms and LM head are kept; the achieved ratio "
+                            "after rounding to whole heads/channels is reported.")
+    criterion: str = _opt("lora", "Importance criterion: lora (LoRAPrune Eq. 10), taylor (Eq. 3, needs W's gradient), "
+                                  "activation (first-order effect of removing a head/channel, from the input gradient "
+                                  "of o_proj/down_proj; no W gradient), magnitude or random.")
+    steps: int = _opt(200, "Optimizer steps of the LoRA fine-tune.")
+    prune_every: int = _opt(10, "Steps between mask updates.")
+    prune_start: float = _opt(0.0, "Fraction of the steps that score (and fine-tune) before the first mask update, "
+                                   "in [0, 1) (the official LoRAPrune trainer: 0.1).")
+    prune_until: float = _opt(0.5, "Fraction of the steps by which the target ratio is reached; the rest only "
+                                   "fine-tune.")
+    schedule: str = _opt("linear", "How the sparsity rises between prune_start and prune_until: linear, or cubic "
+                                   "(fast first, slow near the target, as the official trainer).",
+                         choices=("linear", "cubic"))
+    lam: float = _opt(0.9, "Moving-average factor λ of the scores (G <- λG + (1-λ)Ĝ), in [0, 1).")
+    ema_start: str = _opt("first", "Moving-average start: first (G = the first score) or zero (G = 0, as the "
+                                   "official code).", choices=("first", "zero"))
+    aggregate: str = _opt("sum-sq", "How element scores form group scores: sum-sq (sum of squares, Eq. 4) or "
+                                    "official (|.| summed per group, each projection's group vector L2-normalised "
+                                    "before summing projections, as the official code).",
+                          choices=("sum-sq", "official"))
+    widths: str = _opt("uniform", "uniform (every layer the same widths; a stock config) or adaptive (MLP widths "
+                                  "per layer from one ranking across layers; measured on the masked model only: "
+                                  "per-layer widths cannot be written to a stock folder yet).",
+                       choices=("uniform", "adaptive"))
+    min_channels: float = _opt(0.1, "With widths=adaptive: each layer keeps at least this share of its MLP "
+                                    "channels, in (0, 1].")
+    skip_layers: str = _opt("", "Decoder layers left unpruned: comma-separated indices (negative counts from the "
+                                "end), 'official' (first 10 % and the last layer) or '' (none). The others are "
+                                "pruned harder so that the total ratio is still met.")
+    lora_r: int = _opt(8, "LoRA rank.")
+    lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    lr: float = _opt(2e-4, "Peak AdamW learning rate (cosine decay to 0 after warmup_steps).")
+    warmup_steps: int = _opt(0, "Linear learning-rate warm-up steps.")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _opt(0.0, "Clip the LoRA gradients' global norm to this before each optimizer step "
+                                     "(after scoring); 0 = no clipping.")
+    batch_size: int = _opt(4, "Sequences per micro-batch.")
+    grad_accum: int = _opt(1, "Micro-batches per optimizer step.")
+    seq_len: int = _opt(256, "Tokens per calibration sequence.")
+    max_blocks: Optional[int] = _opt(None, "Use at most this many calibration sequences (default: all).")
+    base_bits: Optional[int] = _opt(None, "Keep W0 in 8-bit (bitsandbytes; LoRAPrune-8bit).", choices=(8,))
+    channel_multiple: int = _opt(8, "Round the kept MLP width to a multiple of this.")
+    head_policy: str = _opt("mlp-first", "Split of the budget between heads and MLP channels: mlp-first (prune heads "
+                                         "only once the MLP keeps 25 %) or balanced (same fraction, as the paper).",
+                            choices=("mlp-first", "balanced"))
+    joint: bool = _opt(True, "Score during the fine-tune (LoRAPrune); False: one-shot from the first prune_every "
+                             "steps' scores, then fine-tune (the 'separate' baseline; CLI: --separate).", cli=False)
+    seed: int = _opt(0, "Seed of data order, LoRA init and the random criterion.")
+    eval_windows: int = _opt(8, "Perplexity windows before/after on held-out text (0 skips).", result=False)
+    eval_seq_len: int = _opt(512, "Tokens per perplexity window.", result=False)
+    save_every: int = _opt(0, "Write a resumable checkpoint every N optimizer steps (0: only on Ctrl-C).",
+                           result=False)
+    dtype: str = _opt("float32", "Dtype of the float weights.", choices=("float32", "bfloat16"))
+    distill: float = _opt(0.0, "Weight of distillation from the dense model in the fine-tune loss, in [0, 1]: "
+                               "(1-w)·CE + w·KL(dense‖pruned). The teacher is the same model with LoRA and masks "
+                               "off (no second copy); one more forward pass per step.")
+    loss_chunk_tokens: int = _opt(256, "Positions per LM-head/loss chunk (same loss and gradients, no full "
+                                       "[batch, seq, vocab] logits); 0 = stock loss.")
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass: less memory, about a "
+                                               "third more time per step, same result.")
+    version: int = _opt(CONFIG_VERSION, "Config format version.", cli=False)
 
     def __post_init__(self) -> None:
+        if self.ratio is None:
+            raise ConfigError("ratio is required: the fraction of the prunable parameters to remove, in (0, 1), e.g. 0.5")
         _check_types(self)
         from .criteria import get_criterion
 
@@ -105,6 +168,17 @@ class PruneConfig:
                               f"would run; give steps >= prune_every")
         if not (0.0 < self.prune_until <= 1.0):
             raise bad("prune_until", "give a fraction in (0, 1]")
+        if not (0.0 <= self.prune_start < self.prune_until):
+            raise bad("prune_start", f"give a fraction in [0, prune_until={self.prune_until})")
+        for f in fields(self):
+            ch = f.metadata.get("choices")
+            if ch and getattr(self, f.name) not in ch and not (getattr(self, f.name) is None and f.name == "base_bits"):
+                raise bad(f.name, f"use one of {', '.join(map(str, ch))}")
+        if not (0.0 < self.min_channels <= 1.0):
+            raise bad("min_channels", "give a share in (0, 1]")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise bad("max_grad_norm", "must be >= 0 (0: no clipping)")
+        parse_skip_layers(self.skip_layers, None)
         if not (0.0 <= self.lam < 1.0):
             raise bad("lam", "λ must be in [0, 1)")
         if self.lora_r < 1:
@@ -188,6 +262,33 @@ class PruneConfig:
 
     def replace(self, **changes: Any) -> "PruneConfig":
         return dataclasses.replace(self, **changes)
+
+
+def parse_skip_layers(spec: str, num_layers: int | None) -> list[int]:
+    """Layer indices named by ``skip_layers`` (see :class:`PruneConfig`); ``num_layers=None`` only checks syntax."""
+    spec = (spec or "").strip()
+    if not spec:
+        return []
+    if spec == "official":
+        if num_layers is None:
+            return []
+        return sorted(set(range(int(math.ceil(0.1 * num_layers)))) | {num_layers - 1})
+    out = []
+    for part in spec.split(","):
+        try:
+            i = int(part.strip())
+        except ValueError:
+            raise ConfigError(f"skip_layers={spec!r} is not valid; give comma-separated layer indices (e.g. '0,1,-1'), "
+                              f"'official' or ''") from None
+        if num_layers is not None:
+            if not -num_layers <= i < num_layers:
+                raise ConfigError(f"skip_layers={spec!r}: layer {i} does not exist; the model has {num_layers} "
+                                  f"layers (0..{num_layers - 1})")
+            i %= num_layers
+        out.append(i)
+    if num_layers is not None and len(set(out)) >= num_layers:
+        raise ConfigError(f"skip_layers={spec!r} skips every layer; leave at least one to prune")
+    return sorted(set(out))
 
 
 def _check_types(cfg: PruneConfig) -> None:

@@ -108,3 +108,47 @@ def decoder_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Final hidden states (after the last norm) of ``model``'s decoder, without gradients."""
     with torch.no_grad():
         return _final_hidden(unwrap(model), input_ids)
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of ``KL(teacher ‖ student)`` of the next-token distributions (temperature 1)."""
+    v = student_logits.shape[-1]
+    s = torch.log_softmax(student_logits.float().reshape(-1, v), dim=-1)
+    t = torch.log_softmax(teacher_logits.float().reshape(-1, v), dim=-1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
+
+
+def training_loss(model: nn.Module, input_ids: torch.Tensor, *, distill: float = 0.0, chunk_tokens: int = 0,
+                  teacher=None, forward: nn.Module | None = None) -> tuple[torch.Tensor, float]:
+    """The pruning fine-tune's loss on one micro-batch: the one place that owns its branches.
+
+    Args:
+        model: the peft-wrapped model being pruned.
+        input_ids: ``[batch, seq]``.
+        distill: weight of ``KL(dense ‖ pruned)``; the teacher's outputs come from running ``model`` inside the
+            ``teacher()`` context (LoRA and masks off), so no second copy of the weights exists.
+        chunk_tokens: > 0 computes the LM head and loss in chunks (:func:`lm_loss`); 0 uses the stock
+            ``forward(input_ids, labels=...)`` loss (needed under DDP).
+        teacher: a callable returning a context manager that switches ``model`` to the dense teacher.
+        forward: the module to call for the stock loss (the DDP wrapper when data-parallel; default ``model``).
+
+    Returns:
+        ``(loss, lm_loss)``: the differentiable objective and the plain cross-entropy (a float, for logging).
+    """
+    if distill > 0 and teacher is None:
+        raise ValueError("distillation needs a teacher context")
+    if chunk_tokens > 0:
+        th = None
+        if distill > 0:
+            with teacher():
+                th = decoder_hidden(model, input_ids)
+        loss, ce = lm_loss(model, input_ids, chunk_tokens=chunk_tokens, teacher_hidden=th, distill=distill)
+        return loss, float(ce)
+    out = (forward or model)(input_ids=input_ids, labels=input_ids)
+    loss = out.loss
+    ce = float(loss.detach())
+    if distill > 0:
+        with torch.no_grad(), teacher():
+            t_logits = model(input_ids=input_ids).logits
+        loss = (1 - distill) * loss + distill * distill_loss(out.logits, t_logits)
+    return loss, ce

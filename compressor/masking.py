@@ -8,6 +8,7 @@ exactly what the physically sliced model computes (see ``tests/test_prune_core.p
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -80,11 +81,6 @@ class MaskState:
             h.remove()
         self._handles = []
 
-    def sparsity(self, groups: ModelGroups) -> dict[str, float]:
-        heads = sum(int((~m.heads).sum()) for m in self.layers) / sum(lg.num_heads for lg in groups.layers)
-        ch = sum(int((~m.channels).sum()) for m in self.layers) / sum(lg.intermediate_size for lg in groups.layers)
-        return {"heads": heads, "channels": ch}
-
     def state_dict(self) -> dict:
         return {"heads": [m.heads.clone() for m in self.layers], "channels": [m.channels.clone() for m in self.layers]}
 
@@ -132,14 +128,19 @@ def _in_hook(fm: _FloatMasks, which: str):
     return hook
 
 
-def mask_lowest(state: MaskState, scores, groups: ModelGroups, heads_per_kv_keep: int, channels_keep: int) -> None:
-    """Mask the lowest-scoring groups of every layer so each keeps the given widths.
+def mask_lowest(state: MaskState, scores, groups: ModelGroups, heads_per_kv_keep: int | Sequence[int],
+                channels_keep: int | Sequence[int]) -> None:
+    """Mask the lowest-scoring groups of every layer so each keeps the given widths (one number for every
+    layer, or one per layer).
 
     Already-masked groups stay masked (the schedule only tightens). Under GQA the query heads are
     ranked within each KV group and ``heads_per_kv_keep`` kept per group; under MHA
     ``heads_per_kv_keep`` is the number of heads kept. Ties break towards the lower index.
     """
-    for lm, sc, lg in zip(state.layers, scores, groups.layers):
+    n = len(state.layers)
+    hk_all = [heads_per_kv_keep] * n if isinstance(heads_per_kv_keep, int) else list(heads_per_kv_keep)
+    ch_all = [channels_keep] * n if isinstance(channels_keep, int) else list(channels_keep)
+    for lm, sc, lg, heads_per_kv_keep, channels_keep in zip(state.layers, scores, groups.layers, hk_all, ch_all):
         hs = sc.heads.clone().double()
         hs[~lm.heads] = -float("inf")
         new_heads = torch.zeros_like(lm.heads)

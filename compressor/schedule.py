@@ -111,19 +111,33 @@ def achieved_ratio(lg: LayerGroups, hidden: int, w: Widths) -> float:
     return 1 - layer_params(lg, hidden, w.num_heads, w.num_kv_heads, w.intermediate_size) / layer_params(lg, hidden)
 
 
-def prune_events(total_steps: int, prune_every: int, prune_until: float) -> list[int]:
-    """Optimizer steps (1-based) after which masks are updated: every ``prune_every`` steps up to
-    ``prune_until × total_steps`` (at least one event)."""
-    last = max(prune_every, int(math.floor(total_steps * prune_until)))
+SCHEDULES = ("linear", "cubic")
+
+
+def prune_events(total_steps: int, prune_every: int, prune_until: float, prune_start: float = 0.0) -> list[int]:
+    """Optimizer steps (1-based) after which masks are updated: every ``prune_every`` steps after the first
+    ``prune_start × total_steps`` (scoring only) up to ``prune_until × total_steps`` (at least one event)."""
+    first = int(math.floor(total_steps * prune_start)) + prune_every
+    last = max(first, int(math.floor(total_steps * prune_until)))
     last = min(last, total_steps)
-    ev = list(range(prune_every, last + 1, prune_every))
+    first = min(first, last)
+    ev = list(range(first, last + 1, prune_every))
     return ev or [min(prune_every, total_steps)]
 
 
-def widths_at(event: int, n_events: int, lg: LayerGroups, final: Widths) -> tuple[int, int]:
-    """Linear progressive schedule: after event ``event`` (1-based) of ``n_events`` the widths have moved
-    ``event / n_events`` of the way from dense to ``final``. Returns ``(heads_per_kv, intermediate)``."""
-    frac = event / n_events
+def progress_at(event: int, n_events: int, schedule: str = "linear") -> float:
+    """Share of the way from dense to the target after event ``event`` (1-based) of ``n_events``:
+    ``k/n`` (linear) or ``1 − (1 − k/n)³`` (cubic, Zhu & Gupta 2017; the official LoRAPrune trainer)."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule {schedule!r} is not valid; use one of {', '.join(SCHEDULES)}")
+    frac = min(1.0, max(0.0, event / n_events))
+    return frac if schedule == "linear" else 1.0 - (1.0 - frac) ** 3
+
+
+def widths_at(event: int, n_events: int, lg: LayerGroups, final: Widths, schedule: str = "linear") -> tuple[int, int]:
+    """Progressive schedule: after event ``event`` (1-based) of ``n_events`` the widths have moved
+    :func:`progress_at` of the way from dense to ``final``. Returns ``(heads_per_kv, intermediate)``."""
+    frac = progress_at(event, n_events, schedule)
     per_full = lg.heads_per_kv if lg.gqa else lg.num_heads
     hk = per_full - int(math.floor((per_full - final.heads_per_kv) * frac + 1e-9))
     ch = lg.intermediate_size - int(math.floor((lg.intermediate_size - final.intermediate_size) * frac + 1e-9))

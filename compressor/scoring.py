@@ -40,37 +40,66 @@ class LayerScores:
     channels: torch.Tensor
 
 
+AGGREGATES = ("sum-sq", "official")
+
+
+def _unit(v: torch.Tensor) -> torch.Tensor:
+    n = v.norm()
+    return v / n if float(n) > 0 else v
+
+
 def layer_scores(layer: nn.Module, lg: LayerGroups, criterion: Criterion,
-                 generator: torch.Generator | None = None) -> LayerScores:
-    """Sum the criterion's element importances over each head group and each channel group (Eq. 4)."""
-    reduced: dict[str, torch.Tensor] = {}
+                 generator: torch.Generator | None = None, aggregate: str = "sum-sq") -> LayerScores:
+    """Group scores of one layer from the criterion's element importances (Eq. 4).
+
+    ``aggregate="sum-sq"``: each group's score is the sum of its elements' importances (the criteria return
+    squared saliencies, e.g. Eq. 10). ``aggregate="official"`` (the official LoRAPrune code): the
+    absolute saliency (the square root of the importance) is summed per group within each projection, each
+    projection's group vector is scaled to unit L2 norm, and the projections' vectors are summed.
+    """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate {aggregate!r} is not valid; use one of {', '.join(AGGREGATES)}")
+    d = lg.head_dim
+    head_parts: list[torch.Tensor] = []
+    chan_parts: list[torch.Tensor] = []
     for name in PRUNABLE:
         if lg.gqa and name in ("k_proj", "v_proj"):
             continue  # KV heads are kept under GQA; they are not part of a q-head group
         imp = criterion(projection_tensors(projection(layer, name), criterion, generator))
-        reduced[name] = imp.sum(dim=1) if name in ROW_PRUNED else imp.sum(dim=0)
-    d = lg.head_dim
-    heads = reduced["q_proj"].view(lg.num_heads, d).sum(1) + reduced["o_proj"].view(lg.num_heads, d).sum(1)
-    if not lg.gqa:
-        heads = heads + reduced["k_proj"].view(lg.num_heads, d).sum(1) + reduced["v_proj"].view(lg.num_heads, d).sum(1)
-    channels = sum(reduced[n] for n in MLP)
-    return LayerScores(heads.double(), channels.double())
+        if aggregate == "official":
+            imp = imp.clamp_min(0).sqrt()
+        red = imp.sum(dim=1) if name in ROW_PRUNED else imp.sum(dim=0)
+        if name in MLP:
+            chan_parts.append(red)
+        else:
+            head_parts.append(red.view(lg.num_heads, d).sum(1))
+    if aggregate == "official":
+        head_parts = [_unit(v.double()) for v in head_parts]
+        chan_parts = [_unit(v.double()) for v in chan_parts]
+    heads = torch.stack([v.double() for v in head_parts]).sum(0)
+    channels = torch.stack([v.double() for v in chan_parts]).sum(0)
+    return LayerScores(heads, channels)
 
 
 def model_scores(model: nn.Module, groups: ModelGroups, criterion: Criterion,
-                 generator: torch.Generator | None = None) -> list[LayerScores]:
+                 generator: torch.Generator | None = None, aggregate: str = "sum-sq") -> list[LayerScores]:
     """Group scores of every layer of ``model`` (peft-wrapped or plain)."""
-    return [layer_scores(layer, lg, criterion, generator) for layer, lg in zip(decoder_layers(model), groups.layers)]
+    return [layer_scores(layer, lg, criterion, generator, aggregate)
+            for layer, lg in zip(decoder_layers(model), groups.layers)]
 
 
 class MovingAverage:
     """``G ← λG + (1−λ)Ĝ`` per group (Eq. 11). A step with a non-finite score is skipped and counted.
 
-    The first accepted step initialises ``G = Ĝ`` (no zero-initialisation bias).
+    ``start="first"``: the first accepted step initialises ``G = Ĝ`` (no zero-initialisation bias);
+    ``start="zero"``: ``G`` starts at 0 (the official code), so early scores weigh less.
     """
 
-    def __init__(self, lam: float = 0.9):
+    def __init__(self, lam: float = 0.9, start: str = "first"):
+        if start not in ("first", "zero"):
+            raise ValueError(f"moving-average start {start!r} is not valid; use first or zero")
         self.lam = float(lam)
+        self.start = start
         self.value: list[LayerScores] | None = None
         self.updates = 0
         self.skipped = 0
@@ -79,9 +108,11 @@ class MovingAverage:
         if not all(torch.isfinite(s.heads).all() and torch.isfinite(s.channels).all() for s in scores):
             self.skipped += 1
             return False
-        if self.value is None:
+        if self.value is None and self.start == "first":
             self.value = [LayerScores(s.heads.clone(), s.channels.clone()) for s in scores]
         else:
+            if self.value is None:
+                self.value = [LayerScores(torch.zeros_like(s.heads), torch.zeros_like(s.channels)) for s in scores]
             lam = self.lam
             for g, s in zip(self.value, scores):
                 g.heads.mul_(lam).add_(s.heads, alpha=1 - lam)
@@ -90,11 +121,12 @@ class MovingAverage:
         return True
 
     def state_dict(self) -> dict:
-        return {"lam": self.lam, "updates": self.updates, "skipped": self.skipped,
+        return {"lam": self.lam, "start": self.start, "updates": self.updates, "skipped": self.skipped,
                 "heads": None if self.value is None else [s.heads for s in self.value],
                 "channels": None if self.value is None else [s.channels for s in self.value]}
 
     def load_state_dict(self, sd: dict) -> None:
         self.lam, self.updates, self.skipped = sd["lam"], sd["updates"], sd["skipped"]
+        self.start = sd.get("start", "first")
         self.value = None if sd["heads"] is None else [
             LayerScores(h.clone(), c.clone()) for h, c in zip(sd["heads"], sd["channels"])]

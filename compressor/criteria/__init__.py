@@ -8,7 +8,7 @@ element-wise importance matrix with the weight's shape ``[out, in]``. Group scor
 Example:
     >>> from compressor.criteria import get_criterion, available_criteria
     >>> sorted(available_criteria())
-    ['lora', 'magnitude', 'random', 'taylor']
+    ['activation', 'lora', 'magnitude', 'random', 'taylor']
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class Criterion(Protocol):
     name: str
     needs_lora_grads: bool
     needs_weight_grad: bool
+    group_level: bool
 
     def __call__(self, t: ProjectionTensors) -> torch.Tensor: ...
 
@@ -54,9 +55,12 @@ class Criterion(Protocol):
 _REGISTRY: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, *, needs_lora_grads: bool = False, needs_weight_grad: bool = False
-                       ) -> Callable[[Callable[[ProjectionTensors], torch.Tensor]], Criterion]:
-    """Decorator registering ``fn`` under ``name``. Duplicate names are rejected."""
+def register_criterion(name: str, *, needs_lora_grads: bool = False, needs_weight_grad: bool = False,
+                       group_level: bool = False) -> Callable[[Callable[[ProjectionTensors], torch.Tensor]], Criterion]:
+    """Decorator registering ``fn`` under ``name``. Duplicate names are rejected.
+
+    ``group_level=True`` marks a criterion that scores whole groups from activations
+    (:mod:`compressor.activation`) instead of returning element importances."""
 
     def deco(fn):
         if name in _REGISTRY:
@@ -64,6 +68,7 @@ def register_criterion(name: str, *, needs_lora_grads: bool = False, needs_weigh
         fn.name = name
         fn.needs_lora_grads = needs_lora_grads
         fn.needs_weight_grad = needs_weight_grad
+        fn.group_level = group_level
         _REGISTRY[name] = fn
         return fn
 
@@ -82,4 +87,4 @@ def available_criteria() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import lora, magnitude, random, taylor  # noqa: E402,F401  (registration side effects)
+from . import activation, lora, magnitude, random, taylor  # noqa: E402,F401  (registration side effects)

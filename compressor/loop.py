@@ -1,0 +1,453 @@
+"""The LoRAPrune loop as an object: one training + scoring step at a time, mask updates, state, merge.
+
+:class:`PruneLoop` owns what one pruning run holds (the peft model, masks, moving average, optimizer and
+scheduler, data order, RNG) and exposes it as steps::
+
+    loop = PruneLoop(model, config, blocks)
+    while not loop.done:
+        rec = loop.step()           # forward/backward, scoring, optimizer step, mask update
+    merged = loop.finish()          # fold LoRA, slice the masked groups
+
+:func:`compressor.pruning.prune` composes it with checkpoints and the report; benchmarks drive the
+same object (``loop.step(batch)``, ``loop.masked_model``) instead of copying the training step.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .activation import ActivationScorer
+from .checkpoint import rng_state, set_rng_state
+from .config import PruneConfig, parse_skip_layers
+from .criteria import get_criterion
+from .errors import ConfigError, NonFiniteError
+from .groups import PRUNABLE, ModelGroups, discover_groups
+from .loss import supports_chunked_loss, training_loss
+from .masking import MaskState, mask_lowest
+from .merge import merge_and_slice
+from .schedule import Widths, layer_params, progress_at, prune_events, solve_widths
+from .scoring import LayerScores, MovingAverage, model_scores
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step did (one row of the report's ``history``)."""
+
+    step: int
+    loss: float
+    lr: float
+    sparsity: float
+    time_s: float
+    lm_loss: float | None = None
+    scores_skipped: bool = False
+    masks_updated: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k not in ("lm_loss", "scores_skipped", "masks_updated")}
+        if self.lm_loss is not None:
+            d["lm_loss"] = self.lm_loss
+        if self.scores_skipped:
+            d["scores_skipped"] = True
+        return d
+
+
+def wrap_lora(model: nn.Module, cfg: PruneConfig) -> nn.Module:
+    """Wrap every prunable projection in a LoRA adapter (peft). Vanilla Taylor also makes W0 require grad
+    (never updated by the optimizer)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(PRUNABLE), bias="none", task_type="CAUSAL_LM")
+    pm = get_peft_model(model, lcfg)
+    if get_criterion(cfg.criterion).needs_weight_grad:
+        for mod in pm.modules():
+            if hasattr(mod, "base_layer") and hasattr(mod, "lora_A"):
+                w = mod.base_layer.weight
+                if not w.dtype.is_floating_point:
+                    raise ConfigError("criterion 'taylor' needs float base weights; it cannot run with base_bits=8")
+                w.requires_grad_(True)
+    return pm
+
+
+class DataOrder:
+    """Deterministic, resumable order over calibration blocks: a fresh seeded permutation each epoch."""
+
+    def __init__(self, blocks: torch.Tensor, seed: int):
+        self.blocks, self.seed = blocks, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache = {epoch: torch.randperm(self.blocks.shape[0], generator=g)}
+        return self._cache[epoch]
+
+    def take(self, pos: int, count: int) -> torch.Tensor:
+        n = self.blocks.shape[0]
+        idx = [int(self._perm((pos + i) // n)[(pos + i) % n]) for i in range(count)]
+        return self.blocks[idx]
+
+
+def lr_lambda(cfg: PruneConfig, total: int):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def run_id(cfg: PruneConfig, model_id: str, blocks: torch.Tensor) -> str:
+    """Hash of everything that decides the result (config fields marked ``result``, model, data): a
+    checkpoint is resumed only by the run that wrote it."""
+    from dataclasses import fields
+
+    keep = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.metadata.get("result", True)}
+    if model_id and os.path.exists(model_id):  # './m/' and '/abs/m' name the same model
+        model_id = os.path.realpath(model_id)
+    h = hashlib.sha256(json.dumps([keep, model_id], sort_keys=True, default=str).encode())
+    h.update(blocks.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class WidthPlan:
+    """Target widths per layer at each mask update: the uniform solution (``widths="uniform"``) or MLP widths
+    from one ranking across layers (``"adaptive"``); layers in ``skip_layers`` stay dense."""
+
+    def __init__(self, groups: ModelGroups, cfg: PruneConfig):
+        self.groups, self.cfg = groups, cfg
+        n = groups.num_layers
+        self.skip = parse_skip_layers(cfg.skip_layers, n)
+        self.pruned = [i for i in range(n) if i not in self.skip]
+        lg0 = groups.layers[0]
+        eff = cfg.ratio * n / len(self.pruned)
+        if eff >= 1.0:
+            raise ConfigError(f"ratio {cfg.ratio} with skip_layers={cfg.skip_layers!r} ({len(self.skip)} of {n} layers "
+                              f"dense) would remove {eff:.0%} of every other layer; lower the ratio or skip fewer layers")
+        self.final: Widths = solve_widths(lg0, groups.hidden_size, eff, cfg.channel_multiple, cfg.head_policy)
+
+    @property
+    def uniform(self) -> bool:
+        return self.cfg.widths == "uniform" and not self.skip
+
+    def at(self, k: int, n_events: int, scores: list[LayerScores] | None, masks: MaskState
+           ) -> tuple[list[int], list[int]]:
+        """``(heads_per_kv, channels)`` per layer after update ``k`` (1-based) of ``n_events``."""
+        frac = progress_at(k, n_events, self.cfg.schedule)
+        lg0 = self.groups.layers[0]
+        per_full = lg0.heads_per_kv if lg0.gqa else lg0.num_heads
+        hk = per_full - int(math.floor((per_full - self.final.heads_per_kv) * frac + 1e-9))
+        ch = lg0.intermediate_size - int(math.floor((lg0.intermediate_size - self.final.intermediate_size) * frac + 1e-9))
+        heads = [per_full] * self.groups.num_layers
+        chans = [lg0.intermediate_size] * self.groups.num_layers
+        for i in self.pruned:
+            heads[i], chans[i] = hk, ch
+        if self.cfg.widths == "adaptive" and scores is not None:
+            alloc = self._allocate(ch * len(self.pruned), scores, masks)
+            for i, c in zip(self.pruned, alloc):
+                chans[i] = c
+        return heads, chans
+
+    def _allocate(self, total: int, scores: list[LayerScores], masks: MaskState) -> list[int]:
+        """Split ``total`` MLP channels over the pruned layers by one ranking of their (moving-average)
+        scores across layers, with a floor of ``min_channels`` and multiples of ``channel_multiple``."""
+        m = max(1, self.cfg.channel_multiple)
+        inter = self.groups.layers[0].intermediate_size
+        floor = min(inter, max(m, int(math.ceil(self.cfg.min_channels * inter / m)) * m))
+        kept = [int(masks.layers[i].channels.sum()) for i in self.pruned]
+        srt = []
+        for i in self.pruned:
+            s = scores[i].channels.double().clone()
+            s[~masks.layers[i].channels] = -float("inf")
+            srt.append(torch.sort(s, descending=True).values)
+        base = [min(floor, k) for k in kept]
+        extra = max(0, total - sum(base))
+        pool = torch.cat([s[b:k] for s, b, k in zip(srt, base, kept)])
+        owner = torch.cat([torch.full((k - b,), j) for j, (b, k) in enumerate(zip(base, kept))]).long()
+        counts = list(base)
+        if extra > 0 and pool.numel():
+            top = torch.topk(pool, min(extra, pool.numel())).indices
+            for j in owner[top].tolist():
+                counts[j] += 1
+        counts = [min(k, max(b, int(round(c / m)) * m)) for c, b, k in zip(counts, base, kept)]
+
+        def block_score(j: int, start: int) -> float:
+            blk = srt[j][start:start + m]
+            return float(blk.mean()) if blk.numel() else -float("inf")
+
+        while total - sum(counts) >= m:  # add the best next block
+            cand = [(block_score(j, counts[j]), j) for j in range(len(counts)) if counts[j] + m <= kept[j]]
+            if not cand:
+                break
+            counts[max(cand)[1]] += m
+        while sum(counts) - total >= m:  # drop the worst last block
+            cand = [(block_score(j, counts[j] - m), j) for j in range(len(counts)) if counts[j] - m >= base[j]]
+            if not cand:
+                break
+            counts[min(cand)[1]] -= m
+        return counts
+
+
+def sparsity(groups: ModelGroups, masks: MaskState) -> float:
+    """Fraction of the prunable projections' weights currently masked."""
+    total = removed = 0
+    for lg, lm in zip(groups.layers, masks.layers):
+        full = layer_params(lg, groups.hidden_size)
+        h = int(lm.heads.sum())
+        kv = lg.num_kv_heads if lg.gqa else h
+        kept = layer_params(lg, groups.hidden_size, h, kv, int(lm.channels.sum()))
+        total += full
+        removed += full - kept
+    return removed / total
+
+
+class PruneLoop:
+    """One LoRAPrune run (Algorithm 1), a step at a time.
+
+    Args:
+        model: a loaded plain causal LM (it is wrapped with LoRA in place).
+        config: the run's :class:`PruneConfig`.
+        blocks: calibration token blocks ``[num_blocks, seq_len]``.
+        plan: saved scores (``{"heads": [...], "channels": [...]}``): mask at once, no scoring.
+        accelerator: an ``accelerate.Accelerator`` for data-parallel runs (None: one process).
+        model_id: names the model in the run id that guards resume.
+        groups: the model's groups (discovered when not given).
+    """
+
+    def __init__(self, model: nn.Module, config: PruneConfig, blocks: torch.Tensor, *,
+                 plan: dict[str, Any] | None = None, accelerator: Any = None, model_id: str = "model",
+                 groups: ModelGroups | None = None):
+        self.cfg = config
+        self.blocks = blocks
+        self.acc = accelerator
+        acc = accelerator
+        self.device = acc.device if acc is not None else (
+            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.world, self.rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
+        self.is_main = acc is None or acc.is_main_process
+        self.crit = get_criterion(config.criterion)
+        if config.base_bits and self.crit.needs_weight_grad:
+            raise ConfigError("criterion 'taylor' needs W's gradient in float; it cannot run with base_bits=8")
+        torch.manual_seed(config.seed)
+        self.groups = groups or discover_groups(model)
+        shapes = {(lg.num_heads, lg.num_kv_heads, lg.head_dim, lg.intermediate_size) for lg in self.groups.layers}
+        if len(shapes) != 1:
+            raise ConfigError(f"layers have different widths {sorted(shapes)}; only uniform models are supported")
+        self.widths = WidthPlan(self.groups, config)
+        self.plan = plan
+        if plan is not None:
+            self.events: list[int] = []
+        elif config.joint:
+            self.events = prune_events(config.steps, config.prune_every, config.prune_until, config.prune_start)
+        else:
+            self.events = [config.prune_every]
+        self.last_event = self.events[-1] if self.events else 0
+        self.model = model
+        if getattr(model, "device", self.device) != self.device and not getattr(model, "is_quantized", False):
+            model.to(self.device)
+        self.pm = wrap_lora(model, config)
+        if config.gradient_checkpointing:
+            # non-reentrant: LoRA weights get gradients although the embeddings' outputs do not require grad
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.masks = MaskState.full(self.groups).install(self.pm, self.groups)
+        self.scorer = ActivationScorer(self.pm, self.groups) if self.crit.group_level and plan is None else None
+        self.ema = MovingAverage(config.lam, config.ema_start)
+        if plan is not None:
+            self._apply_plan(plan)
+        self.trainable = [p for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
+        self.opt = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config, config.steps))
+        self.train_model = self.pm
+        if acc is not None:
+            self.train_model, self.opt = acc.prepare(self.pm, self.opt)
+        self.data = DataOrder(blocks, config.seed)
+        self.run_id = run_id(config, model_id, blocks)
+        self.gen = torch.Generator().manual_seed(config.seed + 17)
+        self.step_count, self.pos = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.schedule_log: list[dict[str, Any]] = []
+        # LM head + loss in chunks (same value and gradients, far less memory); data-parallel runs keep the
+        # stock forward, which DDP needs to synchronise gradients
+        self.chunked = config.loss_chunk_tokens > 0 and acc is None and supports_chunked_loss(self.pm)
+        self.per_step = config.batch_size * config.grad_accum * self.world
+        self.train_model.train()
+
+    # ---- steps ---------------------------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.step_count >= self.cfg.steps
+
+    def next_batch(self) -> torch.Tensor:
+        """The next global batch in the run's deterministic data order (all ranks' shares)."""
+        return self.data.take(self.pos, self.per_step)
+
+    def teacher(self):
+        """Context in which the model is the dense teacher (LoRA off, masks bypassed)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.pm.disable_adapter())
+        stack.enter_context(self.masks.bypassed())
+        return stack
+
+    def step(self, batch: torch.Tensor | None = None) -> StepRecord:
+        """One optimizer step on ``batch`` (default :meth:`next_batch`): loss and backward, scoring while
+        the schedule scores, the optimizer step, and a mask update if one is due."""
+        cfg = self.cfg
+        t0 = time.time()
+        batch_all = self.next_batch() if batch is None else batch
+        mine = batch_all[self.rank::self.world]
+        total_loss = lm_loss = 0.0
+        for m in range(cfg.grad_accum):
+            mb = mine[m * cfg.batch_size:(m + 1) * cfg.batch_size].to(self.device)
+            loss, ce = training_loss(self.pm, mb, distill=cfg.distill,
+                                     chunk_tokens=cfg.loss_chunk_tokens if self.chunked else 0,
+                                     teacher=self.teacher, forward=self.train_model)
+            lm_loss += ce / cfg.grad_accum
+            loss = loss / cfg.grad_accum
+            if not torch.isfinite(loss):
+                raise NonFiniteError(f"loss became {loss.item()} at step {self.step_count + 1}")
+            (self.acc.backward(loss) if self.acc is not None else loss.backward())
+            total_loss += float(loss.detach())
+        if self.acc is not None:
+            total_loss = float(self.acc.reduce(torch.tensor([total_loss], device=self.device), "mean"))
+        skipped = False
+        if self.scoring:
+            skipped = not self.ema.update(self.scores())
+            if skipped and self.ema.value is None and self.step_count + 1 == self.last_event:
+                raise NonFiniteError(f"importance scores are NaN/inf at step {self.step_count + 1} and no finite "
+                                     f"scores exist")
+        elif self.scorer is not None:
+            self.scorer.reset()
+        separate_scoring_phase = not cfg.joint and self.plan is None and self.step_count + 1 <= cfg.prune_every
+        if not separate_scoring_phase:
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.trainable, cfg.max_grad_norm)
+            self.opt.step()
+            self.sched.step()
+        self.train_model.zero_grad(set_to_none=True)
+        self.pm.zero_grad(set_to_none=True)
+        self.step_count += 1
+        self.pos += self.per_step
+        updated = self.update_masks(self.step_count)
+        rec = StepRecord(step=self.step_count, loss=round(total_loss, 6), lr=self.sched.get_last_lr()[0],
+                         sparsity=round(sparsity(self.groups, self.masks), 6), time_s=round(time.time() - t0, 4),
+                         lm_loss=round(lm_loss, 6) if cfg.distill > 0 else None, scores_skipped=skipped,
+                         masks_updated=updated)
+        self.history.append(rec.as_dict())
+        return rec
+
+    @property
+    def scoring(self) -> bool:
+        """Whether the step about to run (or running) scores."""
+        return self.plan is None and self.step_count + 1 <= self.last_event
+
+    def scores(self) -> list[LayerScores]:
+        """This step's group scores (from the gradients of the last backward pass), averaged over ranks."""
+        if self.scorer is not None:
+            s = self.scorer.collect()
+        else:
+            s = model_scores(self.pm, self.groups, self.crit, self.gen, self.cfg.aggregate)
+        if self.acc is not None:
+            s = _reduce_scores(self.acc, s, self.device)
+        return s
+
+    def update_masks(self, step: int) -> bool:
+        """Tighten the masks if ``step`` is a scheduled update; returns whether it was."""
+        if step not in self.events or self.ema.value is None:
+            return False
+        k = self.events.index(step) + 1
+        heads, chans = self.widths.at(k, len(self.events), self.ema.value, self.masks)
+        mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
+        entry: dict[str, Any] = {"step": step, "heads_per_kv": heads[self.widths.pruned[0]],
+                                 "intermediate": chans[self.widths.pruned[0]],
+                                 "sparsity": round(sparsity(self.groups, self.masks), 6)}
+        if not self.widths.uniform:
+            entry["heads_per_kv"], entry["intermediate"] = heads, [int(m.channels.sum()) for m in self.masks.layers]
+        self.schedule_log.append(entry)
+        return True
+
+    def _apply_plan(self, plan: dict[str, Any]) -> None:
+        scores = [LayerScores(h.double(), c.double()) for h, c in zip(plan["heads"], plan["channels"])]
+        if len(scores) != self.groups.num_layers or any(
+                s.heads.numel() != lg.num_heads or s.channels.numel() != lg.intermediate_size
+                for s, lg in zip(scores, self.groups.layers)):
+            raise ConfigError("the pruning plan was made for a model with different layer widths")
+        self.ema.update(scores)
+        heads, chans = self.widths.at(1, 1, self.ema.value, self.masks)
+        mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit-exactly (tensors + JSON values)."""
+        return {"run_id": self.run_id, "step": self.step_count, "pos": self.pos, "history": self.history,
+                "schedule": self.schedule_log,
+                "lora": {n: p.detach().clone() for n, p in self.pm.named_parameters() if "lora_" in n},
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "ema": self.ema.state_dict(), "masks": self.masks.state_dict(), "gen": self.gen.get_state(),
+                "rng": rng_state(), "config": self.cfg.to_dict()}
+
+    def load_state_dict(self, st: dict[str, Any]) -> None:
+        named = dict(self.pm.named_parameters())
+        with torch.no_grad():
+            for n, t in st["lora"].items():
+                named[n].copy_(t)
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.ema.load_state_dict(st["ema"])
+        self.masks.load_state_dict(st["masks"])
+        self.step_count, self.pos = st["step"], st["pos"]
+        self.history, self.schedule_log = st["history"], st["schedule"]
+        self.gen.set_state(st["gen"])
+        set_rng_state(st["rng"])
+
+    # ---- results -------------------------------------------------------------------------------
+    @property
+    def masked_model(self) -> nn.Module:
+        """The peft model with the current masks applied: computes what the merged model will."""
+        return self.pm
+
+    def masks_agree_across_ranks(self) -> bool | None:
+        if self.acc is None:
+            return None
+        self.acc.wait_for_everyone()
+        flat = torch.cat([torch.cat([m.heads, m.channels]) for m in self.masks.layers]).to(torch.uint8).to(self.device)
+        gathered = self.acc.gather(flat.unsqueeze(0)).cpu()
+        return bool((gathered == gathered[0]).all())
+
+    def finish(self) -> nn.Module:
+        """Fold LoRA into the base and slice the masked groups: the plain, smaller model."""
+        if self.scorer is not None:
+            self.scorer.remove()
+        kept = {(int(m.heads.sum()), int(m.channels.sum())) for m in self.masks.layers}
+        if len(kept) != 1:
+            raise ConfigError(
+                f"the masks give layers different widths {sorted(kept)} (widths={self.cfg.widths!r}, "
+                f"skip_layers={self.cfg.skip_layers!r}); a stock config holds one width for every layer, so this "
+                f"model cannot be written yet (per-layer widths on disk: issue #12). Measure it on "
+                f"PruneLoop.masked_model, or use widths='uniform' and no skip_layers")
+        if self.cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_disable()
+        merged = merge_and_slice(self.pm, self.groups, self.masks)
+        merged.eval()
+        return merged
+
+
+def _reduce_scores(acc, scores: list[LayerScores], device) -> list[LayerScores]:
+    flat = torch.cat([torch.cat([s.heads, s.channels]) for s in scores]).to(device)
+    flat = acc.reduce(flat, "mean").cpu()
+    out, i = [], 0
+    for s in scores:
+        h, c = s.heads.numel(), s.channels.numel()
+        out.append(LayerScores(flat[i:i + h].clone(), flat[i + h:i + h + c].clone()))
+        i += h + c
+    return out
