@@ -9,8 +9,17 @@ from __future__ import annotations
 import logging as _logging
 
 from .config import PruneConfig
-from .errors import (CalibrationError, CompressError, ConfigError, GroupDiscoveryError, ModelLoadError,
-                     NonFiniteError, OutputExistsError, ResumeError, UnsupportedArchitectureError)
+from .errors import (
+    CalibrationError,
+    CompressError,
+    ConfigError,
+    GroupDiscoveryError,
+    ModelLoadError,
+    NonFiniteError,
+    OutputExistsError,
+    ResumeError,
+    UnsupportedArchitectureError,
+)
 
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional 4-bit kernel package is missing;
 # we never use 4-bit CPU kernels, so keep that line out of every command's output.

@@ -5,6 +5,8 @@ peft), so none of them depends on another for these helpers.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ def is_lora_layer(mod: nn.Module) -> bool:
 
 def base_weight(mod: nn.Module) -> torch.Tensor:
     """Float32 copy-free view (or dequantized copy) of a projection's base weight ``W0``."""
-    base = getattr(mod, "base_layer", mod)
+    base: Any = getattr(mod, "base_layer", mod)
     w = base.weight
     if w.dtype in (torch.int8, torch.uint8) or type(w).__name__ in ("Int8Params", "Params4bit"):
         from peft.utils.integrations import dequantize_bnb_weight
@@ -30,7 +32,7 @@ def base_weight(mod: nn.Module) -> torch.Tensor:
     return w.detach().float()
 
 
-def lora_parts(mod: nn.Module, adapter: str = "default"):
+def lora_parts(mod: Any, adapter: str = "default") -> tuple[Any, Any, float]:
     """``(A, B, scaling)`` of a peft LoRA layer, or ``(None, None, 1.0)`` for a plain layer."""
     if not hasattr(mod, "lora_A") or adapter not in getattr(mod, "lora_A", {}):
         return None, None, 1.0

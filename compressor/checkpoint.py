@@ -67,7 +67,7 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def rng_state() -> dict[str, Any]:
     py = random.getstate()
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
             "numpy": [np_state[0], np_state[1], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
 

@@ -5,9 +5,10 @@ import dataclasses
 import json
 import math
 import os
+import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
@@ -124,8 +125,8 @@ class PruneConfig:
     batch_size: int = _opt(4, "Sequences per micro-batch.")
     grad_accum: int = _opt(1, "Micro-batches per optimizer step.")
     seq_len: int = _opt(256, "Tokens per calibration sequence.")
-    max_blocks: Optional[int] = _opt(None, "Use at most this many calibration sequences (default: all).")
-    base_bits: Optional[int] = _opt(None, "Keep W0 in 8-bit (bitsandbytes; LoRAPrune-8bit).", choices=(8,))
+    max_blocks: int | None = _opt(None, "Use at most this many calibration sequences (default: all).")
+    base_bits: int | None = _opt(None, "Keep W0 in 8-bit (bitsandbytes; LoRAPrune-8bit).", choices=(8,))
     channel_multiple: int = _opt(8, "Round the kept MLP width to a multiple of this.")
     head_policy: str = _opt("mlp-first", "Split of the budget between heads and MLP channels: mlp-first (prune heads "
                                          "only once the MLP keeps 25 %) or balanced (same fraction, as the paper).",
@@ -225,7 +226,7 @@ class PruneConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PruneConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
         """Build from a mapping; unknown keys and wrong types are errors."""
         if not isinstance(data, dict):
             raise ConfigError(f"a prune config must be a mapping of option names to values, got {type(data).__name__}")
@@ -238,8 +239,8 @@ class PruneConfig:
         return cls(**data)
 
     @classmethod
-    def from_file(cls, path: Union[str, os.PathLike], defaults: Optional[dict[str, Any]] = None,
-                  **overrides: Any) -> "PruneConfig":
+    def from_file(cls, path: str | os.PathLike, defaults: dict[str, Any] | None = None,
+                  **overrides: Any) -> PruneConfig:
         """Read a YAML or JSON file; ``overrides`` (e.g. CLI options the user set) win over the file, which wins
         over ``defaults`` (e.g. the CLI's own defaults)."""
         p = Path(path)
@@ -260,7 +261,7 @@ class PruneConfig:
             data = {**(defaults or {}), **data, **overrides}
         return cls.from_dict(data)
 
-    def replace(self, **changes: Any) -> "PruneConfig":
+    def replace(self, **changes: Any) -> PruneConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -296,7 +297,7 @@ def _check_types(cfg: PruneConfig) -> None:
     for f in fields(cfg):
         val = getattr(cfg, f.name)
         typ = hints[f.name]
-        allowed = get_args(typ) if get_origin(typ) is Union else (typ,)
+        allowed = get_args(typ) if get_origin(typ) in (Union, types.UnionType) else (typ,)
         ok = False
         for t in allowed:
             if t is type(None) and val is None:
@@ -313,3 +314,12 @@ def _check_types(cfg: PruneConfig) -> None:
         if not ok:
             names = "/".join("null" if t is type(None) else t.__name__ for t in allowed)
             raise ConfigError(f"config value {f.name}={val!r} has type {type(val).__name__}; expected {names}")
+
+
+#: Named sets of defaults for ``compress prune --recipe``. ``default`` is the dataclass defaults (the
+#: measured best, README "Results"); ``paper`` is LoRAPrune as published (Eq. 10 criterion, plain LM loss).
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {"criterion": "lora", "distill": 0.0, "lr": 2e-4, "aggregate": "sum-sq", "schedule": "linear",
+              "prune_start": 0.0, "lora_r": 8, "lora_alpha": 16.0},
+}

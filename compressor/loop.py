@@ -66,13 +66,15 @@ def wrap_lora(model: nn.Module, cfg: PruneConfig) -> nn.Module:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(cfg.seed)
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+    alpha: Any = cfg.lora_alpha  # peft types it as int; a float alpha works
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(PRUNABLE), bias="none", task_type="CAUSAL_LM")
     pm = get_peft_model(model, lcfg)
     if get_criterion(cfg.criterion).needs_weight_grad:
         for mod in pm.modules():
-            if hasattr(mod, "base_layer") and hasattr(mod, "lora_A"):
-                w = mod.base_layer.weight
+            base: Any = getattr(mod, "base_layer", None)
+            if base is not None and hasattr(mod, "lora_A"):
+                w: Any = base.weight
                 if not w.dtype.is_floating_point:
                     raise ConfigError("criterion 'taylor' needs float base weights; it cannot run with base_bits=8")
                 w.requires_grad_(True)
@@ -136,6 +138,17 @@ class WidthPlan:
             raise ConfigError(f"ratio {cfg.ratio} with skip_layers={cfg.skip_layers!r} ({len(self.skip)} of {n} layers "
                               f"dense) would remove {eff:.0%} of every other layer; lower the ratio or skip fewer layers")
         self.final: Widths = solve_widths(lg0, groups.hidden_size, eff, cfg.channel_multiple, cfg.head_policy)
+        if cfg.widths == "adaptive" and self.floor() > self.final.intermediate_size:
+            raise ConfigError(f"min_channels={cfg.min_channels} keeps {self.floor()} MLP channels per layer, more than "
+                              f"ratio {cfg.ratio} leaves on average ({self.final.intermediate_size} of "
+                              f"{lg0.intermediate_size}); give min_channels <= "
+                              f"{self.final.intermediate_size / lg0.intermediate_size:.2f}")
+
+    def floor(self) -> int:
+        """Fewest MLP channels an adaptive layer keeps (``min_channels``, rounded up to ``channel_multiple``)."""
+        m = max(1, self.cfg.channel_multiple)
+        inter = self.groups.layers[0].intermediate_size
+        return min(inter, max(m, int(math.ceil(self.cfg.min_channels * inter / m)) * m))
 
     @property
     def uniform(self) -> bool:
@@ -163,8 +176,7 @@ class WidthPlan:
         """Split ``total`` MLP channels over the pruned layers by one ranking of their (moving-average)
         scores across layers, with a floor of ``min_channels`` and multiples of ``channel_multiple``."""
         m = max(1, self.cfg.channel_multiple)
-        inter = self.groups.layers[0].intermediate_size
-        floor = min(inter, max(m, int(math.ceil(self.cfg.min_channels * inter / m)) * m))
+        floor = self.floor()
         kept = [int(masks.layers[i].channels.sum()) for i in self.pruned]
         srt = []
         for i in self.pruned:
@@ -225,7 +237,7 @@ class PruneLoop:
         groups: the model's groups (discovered when not given).
     """
 
-    def __init__(self, model: nn.Module, config: PruneConfig, blocks: torch.Tensor, *,
+    def __init__(self, model: Any, config: PruneConfig, blocks: torch.Tensor, *,
                  plan: dict[str, Any] | None = None, accelerator: Any = None, model_id: str = "model",
                  groups: ModelGroups | None = None):
         self.cfg = config
@@ -234,6 +246,8 @@ class PruneLoop:
         acc = accelerator
         self.device = acc.device if acc is not None else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.world: int
+        self.rank: int
         self.world, self.rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
         self.is_main = acc is None or acc.is_main_process
         self.crit = get_criterion(config.criterion)
@@ -339,7 +353,7 @@ class PruneLoop:
         self.step_count += 1
         self.pos += self.per_step
         updated = self.update_masks(self.step_count)
-        rec = StepRecord(step=self.step_count, loss=round(total_loss, 6), lr=self.sched.get_last_lr()[0],
+        rec = StepRecord(step=self.step_count, loss=round(total_loss, 6), lr=float(self.sched.get_last_lr()[0]),
                          sparsity=round(sparsity(self.groups, self.masks), 6), time_s=round(time.time() - t0, 4),
                          lm_loss=round(lm_loss, 6) if cfg.distill > 0 else None, scores_skipped=skipped,
                          masks_updated=updated)

@@ -9,6 +9,8 @@ the stock loss (tested), to float rounding.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,7 +83,7 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 25
     Returns:
         ``(loss, ce)``: the loss to minimise, and the plain cross-entropy (detached) for logging.
     """
-    lm = unwrap(model)
+    lm: Any = unwrap(model)
     hidden = _final_hidden(lm, input_ids)
     head = lm.get_output_embeddings()
     if head.weight.requires_grad:
@@ -93,13 +95,13 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 25
     n_ce = max(1, b * (t - 1))
     ce_scale = (1 - distill if use_kl else 1.0) / n_ce
     kl_scale = distill / (b * t) if use_kl else 0.0
-    th = teacher_hidden.reshape(b * t, d).detach() if use_kl else None
+    th = teacher_hidden.reshape(b * t, d).detach() if use_kl and teacher_hidden is not None else None
     out = _HeadLoss.apply(hidden.reshape(b * t, d), head.weight, head.bias, y.reshape(b * t), th, ce_scale,
                           kl_scale, int(chunk_tokens))
     return out[0], (out[1] / n_ce).detach()
 
 
-def _final_hidden(lm: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+def _final_hidden(lm: Any, input_ids: torch.Tensor) -> torch.Tensor:
     """Hidden states after the decoder's last norm: what the LM head reads."""
     return lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
 
@@ -142,13 +144,13 @@ def training_loss(model: nn.Module, input_ids: torch.Tensor, *, distill: float =
         if distill > 0:
             with teacher():
                 th = decoder_hidden(model, input_ids)
-        loss, ce = lm_loss(model, input_ids, chunk_tokens=chunk_tokens, teacher_hidden=th, distill=distill)
-        return loss, float(ce)
+        chunk_loss, ce = lm_loss(model, input_ids, chunk_tokens=chunk_tokens, teacher_hidden=th, distill=distill)
+        return chunk_loss, float(ce)
     out = (forward or model)(input_ids=input_ids, labels=input_ids)
-    loss = out.loss
-    ce = float(loss.detach())
+    loss: torch.Tensor = out.loss
+    ce_value = float(loss.detach())
     if distill > 0:
         with torch.no_grad(), teacher():
             t_logits = model(input_ids=input_ids).logits
         loss = (1 - distill) * loss + distill * distill_loss(out.logits, t_logits)
-    return loss, ce
+    return loss, ce_value

@@ -38,11 +38,11 @@ class MaskState:
     _float: list = field(default_factory=list, repr=False)
 
     @classmethod
-    def full(cls, groups: ModelGroups) -> "MaskState":
+    def full(cls, groups: ModelGroups) -> MaskState:
         return cls([LayerMask(torch.ones(lg.num_heads, dtype=torch.bool),
                               torch.ones(lg.intermediate_size, dtype=torch.bool)) for lg in groups.layers])
 
-    def install(self, model: nn.Module, groups: ModelGroups) -> "MaskState":
+    def install(self, model: nn.Module, groups: ModelGroups) -> MaskState:
         """Register hooks on ``model``'s projections; call :meth:`remove` to take them off."""
         self.remove()
         self._float = []

@@ -31,6 +31,7 @@ from .groups import ModelGroups
 from .loop import DataOrder, PruneLoop, StepRecord, wrap_lora
 from .loss import distill_loss
 from .masking import MaskState
+from .memory import peak_rss_mb
 from .report import build_report, count_params
 from .scoring import LayerScores
 
@@ -84,13 +85,6 @@ class _Stop:
             signal.signal(signal.SIGINT, self._old)
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig) -> torch.Tensor:
     """Calibration data (token blocks, a list of strings, or a path / built-in name) as ``[blocks, seq_len]``."""
     if isinstance(data, torch.Tensor):
@@ -108,6 +102,15 @@ def as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig) -> torch.Tensor:
     if tokenizer is None:
         raise CalibrationError("text calibration data needs a tokenizer")
     return pack_blocks(tokenizer, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed, add_bos=False)
+
+
+def check_writable(config: PruneConfig) -> None:
+    """Refuse, before any work, a config whose result a stock model folder cannot hold."""
+    if config.widths != "uniform" or config.skip_layers:
+        raise ConfigError(f"widths={config.widths!r} / skip_layers={config.skip_layers!r} give layers different widths, "
+                          f"which a stock model folder cannot hold yet (issue #12); measure them on the masked "
+                          f"model with compressor.loop.PruneLoop (benchmarks/screen.py does), or use "
+                          f"widths='uniform' and no skip_layers")
 
 
 def _distributed():
@@ -159,11 +162,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     from .models import check_architecture
 
     check_architecture(model.config, model_id)
-    if config.widths != "uniform" or config.skip_layers:
-        raise ConfigError(f"widths={config.widths!r} / skip_layers={config.skip_layers!r} give layers different widths, "
-                          f"which a stock model folder cannot hold yet (issue #12); measure them on the masked "
-                          f"model with compressor.loop.PruneLoop (benchmarks/quality.py does), or use "
-                          f"widths='uniform' and no skip_layers")
+    check_writable(config)
     blocks = as_blocks(data, tokenizer, config)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and blocks.shape[1] > max_pos:

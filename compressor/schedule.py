@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ConfigError
 from .groups import LayerGroups
@@ -68,7 +69,7 @@ def solve_widths(lg: LayerGroups, hidden: int, ratio: float, channel_multiple: i
     per_group_max = lg.heads_per_kv if lg.gqa else lg.num_heads
     if head_policy not in HEAD_POLICIES:
         raise ConfigError(f"head_policy {head_policy!r} is not valid; use one of {', '.join(HEAD_POLICIES)}")
-    best = None
+    best: tuple[Any, Widths] | None = None
     candidates: list[tuple[int, Widths, float]] = []
     for hk in range(1, per_group_max + 1):
         heads, kv = _kept(lg, hk)

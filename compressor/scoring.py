@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .criteria import Criterion, ProjectionTensors
 from .adapters import base_weight, lora_parts
+from .criteria import Criterion, ProjectionTensors
 from .groups import MLP, PRUNABLE, LayerGroups, ModelGroups, decoder_layers, projection
 
 ROW_PRUNED = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # groups own output rows

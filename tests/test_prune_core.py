@@ -86,7 +86,7 @@ def test_masked_equals_sliced_equals_merged(case, ratio):
     groups = discover_groups(model)
     pm = _peft(model)
     ids = _ids()
-    # the masked peft model scores with a random criterion and masks the lowest groups
+    # the masked peft model scores with the magnitude criterion and masks the lowest groups
     crit = get_criterion("magnitude")
     scores = model_scores(pm, groups, crit)
     w = solve_widths(groups.layers[0], groups.hidden_size, ratio)

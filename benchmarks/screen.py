@@ -1,0 +1,148 @@
+"""Screening grid for the quality issue: many pruning configurations at one ratio and one budget, each
+driven through the product's own loop object (:class:`compressor.loop.PruneLoop`), one at a time.
+
+Every row gets the same data, steps, batch and evaluation (WikiText-2 test, non-overlapping windows of
+``--eval-seq-len`` tokens, the first ``--eval-windows``). Rows with uniform widths are merged and the
+merged model is evaluated; rows with per-layer widths (``widths=adaptive``, ``skip_layers``) are evaluated
+on the masked model, which computes what the sliced model would (``tests/test_prune_core.py``).
+
+    python benchmarks/screen.py --ratio 0.5 --steps 60 --rows lora,taylor,activation
+    python benchmarks/screen.py --list
+
+Results are appended row by row to ``benchmarks/results/<name>.json`` (a killed run keeps its rows).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, dense_hf_dir, git_rev, machine, write_result  # noqa: E402
+
+OFFICIAL = dict(aggregate="official", prune_start=0.1, schedule="cubic", ema_start="zero", prune_until=0.9)
+KD = dict(distill=0.5, lr=5e-4)
+
+#: name -> PruneConfig fields that differ from the defaults of this grid
+ROWS: dict[str, dict[str, Any]] = {
+    "lora": dict(criterion="lora"),
+    "taylor": dict(criterion="taylor"),
+    "activation": dict(criterion="activation"),
+    "magnitude": dict(criterion="magnitude"),
+    "random": dict(criterion="random"),
+    "lora-official": dict(criterion="lora", **OFFICIAL),
+    "taylor-official": dict(criterion="taylor", **OFFICIAL),
+    "lora-agg-official": dict(criterion="lora", aggregate="official"),
+    "lora-start0.2": dict(criterion="lora", prune_start=0.2),
+    "lora-cubic": dict(criterion="lora", schedule="cubic"),
+    "activation-start0.2": dict(criterion="activation", prune_start=0.2),
+    "activation-cubic": dict(criterion="activation", schedule="cubic"),
+    "activation-kd": dict(criterion="activation", **KD),
+    "lora-kd": dict(criterion="lora", **KD),
+    "activation-kd-r32": dict(criterion="activation", lora_r=32, lora_alpha=64.0, **KD),
+    "activation-kd-lr1e-3": dict(criterion="activation", distill=0.5, lr=1e-3),
+    "activation-kd1": dict(criterion="activation", distill=1.0, lr=5e-4),
+    "activation-adaptive": dict(criterion="activation", widths="adaptive"),
+    "activation-skip": dict(criterion="activation", skip_layers="official"),
+    "activation-balanced": dict(criterion="activation", head_policy="balanced"),
+    "activation-kd-adaptive": dict(criterion="activation", widths="adaptive", **KD),
+    "activation-kd-clip": dict(criterion="activation", max_grad_norm=1.0, **KD),
+}
+
+
+def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dict[str, Any]:
+    import torch
+
+    from compressor.config import PruneConfig
+    from compressor.evaluation import perplexity
+    from compressor.loop import PruneLoop
+    from compressor.models import load_model
+    from compressor.pruning import as_blocks
+
+    base = dict(ratio=a.ratio, steps=a.steps, prune_every=a.prune_every, batch_size=a.batch_size, seq_len=a.seq_len,
+                eval_windows=0, seed=a.seed)
+    cfg = PruneConfig(**{**base, **fields})
+    model, tok, _ = load_model(str(dense))
+    blocks = as_blocks("wiki", tok, cfg)
+    t0 = time.time()
+    loop = PruneLoop(model, cfg, blocks, model_id=str(dense))
+    last = None
+    while not loop.done:
+        last = loop.step()
+        if last.step % max(1, cfg.steps // 10) == 0:
+            print(f"    step {last.step}/{cfg.steps} loss {last.loss:.3f} sparsity {last.sparsity:.3f} "
+                  f"{time.time() - t0:.0f}s", flush=True)
+    train_s = time.time() - t0
+    uniform = loop.widths.uniform
+    if uniform:
+        model_eval = loop.finish()
+    else:
+        model_eval = loop.masked_model
+        model_eval.eval()
+    with torch.no_grad():
+        ppl = perplexity(model_eval.get_base_model() if hasattr(model_eval, "get_base_model") else model_eval,
+                         tok, text, seq_len=a.eval_seq_len, max_windows=a.eval_windows)
+    row = {"name": name, "fields": fields, "config": cfg.to_dict(), "wikitext2": ppl["ppl"],
+           "windows": ppl["windows"], "sparsity": last.sparsity if last else None, "final_loss": last.loss if last else None,
+           "final_lm_loss": last.lm_loss if last else None, "train_s": round(train_s, 1),
+           "evaluated_on": "merged" if uniform else "masked",
+           "channels_per_layer": [int(m.channels.sum()) for m in loop.masks.layers],
+           "heads_per_layer": [int(m.heads.sum()) for m in loop.masks.layers]}
+    del loop, model, model_eval
+    gc.collect()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--rows", default="lora,taylor,activation")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--prune-every", type=int, default=5)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-seq-len", type=int, default=2048)
+    ap.add_argument("--eval-windows", type=int, default=20)
+    ap.add_argument("--name", default=None)
+    ap.add_argument("--list", action="store_true")
+    a = ap.parse_args()
+    if a.list:
+        for k, v in ROWS.items():
+            print(f"{k:28s} {v}")
+        return
+    from calibration.data import load_eval_text
+    from compressor.evaluation import perplexity
+    from compressor.models import load_model
+
+    name = a.name or f"screen_{int(round(a.ratio * 100))}_{a.steps}"
+    path = RESULTS / f"{name}.json"
+    doc = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    doc.update({"ratio": a.ratio, "steps": a.steps, "prune_every": a.prune_every, "batch_size": a.batch_size,
+                "seq_len": a.seq_len, "eval": {"data": "wikitext2 test", "seq_len": a.eval_seq_len,
+                                               "windows": a.eval_windows}, "machine": machine(), "git": git_rev()})
+    dense = dense_hf_dir()
+    text = load_eval_text("wikitext2")
+    if "dense" not in doc:
+        m, tok, _ = load_model(str(dense))
+        doc["dense"] = perplexity(m, tok, text, seq_len=a.eval_seq_len, max_windows=a.eval_windows)["ppl"]
+        del m
+    print(f"dense WikiText-2: {doc['dense']:.2f}", flush=True)
+    for r in a.rows.split(","):
+        if r not in ROWS:
+            raise SystemExit(f"unknown row {r!r}; --list shows the rows")
+        print(f"== {r}: {ROWS[r]}", flush=True)
+        row = run_row(r, ROWS[r], a, dense, text)
+        row["x_dense"] = round(row["wikitext2"] / doc["dense"], 3)
+        print(f"   -> WikiText-2 {row['wikitext2']:.2f} ({row['x_dense']:.2f} x dense), train {row['train_s']:.0f}s",
+              flush=True)
+        doc["rows"] = [x for x in doc["rows"] if x["name"] != r] + [row]
+        write_result(name, doc)
+
+
+if __name__ == "__main__":
+    main()

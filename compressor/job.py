@@ -1,0 +1,144 @@
+"""The whole ``compress prune`` job as one library call: :func:`prune_job`.
+
+Load the model, read the calibration data, apply the checkpoint policy (refuse to overwrite, refuse to
+silently restart over an interrupted run, resume), prune, and write the output folder (model, tokenizer,
+``compression_report.json``, ``pruning_plan.safetensors``, ``pruning.png``) atomically. The CLI only parses
+options and prints; a pipeline calls this function::
+
+    from compressor.job import prune_job
+    from compressor import PruneConfig
+    res = prune_job("smollm2-135m", "pruned-50", PruneConfig(ratio=0.5, save_every=25))
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import PruneConfig
+from .errors import ConfigError, OutputExistsError, ResumeError
+
+
+def checkpoint_path(out: str | os.PathLike, checkpoint_dir: str | os.PathLike | None = None) -> Path:
+    """Where a run writing ``out`` keeps its resumable checkpoint (default ``OUT.ckpt``)."""
+    return Path(checkpoint_dir) if checkpoint_dir else Path(str(Path(out)) + ".ckpt")
+
+
+def check_job_paths(out: str | os.PathLike, ckpt: Path, *, resume: bool, force: bool, from_plan: Any = None) -> None:
+    """The checkpoint policy, checked before any heavy work."""
+    from .checkpoint import checkpoint_step, has_checkpoint
+    from .io import check_output_dir
+
+    if resume and from_plan:
+        raise ConfigError("--resume and --from-plan cannot be used together")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"output path {str(out)!r} is an existing file; give a folder path")
+    if ckpt.exists() and not ckpt.is_dir():
+        raise ConfigError(f"checkpoint path {str(ckpt)!r} is an existing file; give a folder with --checkpoint-dir")
+    if not resume:
+        check_output_dir(out, force)
+    elif Path(out).is_dir() and any(Path(out).iterdir()) and not force:
+        raise OutputExistsError(f"output folder {str(out)!r} already holds a finished model; nothing to resume "
+                                f"(pass --force to redo it)")
+    if not resume and has_checkpoint(ckpt) and not force:
+        step = checkpoint_step(ckpt)
+        raise OutputExistsError(
+            f"{str(ckpt)!r} holds the checkpoint of an interrupted run"
+            + (f" (step {step})" if step is not None else "")
+            + "; add --resume to continue it, or --force to discard it and start over")
+    if resume and not has_checkpoint(ckpt):
+        raise ResumeError(f"--resume: no checkpoint in {str(ckpt)!r}; start without --resume (add --save-every N)")
+
+
+def eval_text_for(eval_data: str | None) -> str | None:
+    """Held-out text for perplexity before/after: ``wikitext2``, ``ptb``, a file, ``none`` or ``auto``."""
+    from calibration import load_texts
+    from calibration.data import load_eval_text
+
+    if eval_data in (None, "", "none"):
+        return None
+    if eval_data == "auto":
+        try:
+            return load_eval_text("wikitext2")
+        except Exception:
+            return None
+    if eval_data in ("wikitext2", "ptb") or eval_data.startswith("ptb:"):
+        return load_eval_text(eval_data)
+    return "\n\n".join(load_texts(eval_data))
+
+
+def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *, data: str = "wiki",
+              text_field: str = "text", eval_data: str | None = "auto",
+              checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
+              from_plan: str | os.PathLike | None = None, force: bool = False, allow_pickle: bool = False,
+              progress: Callable[[dict[str, Any]], None] | None = None,
+              say: Callable[[str], None] | None = None):
+    """Do what ``compress prune`` does and return the :class:`~compressor.pruning.PruneResult`.
+
+    Args:
+        model: built-in name, HF folder, ``.gguf`` file or hub id (None: the built-in default).
+        out: output folder; written through a temporary sibling renamed into place.
+        config: the run.
+        data: calibration text (file, built-in name or ``hf:NAME:SPLIT``); ``text_field`` for json rows.
+        eval_data: held-out text for perplexity before/after (see :func:`eval_text_for`).
+        checkpoint_dir: resumable checkpoints (default ``OUT.ckpt``), written every ``config.save_every``
+            steps and on Ctrl-C; removed once the output is written.
+        resume: continue the interrupted run in ``checkpoint_dir``.
+        from_plan: an earlier output folder whose saved scores decide the masks (no scoring).
+        force: replace an existing output / discard an interrupted run's checkpoint.
+        allow_pickle: allow pickle weight files (they can run code).
+        progress: called after every step with the step record.
+        say: called with one-line status messages.
+
+    Raises:
+        OutputExistsError, ResumeError, ConfigError, ...: before any heavy work where possible.
+    """
+    from .checkpoint import has_checkpoint, load_plan, save_plan
+    from .models import load_config, load_model, resolve_model
+    from .plots import write_prune_png
+    from .pruning import check_writable, prune
+    from .save import save_model_folder
+
+    say = say or (lambda msg: None)
+    check_writable(config)
+    ckpt = checkpoint_path(out, checkpoint_dir)
+    check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)
+    source = resolve_model(model, allow_pickle=allow_pickle)
+    load_config(source)
+    from calibration import check_seq_len, load_texts, pack_blocks
+
+    texts = load_texts(data, text_field=text_field)
+    plan = load_plan(from_plan) if from_plan else None
+    eval_text = eval_text_for(eval_data)
+    say(f"Loading {source.spec} ...")
+    mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits, allow_pickle=allow_pickle)
+    check_seq_len(config.seq_len, mdl.config)
+    blocks = pack_blocks(tok, texts, config.seq_len, max_blocks=config.max_blocks, seed=config.seed, add_bos=False)
+    say(f"Calibration: {blocks.shape[0]} sequences of {blocks.shape[1]} tokens; criterion={config.criterion}, "
+        f"ratio={config.ratio}, steps={config.steps}")
+    if not resume and ckpt.is_dir():
+        shutil.rmtree(ckpt, ignore_errors=True)  # force: a fresh run starts without the old checkpoint
+    mdl.config._name_or_path = source.spec
+    try:
+        res = prune(mdl, config, blocks, tokenizer=tok, eval_text=eval_text, checkpoint_dir=ckpt, resume=resume,
+                    plan=plan, progress=progress)
+    except KeyboardInterrupt as exc:
+        raise KeyboardInterrupt(str(ckpt) if has_checkpoint(ckpt) else "") from exc
+    res.report["model"] = source.spec
+    res.report["calibration"] = {"source": str(data), "text_field": text_field, "blocks": int(blocks.shape[0]),
+                                 "seq_len": int(blocks.shape[1])}
+    res.report["eval_data"] = eval_data
+    res.report["checkpoint_dir"] = str(ckpt)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return res
+
+    def extra(tmp: Path) -> None:
+        save_plan(tmp, res)
+        write_prune_png(res.report, Path(tmp) / "pruning.png")
+
+    merged: Any = res.model
+    save_model_folder(merged, tok, out, force=force or resume, report=res.report, extra=extra)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return res

@@ -1,0 +1,386 @@
+"""The quality options (aggregate, prune_start, schedule, ema_start, skip_layers, adaptive widths,
+max_grad_norm, the activation criterion) and the pure functions of scoring / masking / schedule, each
+against a hand computation on tiny models."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from compressor.config import PruneConfig, parse_skip_layers
+from compressor.criteria import ProjectionTensors, get_criterion
+from compressor.errors import ConfigError
+from compressor.groups import LayerGroups, ModelGroups, decoder_layers, discover_groups, projection
+from compressor.loop import PruneLoop, WidthPlan, sparsity
+from compressor.masking import MaskState, mask_lowest
+from compressor.pruning import as_blocks, prune
+from compressor.schedule import progress_at, prune_events, solve_widths, widths_at
+from compressor.scoring import LayerScores, MovingAverage, layer_scores, projection_tensors
+from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
+
+
+def _cfg(**kw):
+    base = dict(ratio=0.5, steps=12, prune_every=2, seq_len=32, batch_size=2, eval_windows=0, lr=1e-3)
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+def _loop(case="llama-gqa", layers=2, **kw):
+    cfg = _cfg(**kw)
+    tok = tiny_tokenizer()
+    m = tiny_model(case, layers=layers)
+    return PruneLoop(m, cfg, as_blocks([tiny_text(3000)], tok, cfg))
+
+
+def _lg(heads=6, kv=2, d=8, inter=40, index=0):
+    return LayerGroups(index, heads, kv, d, inter)
+
+
+# ---- pure functions --------------------------------------------------------------------------
+@pytest.mark.parametrize("steps,every,until,start,expected", [
+    (20, 2, 0.5, 0.0, [2, 4, 6, 8, 10]),
+    (20, 2, 0.5, 0.2, [6, 8, 10]),
+    (10, 3, 1.0, 0.0, [3, 6, 9]),
+    (10, 20, 0.5, 0.0, [10]),
+    (100, 10, 0.9, 0.1, [20, 30, 40, 50, 60, 70, 80, 90]),
+])
+def test_prune_events_table(steps, every, until, start, expected):
+    assert prune_events(steps, every, until, start) == expected
+
+
+@pytest.mark.parametrize("k,n,schedule,expected", [
+    (1, 4, "linear", 0.25), (4, 4, "linear", 1.0), (1, 4, "cubic", 1 - 0.75 ** 3), (2, 4, "cubic", 1 - 0.5 ** 3),
+    (4, 4, "cubic", 1.0),
+])
+def test_progress_at_table(k, n, schedule, expected):
+    assert progress_at(k, n, schedule) == pytest.approx(expected)
+
+
+def test_widths_at_linear_and_cubic():
+    lg = _lg()
+    final = solve_widths(lg, 32, 0.5, 8, "balanced")
+    assert widths_at(4, 4, lg, final) == (final.heads_per_kv, final.intermediate_size)
+    lin = [widths_at(k, 4, lg, final)[1] for k in range(1, 5)]
+    cub = [widths_at(k, 4, lg, final, "cubic")[1] for k in range(1, 5)]
+    assert lin == sorted(lin, reverse=True) and cub == sorted(cub, reverse=True)
+    assert all(c <= v for c, v in zip(cub, lin)), "cubic prunes faster early"
+    drop = lg.intermediate_size - final.intermediate_size
+    assert lin[0] == lg.intermediate_size - math.floor(drop * 0.25)
+
+
+def test_moving_average_first_and_zero_start():
+    s1 = [LayerScores(torch.tensor([1.0, 2.0]).double(), torch.tensor([4.0]).double())]
+    s2 = [LayerScores(torch.tensor([3.0, 0.0]).double(), torch.tensor([0.0]).double())]
+    first = MovingAverage(0.5, "first")
+    first.update(s1)
+    first.update(s2)
+    assert first.value[0].heads.tolist() == [2.0, 1.0] and first.value[0].channels.tolist() == [2.0]
+    zero = MovingAverage(0.5, "zero")
+    zero.update(s1)
+    assert zero.value[0].heads.tolist() == [0.5, 1.0]
+    zero.update(s2)
+    assert zero.value[0].heads.tolist() == [1.75, 0.5]
+    bad = [LayerScores(torch.tensor([float("nan"), 0.0]).double(), torch.tensor([0.0]).double())]
+    assert not zero.update(bad) and zero.skipped == 1
+    sd = zero.state_dict()
+    again = MovingAverage()
+    again.load_state_dict(sd)
+    assert again.start == "zero" and torch.equal(again.value[0].heads, zero.value[0].heads)
+
+
+def test_mask_lowest_ranks_within_kv_groups_and_is_monotone():
+    lg = _lg(heads=6, kv=2, inter=8)
+    groups = ModelGroups("llama", 32, (lg,))
+    masks = MaskState.full(groups)
+    # KV group 0 = heads 0-2, group 1 = heads 3-5; the best two of each group are kept
+    sc = [LayerScores(torch.tensor([5.0, 1.0, 3.0, 0.1, 0.2, 9.0]).double(), torch.arange(8.0).double())]
+    mask_lowest(masks, sc, groups, 2, 5)
+    assert masks.layers[0].kept_heads() == [0, 2, 4, 5]
+    assert masks.layers[0].kept_channels() == [3, 4, 5, 6, 7]
+    # scores change: an already-masked channel never comes back, the new lowest kept ones go
+    sc2 = [LayerScores(torch.tensor([0.0, 9.0, 0.0, 9.0, 0.0, 0.0]).double(),
+                       torch.tensor([9.0, 9.0, 9.0, 1.0, 2.0, 3.0, 0.0, 4.0]).double())]
+    mask_lowest(masks, sc2, groups, 1, 3)
+    assert masks.layers[0].kept_channels() == [4, 5, 7]
+    assert len(masks.layers[0].kept_heads()) == 2 and set(masks.layers[0].kept_heads()) <= {0, 2, 4, 5}
+    # ties break towards the lower index
+    m2 = MaskState.full(groups)
+    mask_lowest(m2, [LayerScores(torch.zeros(6).double(), torch.zeros(8).double())], groups, 1, 2)
+    assert m2.layers[0].kept_heads() == [0, 3] and m2.layers[0].kept_channels() == [0, 1]
+
+
+def test_mask_lowest_per_layer_widths():
+    lgs = (_lg(index=0, inter=8), _lg(index=1, inter=8))
+    groups = ModelGroups("llama", 32, lgs)
+    masks = MaskState.full(groups)
+    sc = [LayerScores(torch.ones(6).double(), torch.arange(8.0).double()) for _ in lgs]
+    mask_lowest(masks, sc, groups, [3, 1], [8, 2])
+    assert [len(m.kept_heads()) for m in masks.layers] == [6, 2]
+    assert [m.kept_channels() for m in masks.layers] == [list(range(8)), [6, 7]]
+
+
+def _proj_sum(layer, lg, crit, name, power):
+    imp = crit(projection_tensors(projection(layer, name), crit, None))
+    imp = imp.sqrt() if power == "abs" else imp
+    return imp.sum(1) if name in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj") else imp.sum(0)
+
+
+@pytest.mark.parametrize("case", ["llama-gqa", "llama-mha"])
+def test_layer_scores_sum_sq_and_official_equal_hand_computation(case):
+    from tests.test_prune_core import _peft
+
+    m = tiny_model(case)
+    groups = discover_groups(m)
+    pm = _peft(m)
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(3))
+    pm(input_ids=ids, labels=ids).loss.backward()
+    crit = get_criterion("lora")
+    layer, lg = decoder_layers(pm)[0], groups.layers[0]
+    d = lg.head_dim
+    attn = ["q_proj", "o_proj"] + ([] if lg.gqa else ["k_proj", "v_proj"])
+    # Eq. 4: sum of element importances per group
+    heads = sum(_proj_sum(layer, lg, crit, n, "sq").view(lg.num_heads, d).sum(1) for n in attn)
+    chans = sum(_proj_sum(layer, lg, crit, n, "sq") for n in ("gate_proj", "up_proj", "down_proj"))
+    got = layer_scores(layer, lg, crit)
+    assert torch.allclose(got.heads, heads.double(), rtol=1e-6) and torch.allclose(got.channels, chans.double(), rtol=1e-6)
+    # official: |.| per element, per-projection group vector scaled to unit L2 norm, then summed
+    hv = [_proj_sum(layer, lg, crit, n, "abs").view(lg.num_heads, d).sum(1).double() for n in attn]
+    cv = [_proj_sum(layer, lg, crit, n, "abs").double() for n in ("gate_proj", "up_proj", "down_proj")]
+    off = layer_scores(layer, lg, crit, aggregate="official")
+    assert torch.allclose(off.heads, sum(v / v.norm() for v in hv), rtol=1e-6)
+    assert torch.allclose(off.channels, sum(v / v.norm() for v in cv), rtol=1e-6)
+    assert off.channels.sum() <= 3 * math.sqrt(lg.intermediate_size) + 1e-6
+
+
+# ---- activation criterion ------------------------------------------------------------------
+def test_activation_scores_equal_first_order_effect_of_removing_a_group():
+    loop = _loop("llama-gqa", criterion="activation")
+    batch = loop.next_batch()
+    # reference: d loss / d (group gate) at gate = 1, per sequence, squared, summed over the batch
+    from compressor.adapters import unwrap
+
+    lm = unwrap(loop.pm)
+    layer = decoder_layers(loop.pm)[1]
+    lg = loop.groups.layers[1]
+    ref_c = torch.zeros(lg.intermediate_size, dtype=torch.double)
+    ref_h = torch.zeros(lg.num_heads, dtype=torch.double)
+    for b in range(batch.shape[0]):
+        gate_c = torch.ones(lg.intermediate_size, requires_grad=True)
+        gate_h = torch.ones(lg.num_heads, requires_grad=True)
+        h1 = projection(layer, "down_proj").register_forward_pre_hook(lambda mod, a: (a[0] * gate_c,))
+        h2 = projection(layer, "o_proj").register_forward_pre_hook(
+            lambda mod, a: (a[0] * gate_h.repeat_interleave(lg.head_dim),))
+        ids = batch[b:b + 1]
+        out = lm(input_ids=ids, labels=ids)
+        # the loop's loss is the mean over the batch's tokens; per sequence that is 1/batch of its own mean
+        (out.loss / batch.shape[0]).backward()
+        h1.remove()
+        h2.remove()
+        ref_c += gate_c.grad.double() ** 2
+        ref_h += gate_h.grad.double() ** 2
+        loop.pm.zero_grad(set_to_none=True)
+    loop.scorer.reset()
+    loop.step(batch)
+    got = loop.ema.value[1]
+    assert torch.allclose(got.channels, ref_c, rtol=1e-3, atol=1e-12)
+    assert torch.allclose(got.heads, ref_h, rtol=1e-3, atol=1e-12)
+
+
+def test_activation_needs_no_weight_gradient_and_checkpointing_gives_the_same_scores():
+    a = _loop(criterion="activation", steps=4)
+    a.step()
+    assert all(p.grad is None and not p.requires_grad for n, p in a.pm.named_parameters() if "lora_" not in n)
+    b = _loop(criterion="activation", steps=4, gradient_checkpointing=True)
+    b.step()
+    for x, y in zip(a.ema.value, b.ema.value):
+        assert torch.allclose(x.channels, y.channels, rtol=1e-5) and torch.allclose(x.heads, y.heads, rtol=1e-5)
+
+
+def test_activation_prune_merges_and_reaches_ratio():
+    tok = tiny_tokenizer()
+    res = prune(tiny_model("qwen2-gqa"), _cfg(criterion="activation"), [tiny_text(3000)], tokenizer=tok)
+    assert res.report["history"][-1]["sparsity"] == pytest.approx(res.report["ratio_achieved"], abs=1e-6)
+    assert res.report["criterion"] == "activation"
+
+
+# ---- schedule options in the loop ---------------------------------------------------------------
+def test_prune_start_leaves_masks_full_until_then():
+    loop = _loop(steps=20, prune_every=2, prune_start=0.2, prune_until=0.6)
+    assert loop.events[0] == 6
+    while not loop.done:
+        rec = loop.step()
+        if rec.step < 6:
+            assert rec.sparsity == 0.0 and loop.ema.updates == rec.step, "scores accumulate, nothing masked"
+    assert loop.history[5]["sparsity"] > 0
+
+
+def test_cubic_schedule_prunes_faster_first():
+    lin = _loop(steps=20, prune_every=2, prune_until=0.8)
+    cub = _loop(steps=20, prune_every=2, prune_until=0.8, schedule="cubic")
+    while not lin.done:
+        lin.step()
+        cub.step()
+    sl = [h["sparsity"] for h in lin.history]
+    sc = [h["sparsity"] for h in cub.history]
+    assert sl[-1] == sc[-1] and sc[1] > sl[1]
+    assert sc == sorted(sc)
+
+
+def test_max_grad_norm_clips_the_lora_gradients():
+    loop = _loop(max_grad_norm=1e-6, steps=2, lr=1.0)
+    before = {n: p.detach().clone() for n, p in loop.pm.named_parameters() if "lora_" in n}
+    loop.step()
+    # with lr=1 and the norm clipped to 1e-6, AdamW still moves by ~lr·sign, so check the clipping itself
+    norms = []
+    loop2 = _loop(max_grad_norm=0.5, steps=2)
+    orig = loop2.opt.step
+
+    def spy(*a, **k):
+        norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in loop2.trainable if p.grad is not None]))))
+        return orig(*a, **k)
+
+    loop2.opt.step = spy
+    loop2.step()
+    assert norms and norms[0] <= 0.5 + 1e-5
+    assert any(not torch.equal(before[n], p) for n, p in loop.pm.named_parameters() if "lora_" in n)
+
+
+# ---- skip layers and adaptive widths -----------------------------------------------------------
+def test_parse_skip_layers():
+    assert parse_skip_layers("", 10) == []
+    assert parse_skip_layers("official", 30) == [0, 1, 2, 29]
+    assert parse_skip_layers("official", 10) == [0, 9]
+    assert parse_skip_layers("0,-1", 4) == [0, 3]
+    with pytest.raises(ConfigError, match="layer 7 does not exist"):
+        parse_skip_layers("7", 4)
+    with pytest.raises(ConfigError, match="every layer"):
+        parse_skip_layers("0,1", 2)
+    with pytest.raises(ConfigError, match="skip_layers='x'"):
+        PruneConfig(ratio=0.5, skip_layers="x")
+
+
+def test_skip_layers_stay_dense_and_the_total_ratio_is_met():
+    loop = _loop(layers=4, skip_layers="0,-1", ratio=0.3, steps=8)
+    while not loop.done:
+        loop.step()
+    full = loop.groups.layers[0]
+    assert [int(m.channels.sum()) for m in loop.masks.layers][0] == full.intermediate_size
+    assert int(loop.masks.layers[3].heads.sum()) == full.num_heads
+    assert abs(sparsity(loop.groups, loop.masks) - 0.3) < 0.1
+    with pytest.raises(ConfigError, match="cannot be written yet"):
+        loop.finish()
+
+
+def test_skip_layers_refused_by_prune_before_any_work():
+    with pytest.raises(ConfigError, match="issue #12"):
+        prune(tiny_model(), _cfg(skip_layers="0"), torch.randint(0, 96, (4, 32)))
+
+
+@pytest.mark.parametrize("ratio,floor", [(0.5, 0.1), (0.3, 0.25)])
+def test_adaptive_widths_hit_the_ratio_and_respect_floors(ratio, floor):
+    loop = _loop(layers=4, widths="adaptive", min_channels=floor, ratio=ratio, steps=10, channel_multiple=4,
+                 criterion="activation")
+    prev = None
+    while not loop.done:
+        loop.step()
+        counts = [int(m.channels.sum()) for m in loop.masks.layers]
+        if prev is not None:
+            assert all(c <= p for c, p in zip(counts, prev)), "masks only tighten"
+        prev = counts
+    lg = loop.groups.layers[0]
+    uniform = WidthPlan(loop.groups, loop.cfg).final.intermediate_size
+    assert abs(sum(prev) - uniform * 4) < 4, "the same total number of channels as the uniform solution"
+    assert all(c % 4 == 0 for c in prev)
+    assert min(prev) >= math.ceil(floor * lg.intermediate_size / 4) * 4 or min(prev) >= 4
+    assert all(c >= floor * lg.intermediate_size - 1e-9 for c in prev)
+
+
+def test_adaptive_floor_above_the_budget_is_refused():
+    with pytest.raises(ConfigError, match="min_channels=0.5 keeps 20 MLP channels"):
+        _loop(layers=4, widths="adaptive", min_channels=0.5, ratio=0.3, channel_multiple=4)
+
+
+def test_adaptive_allocation_follows_the_scores():
+    lgs = tuple(_lg(index=i, inter=16) for i in range(2))
+    groups = ModelGroups("llama", 32, lgs)
+    cfg = PruneConfig(ratio=0.5, widths="adaptive", min_channels=0.25, channel_multiple=4, head_policy="balanced")
+    plan = WidthPlan(groups, cfg)
+    masks = MaskState.full(groups)
+    # layer 0's channels all score above layer 1's: layer 1 goes down to its floor first
+    sc = [LayerScores(torch.ones(6).double(), torch.full((16,), 10.0).double()),
+          LayerScores(torch.ones(6).double(), torch.linspace(0, 1, 16).double())]
+    _, chans = plan.at(1, 1, sc, masks)
+    total = plan.final.intermediate_size * 2
+    assert sum(chans) == total and chans[1] == max(4, total - 16) and chans[0] == min(16, total - 4)
+
+
+# ---- config / CLI from one place ------------------------------------------------------------------
+def test_every_config_field_is_a_cli_option_with_its_help():
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+    from compressor.config import cli_fields
+
+    out = CliRunner().invoke(main, ["prune", "--help"], terminal_width=200).output
+    for f in cli_fields():
+        assert "--" + f.name.replace("_", "-") in out, f.name
+        assert f.metadata["help"].split()[0] in out
+
+
+def test_cli_new_options_reach_the_config(tmp_path):
+    import click
+
+    from compressor.commands.prune import config_from_cli, prune_cmd
+
+    ctx = prune_cmd.make_context("prune", ["--ratio", "0.4", "--out", str(tmp_path / "o"), "--schedule", "cubic",
+                                           "--aggregate", "official", "--prune-start", "0.1", "--base-bits", "8",
+                                           "--no-gradient-checkpointing", "--recipe", "paper"])
+    opts = {k: v for k, v in ctx.params.items() if k in {f.name for f in __import__("dataclasses").fields(PruneConfig)}}
+    cfg = config_from_cli(ctx, opts, separate=False, config_file=None, recipe="paper")
+    assert (cfg.ratio, cfg.schedule, cfg.aggregate, cfg.prune_start, cfg.base_bits) == (0.4, "cubic", "official", 0.1, 8)
+    assert cfg.gradient_checkpointing is False and cfg.save_every == 25 and cfg.criterion == "lora"
+    assert isinstance(ctx, click.Context)
+
+
+def test_prune_job_writes_folder_plan_report_and_picture(tmp_path):
+    import json
+
+    from compressor.errors import OutputExistsError
+    from compressor.job import prune_job
+    from compressor.save import save_model_folder
+
+    src = tmp_path / "src"
+    save_model_folder(tiny_model("llama-gqa"), tiny_tokenizer(), src)
+    data = tmp_path / "cal.txt"
+    data.write_text(tiny_text(3000))
+    out = tmp_path / "out"
+    res = prune_job(str(src), out, _cfg(steps=4), data=str(data), eval_data="none")
+    assert (out / "model.safetensors").is_file() and (out / "pruning_plan.safetensors").is_file()
+    assert (out / "pruning.png").stat().st_size > 1000
+    rep = json.loads((out / "compression_report.json").read_text())
+    assert rep["ratio_achieved"] == res.report["ratio_achieved"] and not (tmp_path / "out.ckpt").exists()
+    with pytest.raises(OutputExistsError):
+        prune_job(str(src), out, _cfg(steps=4), data=str(data), eval_data="none")
+
+
+def test_new_config_fields_validate():
+    for kw, msg in [(dict(schedule="exp"), "schedule='exp'"), (dict(aggregate="mean"), "aggregate"),
+                    (dict(widths="auto"), "widths"), (dict(min_channels=0.0), "min_channels"),
+                    (dict(max_grad_norm=-1.0), "max_grad_norm"), (dict(prune_start=0.5), "prune_start"),
+                    (dict(ema_start="one"), "ema_start")]:
+        with pytest.raises(ConfigError, match=msg):
+            PruneConfig(ratio=0.5, **kw)
+
+
+def test_official_aggregation_in_the_loop_is_scale_free():
+    tp = ProjectionTensors(weight=torch.randn(4, 3), lora_A=torch.randn(2, 3), lora_B=torch.randn(4, 2),
+                           grad_A=torch.randn(2, 3), grad_B=torch.randn(4, 2))
+    crit = get_criterion("lora")
+    assert torch.allclose(crit(tp).sqrt(), ((torch.cat([tp.grad_B, tp.lora_B, -tp.grad_B], 1)
+                                            @ torch.cat([tp.lora_A, tp.grad_A, tp.grad_A], 0))
+                                           * (tp.weight + tp.lora_B @ tp.lora_A)).abs(), rtol=1e-5)
+    loop = _loop(aggregate="official", steps=4)
+    loop.step()
+    for s in loop.ema.value:
+        assert torch.isfinite(s.channels).all() and s.channels.max() <= 3.0 + 1e-6
