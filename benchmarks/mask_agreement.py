@@ -27,36 +27,31 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--ratios", default="0.1,0.2,0.5")
     a = ap.parse_args()
-    import torch
-
     from calibration import load_texts, pack_blocks
     from compressor.config import PruneConfig
     from compressor.criteria import get_criterion
-    from compressor.groups import discover_groups
+    from compressor.loop import PruneLoop
     from compressor.masking import MaskState, mask_lowest
     from compressor.models import load_model
-    from compressor.pruning import _Data, _wrap_lora
     from compressor.schedule import solve_widths
     from compressor.scoring import MovingAverage, model_scores
 
     model_dir = a.model or str(dense_hf_dir())
     model, tok, _ = load_model(model_dir)
-    groups = discover_groups(model)
-    cfg = PruneConfig(ratio=0.5, criterion="taylor", steps=max(a.steps, 10), lr=a.lr)
-    pm = _wrap_lora(model, cfg)  # taylor mode: W0 has requires_grad, LoRA trains as usual
+    n = a.steps
+    # the product's loop in taylor mode (W0 has a gradient, LoRA trains as usual); every step scores and no
+    # mask changes before the last step. An observer scores the same gradients with the lora criterion too.
+    cfg = PruneConfig(ratio=0.5, criterion="taylor", steps=n, prune_every=1, prune_start=(n - 1) / n, prune_until=1.0,
+                      lr=a.lr, batch_size=a.batch_size, seq_len=a.seq_len, eval_windows=0)
     blocks = pack_blocks(tok, load_texts("wiki"), a.seq_len, max_blocks=a.steps * a.batch_size, seed=0)
-    data = _Data(blocks, 0)
-    opt = torch.optim.AdamW([p for n, p in pm.named_parameters() if "lora_" in n], lr=a.lr)
-    emas = {"lora": MovingAverage(0.9), "taylor": MovingAverage(0.9)}
-    for step in range(a.steps):
-        ids = data.take(step * a.batch_size, a.batch_size)
-        loss = pm(input_ids=ids, labels=ids).loss
-        loss.backward()
-        for name, ema in emas.items():
-            ema.update(model_scores(pm, groups, get_criterion(name)))
-        opt.step()
-        pm.zero_grad(set_to_none=True)
-        print(f"step {step + 1}/{a.steps} loss {loss.item():.3f}", flush=True)
+    loop = PruneLoop(model, cfg, blocks, model_id=model_dir)
+    lora_ema = MovingAverage(0.9)
+    loop.observers.append(lambda lp: lora_ema.update(model_scores(lp.pm, lp.groups, get_criterion("lora"))))
+    while not loop.done:
+        rec = loop.step()
+        print(f"step {rec.step}/{n} loss {rec.loss:.3f}", flush=True)
+    groups = loop.groups
+    emas = {"lora": lora_ema, "taylor": loop.ema}
     rows = []
     lg = groups.layers[0]
     for ratio in [float(r) for r in a.ratios.split(",")]:

@@ -115,8 +115,62 @@ def plot_onnx_latency(files: list[str], name: str = "onnx_latency") -> Path | No
     return _save(fig, name, Path(sorted(files)[0]).parent)
 
 
+def plot_screen(data: dict, name: str = "screen") -> Path | None:
+    """Bar chart of a screening grid: WikiText-2 perplexity (log scale) per row, dense as a line."""
+    plt = _plt()
+    if plt is None:
+        return None
+    rows = data.get("rows", [])
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows) + 2), 4.2))
+    ax.bar(range(len(rows)), [r["wikitext2"] for r in rows],
+           color=["tab:orange" if r.get("evaluated_on") == "masked" else "tab:blue" for r in rows])
+    ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=40, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    if data.get("dense"):
+        ax.axhline(data["dense"], color="k", lw=1, label=f"dense {data['dense']:.1f}")
+        ax.axhline(3 * data["dense"], color="tab:green", lw=1, ls="--", label="3 × dense")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("WikiText-2 perplexity")
+    ev = data.get("eval", {})
+    ax.set_title(f"ratio {data.get('ratio')}, {data.get('steps')} steps; {ev.get('windows')} × {ev.get('seq_len')} "
+                 f"tokens (orange: masked model)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, name)
+
+
+def plot_criterion_fidelity(data: dict) -> Path | None:
+    """Spearman(criterion, taylor) per step and module kind; the LoRA recovery ratio on a third panel."""
+    plt = _plt()
+    if plt is None:
+        return None
+    steps = data["steps"]
+    xs = [s["step"] for s in steps]
+    kinds = list(steps[0]["kinds"]) if steps else []
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    for k in kinds:
+        first = steps[0]["kinds"][k]
+        if first.get("activation") is not None:
+            a2.plot(xs, [s["kinds"][k]["activation"] for s in steps], label=f"activation, {k}")
+            a2.plot(xs, [s["kinds"][k]["lora"] for s in steps], ls="--", label=f"lora, {k}")
+            a2.plot(xs, [s["kinds"][k]["magnitude"] for s in steps], ls=":", label=f"magnitude, {k}")
+        else:
+            a1.plot(xs, [s["kinds"][k].get("lora") for s in steps], label=k)
+        if first.get("recovery") is not None:
+            a3.plot(xs, [s["kinds"][k]["recovery"] for s in steps], label=k)
+    a1.set_title("Spearman(lora, taylor) per projection kind", fontsize=9)
+    a2.set_title("Spearman(criterion, taylor), group scores (Eq. 4)", fontsize=9)
+    a3.set_title("||B·dA|| / ||dB·A||", fontsize=9)
+    a3.set_yscale("log")
+    for ax in (a1, a2, a3):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, "criterion_fidelity")
+
+
 #: result name -> plot function (called by common.write_result)
-PLOTTERS = {"resources": plot_resources, "mask_agreement": plot_mask_agreement, "ablation": plot_ablation}
+PLOTTERS = {"resources": plot_resources, "mask_agreement": plot_mask_agreement, "ablation": plot_ablation,
+            "criterion_fidelity": plot_criterion_fidelity}
 
 
 def main() -> None:
@@ -124,6 +178,8 @@ def main() -> None:
         p = RESULTS / f"{stem}.json"
         if p.is_file():
             fn(json.loads(p.read_text()))
+    for p in sorted(RESULTS.glob("screen_*.json")):
+        plot_screen(json.loads(p.read_text()), p.stem)
     files = glob.glob(str(RESULTS / "onnx_latency_*.json"))
     if files:
         plot_onnx_latency(files)

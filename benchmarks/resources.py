@@ -44,52 +44,38 @@ def _rss_mb(field: str) -> float:
 
 
 def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int, loss_chunk: int) -> dict:
+    """One mode's scoring steps, driven through the product's own loop (:class:`compressor.loop.PruneLoop`):
+    loss (chunked LM head unless disabled), backward, scoring, moving average, optimizer step."""
     import torch
 
     from compressor.config import PruneConfig
-    from compressor.criteria import get_criterion
-    from compressor.groups import discover_groups
-    from compressor.loss import lm_loss, supports_chunked_loss
-    from compressor.masking import MaskState
+    from compressor.loop import PruneLoop
     from compressor.models import load_model
-    from compressor.pruning import _wrap_lora
-    from compressor.scoring import MovingAverage, model_scores
 
     crit_name, bits, gc = MODES[mode]
-    cfg = PruneConfig(ratio=0.5, criterion=crit_name, base_bits=bits, steps=max(steps, 10), gradient_checkpointing=gc,
-                      loss_chunk_tokens=loss_chunk)
+    n = max(steps, 2)
+    # every step scores and nothing is masked: the first mask update would come after the last measured step
+    cfg = PruneConfig(ratio=0.5, criterion=crit_name, base_bits=bits, steps=n + 1, prune_every=1,
+                      prune_start=n / (n + 1), prune_until=1.0, gradient_checkpointing=gc, loss_chunk_tokens=loss_chunk,
+                      batch_size=batch, seq_len=seq_len, lr=1e-4, eval_windows=0)
     model, tok, _ = load_model(model_dir, base_bits=bits)
-    groups = discover_groups(model)
-    pm = _wrap_lora(model, cfg)
-    if gc:  # as compressor.pruning.prune does for gradient_checkpointing=True
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    pm.train()
-    MaskState.full(groups).install(pm, groups)
-    crit = get_criterion(crit_name)
-    opt = torch.optim.AdamW([p for n, p in pm.named_parameters() if "lora_" in n and p.requires_grad], lr=1e-4)
-    ema = MovingAverage(0.9)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=g)
+    loop = PruneLoop(model, cfg, ids, model_id=model_dir)
     rss_loaded = _rss_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS
     times = []
-    chunked = cfg.loss_chunk_tokens > 0 and supports_chunked_loss(pm)
     for _ in range(steps):
         t0 = time.perf_counter()
-        # the loss exactly as compressor.pruning.prune computes it (chunked LM head unless disabled)
-        loss = lm_loss(pm, ids, chunk_tokens=cfg.loss_chunk_tokens)[0] if chunked else pm(input_ids=ids, labels=ids).loss
-        loss.backward()
-        ema.update(model_scores(pm, groups, crit))
-        opt.step()
-        pm.zero_grad(set_to_none=True)
+        loop.step(ids)
         times.append(time.perf_counter() - t0)
     peak = _rss_mb("VmHWM")
     return {"mode": mode, "criterion": crit_name, "base_bits": bits, "gradient_checkpointing": gc, "rss_after_load_mb": round(rss_loaded, 1),
             "peak_step_rss_mb": round(peak, 1), "peak_above_load_mb": round(peak - rss_loaded, 1),
             "step_s_median": round(statistics.median(times[1:] if len(times) > 1 else times), 3),
             "step_s_all": [round(t, 3) for t in times], "batch": batch, "seq_len": seq_len,
-            "loss_chunk_tokens": loss_chunk if chunked else 0}
+            "loss_chunk_tokens": loss_chunk if loop.chunked else 0}
 
 
 def _config_default(name: str):

@@ -23,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, dense_hf_dir, git_rev, machine, write_result  # noqa: E402
+from plots import plot_screen  # noqa: E402
 
 OFFICIAL = dict(aggregate="official", prune_start=0.1, schedule="cubic", ema_start="zero", prune_until=0.9)
 KD = dict(distill=0.5, lr=5e-4)
@@ -142,6 +143,7 @@ def main() -> None:
               flush=True)
         doc["rows"] = [x for x in doc["rows"] if x["name"] != r] + [row]
         write_result(name, doc)
+        plot_screen(doc, name)
 
 
 if __name__ == "__main__":

@@ -295,6 +295,8 @@ class PruneLoop:
         # stock forward, which DDP needs to synchronise gradients
         self.chunked = config.loss_chunk_tokens > 0 and acc is None and supports_chunked_loss(self.pm)
         self.per_step = config.batch_size * config.grad_accum * self.world
+        #: called as ``observe(loop)`` after each step's backward pass, before scoring and the optimizer step
+        self.observers: list[Any] = []
         self.train_model.train()
 
     # ---- steps ---------------------------------------------------------------------------------
@@ -334,6 +336,8 @@ class PruneLoop:
             total_loss += float(loss.detach())
         if self.acc is not None:
             total_loss = float(self.acc.reduce(torch.tensor([total_loss], device=self.device), "mean"))
+        for observe in self.observers:  # e.g. benchmarks reading the gradients of this step
+            observe(self)
         skipped = False
         if self.scoring:
             skipped = not self.ema.update(self.scores())

@@ -40,19 +40,19 @@ def test_prune_runs_and_reaches_ratio(case, criterion):
 def test_lora_criterion_leaves_base_without_grad():
     from compressor.criteria import get_criterion
     from compressor.groups import discover_groups
-    from compressor.pruning import _wrap_lora
+    from compressor.loop import wrap_lora
     from compressor.scoring import model_scores
 
     m = tiny_model("llama-gqa")
     groups = discover_groups(m)
-    pm = _wrap_lora(m, _cfg())
+    pm = wrap_lora(m, _cfg())
     ids = torch.randint(0, 96, (2, 16))
     pm(input_ids=ids, labels=ids).loss.backward()
     base = [p for n, p in pm.named_parameters() if "lora_" not in n]
     assert all(not p.requires_grad and p.grad is None for p in base), "W0 must never get a gradient"
     scores = model_scores(pm, groups, get_criterion("lora"))
     assert all(torch.isfinite(s.heads).all() and s.channels.abs().sum() > 0 for s in scores)
-    pm_t = _wrap_lora(tiny_model("llama-gqa"), _cfg(criterion="taylor"))
+    pm_t = wrap_lora(tiny_model("llama-gqa"), _cfg(criterion="taylor"))
     assert any(p.requires_grad for n, p in pm_t.named_parameters() if "base_layer.weight" in n)
 
 

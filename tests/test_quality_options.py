@@ -168,9 +168,9 @@ def test_activation_scores_equal_first_order_effect_of_removing_a_group():
     for b in range(batch.shape[0]):
         gate_c = torch.ones(lg.intermediate_size, requires_grad=True)
         gate_h = torch.ones(lg.num_heads, requires_grad=True)
-        h1 = projection(layer, "down_proj").register_forward_pre_hook(lambda mod, a: (a[0] * gate_c,))
+        h1 = projection(layer, "down_proj").register_forward_pre_hook(lambda mod, a, g=gate_c: (a[0] * g,))
         h2 = projection(layer, "o_proj").register_forward_pre_hook(
-            lambda mod, a: (a[0] * gate_h.repeat_interleave(lg.head_dim),))
+            lambda mod, a, g=gate_h: (a[0] * g.repeat_interleave(lg.head_dim),))
         ids = batch[b:b + 1]
         out = lm(input_ids=ids, labels=ids)
         # the loop's loss is the mean over the batch's tokens; per sequence that is 1/batch of its own mean

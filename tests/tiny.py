@@ -55,13 +55,13 @@ def masked_lora(case: str = "llama-gqa"):
     masks installed that remove one query head per KV group and half the MLP channels, chosen at random."""
     from compressor.config import PruneConfig
     from compressor.groups import discover_groups
+    from compressor.loop import wrap_lora
     from compressor.masking import MaskState, mask_lowest
-    from compressor.pruning import _wrap_lora
     from compressor.scoring import LayerScores
 
     m = tiny_model(case)
     groups = discover_groups(m)
-    pm = _wrap_lora(m, PruneConfig(ratio=0.5))
+    pm = wrap_lora(m, PruneConfig(ratio=0.5))
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_B" in n:
