@@ -52,6 +52,13 @@ ROWS: dict[str, dict[str, Any]] = {
     "activation-balanced": dict(criterion="activation", head_policy="balanced"),
     "activation-kd-adaptive": dict(criterion="activation", widths="adaptive", **KD),
     "activation-kd-clip": dict(criterion="activation", max_grad_norm=1.0, **KD),
+    "activation-comp": dict(criterion="activation", compensate=True),
+    "activation-kd-comp": dict(criterion="activation", compensate=True, **KD),
+    "activation-kd-comp-lr1e-3": dict(criterion="activation", compensate=True, distill=0.5, lr=1e-3),
+    "activation-kd-comp-r32": dict(criterion="activation", compensate=True, lora_r=32, lora_alpha=64.0, **KD),
+    "lora-comp": dict(criterion="lora", compensate=True),
+    "activation-kd-comp-adaptive": dict(criterion="activation", compensate=True, widths="adaptive", **KD),
+    "activation-kd-comp-balanced": dict(criterion="activation", compensate=True, head_policy="balanced", **KD),
 }
 
 

@@ -114,6 +114,9 @@ class PruneConfig:
     skip_layers: str = _opt("", "Decoder layers left unpruned: comma-separated indices (negative counts from the "
                                 "end), 'official' (first 10 % and the last layer) or '' (none). The others are "
                                 "pruned harder so that the total ratio is still met.")
+    compensate: bool = _opt(False, "At every mask update, fold the least-squares stand-in for the removed "
+                                   "heads/channels (regressed on the kept ones over the dense model's calibration "
+                                   "inputs) into the kept columns of o_proj/down_proj's W0.")
     lora_r: int = _opt(8, "LoRA rank.")
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
@@ -180,6 +183,8 @@ class PruneConfig:
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise bad("max_grad_norm", "must be >= 0 (0: no clipping)")
         parse_skip_layers(self.skip_layers, None)
+        if self.compensate and self.base_bits:
+            raise ConfigError("compensate=True changes W0 and needs float base weights; it cannot run with base_bits=8")
         if not (0.0 <= self.lam < 1.0):
             raise bad("lam", "λ must be in [0, 1)")
         if self.lora_r < 1:

@@ -27,6 +27,7 @@ from torch import nn
 
 from .activation import ActivationScorer
 from .checkpoint import rng_state, set_rng_state
+from .compensation import Compensator, base_weights
 from .config import PruneConfig, parse_skip_layers
 from .criteria import get_criterion
 from .errors import ConfigError, NonFiniteError
@@ -277,6 +278,12 @@ class PruneLoop:
         self.masks = MaskState.full(self.groups).install(self.pm, self.groups)
         self.scorer = ActivationScorer(self.pm, self.groups) if self.crit.group_level and plan is None else None
         self.ema = MovingAverage(config.lam, config.ema_start)
+        self.comp: Compensator | None = None
+        if config.compensate:
+            if plan is not None:
+                raise ConfigError("compensate needs the dense model's calibration statistics, collected before the "
+                                  "first mask update; with a saved plan the masks are set before any data is seen")
+            self.comp = Compensator(self.pm, self.groups)
         if plan is not None:
             self._apply_plan(plan)
         self.trainable = [p for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
@@ -385,7 +392,13 @@ class PruneLoop:
             return False
         k = self.events.index(step) + 1
         heads, chans = self.widths.at(k, len(self.events), self.ema.value, self.masks)
+        old = [(m.heads.clone(), m.channels.clone()) for m in self.masks.layers]
         mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
+        if self.comp is not None:
+            self.comp.stop_collecting()  # statistics of the dense model only
+            self.comp.fold(old, [(m.heads, m.channels) for m in self.masks.layers])
+            if step == self.last_event:
+                self.comp.release()
         entry: dict[str, Any] = {"step": step, "heads_per_kv": heads[self.widths.pruned[0]],
                                  "intermediate": chans[self.widths.pruned[0]],
                                  "sparsity": round(sparsity(self.groups, self.masks), 6)}
@@ -412,7 +425,10 @@ class PruneLoop:
                 "lora": {n: p.detach().clone() for n, p in self.pm.named_parameters() if "lora_" in n},
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "ema": self.ema.state_dict(), "masks": self.masks.state_dict(), "gen": self.gen.get_state(),
-                "rng": rng_state(), "config": self.cfg.to_dict()}
+                "rng": rng_state(), "config": self.cfg.to_dict(),
+                **({"compensation": self.comp.state_dict(),
+                    "base": {k: w.detach().clone() for k, w in base_weights(self.pm, self.groups).items()}}
+                   if self.comp is not None else {})}
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
         named = dict(self.pm.named_parameters())
@@ -427,6 +443,13 @@ class PruneLoop:
         self.history, self.schedule_log = st["history"], st["schedule"]
         self.gen.set_state(st["gen"])
         set_rng_state(st["rng"])
+        if self.comp is not None:
+            self.comp.load_state_dict(st["compensation"])
+            if self.step_count >= self.last_event:
+                self.comp.release()
+            with torch.no_grad():
+                for k, w in base_weights(self.pm, self.groups).items():
+                    w.copy_(st["base"][k])
 
     # ---- results -------------------------------------------------------------------------------
     @property
@@ -446,6 +469,8 @@ class PruneLoop:
         """Fold LoRA into the base and slice the masked groups: the plain, smaller model."""
         if self.scorer is not None:
             self.scorer.remove()
+        if self.comp is not None:
+            self.comp.release()
         kept = {(int(m.heads.sum()), int(m.channels.sum())) for m in self.masks.layers}
         if len(kept) != 1:
             raise ConfigError(

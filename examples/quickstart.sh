@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The main job on the built-in default model (SmolLM2-135M-Instruct, Apache-2.0, from PyPI):
 # set up -> prune 50 % with LoRAPrune -> export pruned and dense to ONNX (validated) -> benchmark side by side.
-# Usage: bash examples/quickstart.sh            (RATIO=0.5 STEPS=200 OUT=runs by default)
+# Usage: bash examples/quickstart.sh            (RATIO=0.5 OUT=runs by default; STEPS=N overrides the default budget)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RATIO="${RATIO:-0.5}"; STEPS="${STEPS:-200}"; OUT="${OUT:-runs}"
+RATIO="${RATIO:-0.5}"; STEPS="${STEPS:-}"; OUT="${OUT:-runs}"
 TAG="smollm2-$(python3 -c "print(int(round(float('$RATIO')*100)))")"
 if [ ! -x .venv/bin/compress ]; then
   python3 -m venv .venv
@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/compress ]; then
   .venv/bin/pip install -q -e .
 fi
 . .venv/bin/activate
-compress prune smollm2-135m --ratio "$RATIO" --steps "$STEPS" --out "$OUT/$TAG" --force
+compress prune smollm2-135m --ratio "$RATIO" ${STEPS:+--steps "$STEPS"} --out "$OUT/$TAG" --force
 compress export "$OUT/$TAG" --format onnx --out "$OUT/$TAG-onnx" --force
 [ -f "$OUT/dense-onnx/model.onnx" ] || compress export smollm2-135m --format onnx --out "$OUT/dense-onnx" --force
 compress bench "$OUT/$TAG-onnx" --baseline "$OUT/dense-onnx" --out "$OUT/bench-$TAG"

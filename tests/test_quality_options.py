@@ -384,3 +384,83 @@ def test_official_aggregation_in_the_loop_is_scale_free():
     loop.step()
     for s in loop.ema.value:
         assert torch.isfinite(s.channels).all() and s.channels.max() <= 3.0 + 1e-6
+
+
+# ---- least-squares compensation ------------------------------------------------------------------
+def test_compensation_is_the_least_squares_fit_on_the_calibration_inputs():
+    from compressor.compensation import Compensator
+    from compressor.loop import wrap_lora
+
+    m = tiny_model("llama-gqa")
+    groups = discover_groups(m)
+    pm = wrap_lora(m, _cfg())
+    comp = Compensator(pm, groups, damp=1e-6)
+    xs = []
+    down = projection(decoder_layers(pm)[0], "down_proj")
+    h = down.register_forward_pre_hook(lambda mod, a: xs.append(a[0].detach().reshape(-1, a[0].shape[-1])))
+    ids = torch.randint(0, 96, (4, 24), generator=torch.Generator().manual_seed(5))
+    with torch.enable_grad():
+        pm(input_ids=ids)
+    h.remove()
+    x = torch.cat(xs).double()
+    base = down.base_layer.weight
+    w = base.detach().double().clone()
+    y = x @ w.t()
+    lg = groups.layers[0]
+    keep = torch.ones(lg.intermediate_size, dtype=torch.bool)
+    keep[::3] = False
+    old = [(torch.ones(lg.num_heads, dtype=torch.bool), torch.ones(lg.intermediate_size, dtype=torch.bool))] * 2
+    new = [(old[0][0], keep), old[1]]
+    plain_err = ((x[:, keep] @ w[:, keep].t()) - y).norm()
+    assert comp.fold(old, new) == 1
+    w2 = base.detach().double()
+    err = (x[:, keep] @ w2[:, keep].t()) - y
+    assert err.norm() < 0.9 * plain_err
+    # normal equations: the residual is orthogonal to the kept inputs
+    assert (err.t() @ x[:, keep]).abs().max() < 1e-3 * (y.t() @ x[:, keep]).abs().max()
+    assert torch.equal(w2[:, ~keep], w[:, ~keep]), "removed columns are left as they were (they are sliced off)"
+
+
+def test_compensated_masked_model_equals_merged_model():
+    loop = _loop("llama-mha", compensate=True, steps=8, prune_every=2, head_policy="balanced", criterion="activation")
+    while not loop.done:
+        loop.step()
+    assert loop.comp is not None and loop.comp.gram[0]["channels"] is None, "statistics released after the last update"
+    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
+    loop.pm.eval()
+    with torch.no_grad():
+        masked = loop.pm(input_ids=ids).logits
+    merged = loop.finish()
+    with torch.no_grad():
+        out = merged(input_ids=ids).logits
+    assert torch.allclose(masked, out, atol=1e-4)
+
+
+def test_compensation_resumes_bit_exactly():
+    a = _loop(compensate=True, steps=10, prune_every=2, criterion="activation")
+    for _ in range(3):
+        a.step()
+    import copy
+
+    st = copy.deepcopy(a.state_dict())  # as through the disk: no tensor shared with the running loop
+    b = _loop(compensate=True, steps=10, prune_every=2, criterion="activation")
+    b.load_state_dict(st)
+    while not a.done:
+        ra, rb = a.step(), b.step()
+        assert ra.loss == rb.loss
+    wa = a.finish().state_dict()
+    wb = b.finish().state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_compensation_refuses_8bit_and_plans():
+    with pytest.raises(ConfigError, match="base_bits=8"):
+        PruneConfig(ratio=0.5, compensate=True, base_bits=8)
+    from compressor.scoring import LayerScores as LS
+
+    m = tiny_model()
+    groups = discover_groups(m)
+    plan = {"heads": [LS(torch.ones(lg.num_heads), None).heads for lg in groups.layers],
+            "channels": [torch.ones(lg.intermediate_size) for lg in groups.layers]}
+    with pytest.raises(ConfigError, match="saved plan"):
+        PruneLoop(m, _cfg(compensate=True), torch.randint(0, 96, (4, 32)), plan=plan)

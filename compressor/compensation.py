@@ -1,0 +1,125 @@
+"""Least-squares compensation of removed groups (``compensate=True``).
+
+When MLP channels (or query heads) are removed, ``down_proj`` (``o_proj``) loses the contribution of their
+input columns. Over calibration inputs ``x`` the best linear stand-in from the columns that stay is
+
+    W_K' = W_K + W_R · G_RK · G_KK⁻¹,        G = Σ x xᵀ  (the inputs' second moments)
+
+(the removed inputs regressed on the kept ones; the same closed form as OBS / SlimGPT for a structured
+removal). :class:`Compensator` accumulates ``G`` per layer from the inputs of ``o_proj`` and ``down_proj``
+while the model is still dense (the training steps before the first mask update), and at every mask
+update folds the correction for the newly removed groups into the frozen base weight ``W0`` of the kept
+columns (``W = W0 + BA`` is what is regressed; only ``W0`` changes, LoRA keeps training). The masked model,
+the sliced model and the merged model still compute the same function.
+
+Memory: one ``in × in`` float32 matrix per projection and layer (SmolLM2-135M: 30 × (1536² + 576²) floats,
+0.32 GiB), freed after the last mask update.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import lora_parts
+from .errors import ConfigError
+from .groups import ModelGroups, decoder_layers, projection
+
+KINDS = (("channels", "down_proj"), ("heads", "o_proj"))
+
+
+class Compensator:
+    """Second moments of the inputs of ``o_proj`` / ``down_proj``, and the least-squares fold-in."""
+
+    def __init__(self, model: nn.Module, groups: ModelGroups, damp: float = 0.01):
+        self.groups, self.damp = groups, float(damp)
+        self.model = model
+        self.collecting = True
+        self.gram: list[dict[str, torch.Tensor | None]] = [{"channels": None, "heads": None} for _ in groups.layers]
+        self.tokens = 0
+        self._handles: list = []
+        for i, layer in enumerate(decoder_layers(model)):
+            for kind, name in KINDS:
+                self._handles.append(projection(layer, name).register_forward_pre_hook(self._hook(i, kind)))
+
+    def _hook(self, i: int, kind: str):
+        def pre_hook(module, args):
+            # training forward passes only (the teacher and evaluation run without gradients)
+            if not self.collecting or not torch.is_grad_enabled():
+                return None
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            g = x.t() @ x
+            cur = self.gram[i][kind]
+            self.gram[i][kind] = g if cur is None else cur.add_(g)
+            if kind == "channels" and i == 0:
+                self.tokens += x.shape[0]
+            return None
+
+        return pre_hook
+
+    def stop_collecting(self) -> None:
+        self.collecting = False
+
+    def release(self) -> None:
+        """Drop the statistics and the hooks (after the last mask update)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]
+        self.collecting = False
+
+    @torch.no_grad()
+    def fold(self, old: list[tuple[torch.Tensor, torch.Tensor]], new: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
+        """Fold the correction for groups kept in ``old`` but not in ``new`` (per layer ``(heads, channels)``
+        bool masks) into ``W0``. Returns the number of projections changed."""
+        changed = 0
+        for i, (layer, lg) in enumerate(zip(decoder_layers(self.model), self.groups.layers)):
+            for kind, name in KINDS:
+                k_old = old[i][1] if kind == "channels" else old[i][0].repeat_interleave(lg.head_dim)
+                k_new = new[i][1] if kind == "channels" else new[i][0].repeat_interleave(lg.head_dim)
+                removed = k_old & ~k_new
+                g = self.gram[i][kind]
+                if not bool(removed.any()) or not bool(k_new.any()) or g is None:
+                    continue
+                mod = projection(layer, name)
+                base: Any = getattr(mod, "base_layer", mod)
+                w0 = base.weight
+                if not w0.dtype.is_floating_point:
+                    raise ConfigError("compensate needs float base weights; it cannot run with base_bits=8")
+                w = w0.detach().float().clone()
+                A, B, s = lora_parts(mod)
+                if A is not None:
+                    w += (B.detach().float() @ A.detach().float()) * s
+                K = torch.nonzero(k_new).flatten()
+                R = torch.nonzero(removed).flatten()
+                gd = g.double()
+                gkk = gd[K][:, K]
+                lam = self.damp * float(gkk.diagonal().mean()) + 1e-12
+                gkk = gkk + lam * torch.eye(len(K), dtype=gd.dtype)
+                x = torch.linalg.solve(gkk, gd[K][:, R])  # [K, R] = G_KK⁻¹ G_KR
+                delta = w[:, R].double() @ x.t()  # [out, K]
+                w0[:, K] += delta.to(w0.dtype)
+                changed += 1
+        return changed
+
+    # ---- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"collecting": self.collecting, "tokens": self.tokens,
+                "gram": [{k: v for k, v in g.items() if v is not None} for g in self.gram]}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.collecting, self.tokens = sd["collecting"], sd["tokens"]
+        self.gram = [{"channels": g.get("channels"), "heads": g.get("heads")} for g in sd["gram"]]
+        if len(self.gram) != self.groups.num_layers:
+            self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]
+
+
+def base_weights(model: nn.Module, groups: ModelGroups) -> dict[str, torch.Tensor]:
+    """The base weights compensation may change (``o_proj`` and ``down_proj`` of every layer), by name."""
+    out = {}
+    for i, layer in enumerate(decoder_layers(model)):
+        for _, name in KINDS:
+            mod = projection(layer, name)
+            out[f"{i}.{name}"] = getattr(mod, "base_layer", mod).weight
+    return out
