@@ -115,7 +115,7 @@ class Compensator:
             self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]
 
 
-def base_weights(model: nn.Module, groups: ModelGroups) -> dict[str, torch.Tensor]:
+def base_weights(model: nn.Module, groups: ModelGroups) -> dict[str, Any]:
     """The base weights compensation may change (``o_proj`` and ``down_proj`` of every layer), by name."""
     out = {}
     for i, layer in enumerate(decoder_layers(model)):
