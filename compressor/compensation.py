@@ -36,6 +36,7 @@ class Compensator:
         self.groups, self.damp = groups, float(damp)
         self.model = model
         self.collecting = True
+        self.forced = False  # collect in no-grad passes too (see collect_from)
         self.gram: list[dict[str, torch.Tensor | None]] = [{"channels": None, "heads": None} for _ in groups.layers]
         self.tokens = 0
         self._handles: list = []
@@ -46,7 +47,7 @@ class Compensator:
     def _hook(self, i: int, kind: str):
         def pre_hook(module, args):
             # training forward passes only (the teacher and evaluation run without gradients)
-            if not self.collecting or not torch.is_grad_enabled():
+            if not self.collecting or not (torch.is_grad_enabled() or self.forced):
                 return None
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             g = x.t() @ x
@@ -58,7 +59,25 @@ class Compensator:
 
         return pre_hook
 
-    def stop_collecting(self) -> None:
+    @torch.no_grad()
+    def collect_from(self, model: nn.Module, batches: list[torch.Tensor]) -> None:
+        """Collect the statistics from forward passes over ``batches`` (no training step), e.g. before a saved
+        plan masks the model at once."""
+        self.forced = True
+        try:
+            for b in batches:
+                model(input_ids=b)
+        finally:
+            self.forced = False
+
+    def stop_collecting(self, accelerator: Any = None) -> None:
+        """End collection; data-parallel runs average the statistics over ranks so every rank folds the same
+        correction."""
+        if self.collecting and accelerator is not None:
+            for g in self.gram:
+                for k, v in g.items():
+                    if v is not None:
+                        g[k] = accelerator.reduce(v.to(accelerator.device), "mean").cpu()
         self.collecting = False
 
     def release(self) -> None:

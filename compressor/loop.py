@@ -278,12 +278,9 @@ class PruneLoop:
         self.masks = MaskState.full(self.groups).install(self.pm, self.groups)
         self.scorer = ActivationScorer(self.pm, self.groups) if self.crit.group_level and plan is None else None
         self.ema = MovingAverage(config.lam, config.ema_start)
-        self.comp: Compensator | None = None
-        if config.compensate:
-            if plan is not None:
-                raise ConfigError("compensate needs the dense model's calibration statistics, collected before the "
-                                  "first mask update; with a saved plan the masks are set before any data is seen")
-            self.comp = Compensator(self.pm, self.groups)
+        self.comp: Compensator | None = Compensator(self.pm, self.groups) if config.compensate else None
+        self.data = DataOrder(blocks, config.seed)
+        self.per_step = config.batch_size * config.grad_accum * self.world
         if plan is not None:
             self._apply_plan(plan)
         self.trainable = [p for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
@@ -292,7 +289,6 @@ class PruneLoop:
         self.train_model = self.pm
         if acc is not None:
             self.train_model, self.opt = acc.prepare(self.pm, self.opt)
-        self.data = DataOrder(blocks, config.seed)
         self.run_id = run_id(config, model_id, blocks)
         self.gen = torch.Generator().manual_seed(config.seed + 17)
         self.step_count, self.pos = 0, 0
@@ -301,7 +297,6 @@ class PruneLoop:
         # LM head + loss in chunks (same value and gradients, far less memory); data-parallel runs keep the
         # stock forward, which DDP needs to synchronise gradients
         self.chunked = config.loss_chunk_tokens > 0 and acc is None and supports_chunked_loss(self.pm)
-        self.per_step = config.batch_size * config.grad_accum * self.world
         #: called as ``observe(loop)`` after each step's backward pass, before scoring and the optimizer step
         self.observers: list[Any] = []
         self.train_model.train()
@@ -395,7 +390,7 @@ class PruneLoop:
         old = [(m.heads.clone(), m.channels.clone()) for m in self.masks.layers]
         mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
         if self.comp is not None:
-            self.comp.stop_collecting()  # statistics of the dense model only
+            self.comp.stop_collecting(self.acc)  # statistics of the dense model only
             self.comp.fold(old, [(m.heads, m.channels) for m in self.masks.layers])
             if step == self.last_event:
                 self.comp.release()
@@ -415,7 +410,16 @@ class PruneLoop:
             raise ConfigError("the pruning plan was made for a model with different layer widths")
         self.ema.update(scores)
         heads, chans = self.widths.at(1, 1, self.ema.value, self.masks)
+        old = [(m.heads.clone(), m.channels.clone()) for m in self.masks.layers]
         mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
+        if self.comp is not None:  # statistics from forward passes over the first batches, then the fold
+            n = self.cfg.prune_every
+            with self.masks.bypassed():
+                self.comp.collect_from(self.pm, [self.data.take(i * self.cfg.batch_size, self.cfg.batch_size).to(self.device)
+                                                 for i in range(n)])
+            self.comp.stop_collecting(self.acc)
+            self.comp.fold(old, [(m.heads, m.channels) for m in self.masks.layers])
+            self.comp.release()
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

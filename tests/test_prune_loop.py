@@ -180,7 +180,7 @@ def test_prune_with_8bit_base_merges_to_plain_float(tmp_path):
     m8, tok, _ = load_model(str(src), base_bits=8)
     assert type(m8.model.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
     text = tiny_text(2000)
-    res = prune(m8, _cfg(steps=6, base_bits=8), [text], tokenizer=tok, eval_text=text)
+    res = prune(m8, _cfg(steps=6, base_bits=8, criterion="lora", compensate=False), [text], tokenizer=tok, eval_text=text)
     assert type(res.model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
     assert res.model.dtype == torch.float32 and not hasattr(res.model.config, "quantization_config")
     assert res.report["perplexity_after"]["ppl"] > 0
@@ -195,4 +195,11 @@ def test_taylor_refuses_8bit_base():
     from compressor.errors import ConfigError
 
     with pytest.raises(ConfigError, match="taylor"):
-        prune(tiny_model("llama-mha"), _cfg(criterion="taylor", base_bits=8), torch.randint(0, 96, (4, 32)))
+        prune(tiny_model("llama-mha"), _cfg(criterion="taylor", base_bits=8, compensate=False), torch.randint(0, 96, (4, 32)))
+
+
+def test_default_compensation_refuses_8bit_base_naming_the_fix():
+    from compressor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--no-compensate"):
+        _cfg(base_bits=8)

@@ -155,7 +155,7 @@ def test_layer_scores_sum_sq_and_official_equal_hand_computation(case):
 
 # ---- activation criterion ------------------------------------------------------------------
 def test_activation_scores_equal_first_order_effect_of_removing_a_group():
-    loop = _loop("llama-gqa", criterion="activation")
+    loop = _loop("llama-gqa", criterion="activation", distill=0.0)  # the plain LM loss, as the reference below
     batch = loop.next_batch()
     # reference: d loss / d (group gate) at gate = 1, per sequence, squared, summed over the batch
     from compressor.adapters import unwrap
@@ -453,14 +453,28 @@ def test_compensation_resumes_bit_exactly():
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_compensation_refuses_8bit_and_plans():
+def test_compensation_refuses_8bit_and_works_from_a_plan():
     with pytest.raises(ConfigError, match="base_bits=8"):
         PruneConfig(ratio=0.5, compensate=True, base_bits=8)
-    from compressor.scoring import LayerScores as LS
+    from compressor.compensation import base_weights
 
+    g = torch.Generator().manual_seed(0)
     m = tiny_model()
     groups = discover_groups(m)
-    plan = {"heads": [LS(torch.ones(lg.num_heads), None).heads for lg in groups.layers],
-            "channels": [torch.ones(lg.intermediate_size) for lg in groups.layers]}
-    with pytest.raises(ConfigError, match="saved plan"):
-        PruneLoop(m, _cfg(compensate=True), torch.randint(0, 96, (4, 32)), plan=plan)
+    plan = {"heads": [torch.rand(lg.num_heads, generator=g) for lg in groups.layers],
+            "channels": [torch.rand(lg.intermediate_size, generator=g) for lg in groups.layers]}
+    before = {k: w.detach().clone() for k, w in base_weights(m, groups).items()}
+    loop = PruneLoop(m, _cfg(compensate=True), torch.randint(0, 96, (8, 32), generator=g), plan=plan)
+    after = base_weights(loop.pm, loop.groups)
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the plan's masks were compensated"
+    assert loop.comp.gram[0]["channels"] is None and sparsity(loop.groups, loop.masks) > 0.3
+
+
+def test_recipes_are_valid_configs():
+    from compressor.config import RECIPES
+
+    for name, fields in RECIPES.items():
+        cfg = PruneConfig(ratio=0.5, **fields)
+        assert all(getattr(cfg, k) == v for k, v in fields.items()), name
+    paper = PruneConfig(ratio=0.5, **RECIPES["paper"])
+    assert (paper.criterion, paper.distill, paper.compensate) == ("lora", 0.0, False)

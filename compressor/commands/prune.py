@@ -83,7 +83,8 @@ def config_from_cli(ctx: click.Context, opts: dict, *, separate: bool, config_fi
               help="Calibration text: a .txt/.jsonl/.json file, a built-in name (wiki, wikitext2, ptb) or hf:NAME:SPLIT.")
 @click.option("--text-field", default="text", show_default=True, help="Field of a .jsonl/.json row that holds the text.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="Named set of defaults: default (measured best, see README) or paper (LoRAPrune as published).")
+              help="Named set of defaults: default (measured best, see README), paper (LoRAPrune's Algorithm 1 and "
+                   "criterion as published) or official (its official code's schedule and aggregation).")
 @_config_options
 @click.option("--separate", is_flag=True, help="Baseline: one-shot pruning from the first prune-every steps' scores, then fine-tune.")
 @click.option("--eval-data", default="auto", show_default=True,
