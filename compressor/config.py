@@ -92,8 +92,8 @@ class PruneConfig:
     criterion: str = _opt("activation", "Importance criterion: lora (LoRAPrune Eq. 10), taylor (Eq. 3, needs W's gradient), "
                                   "activation (first-order effect of removing a head/channel, from the input gradient "
                                   "of o_proj/down_proj; no W gradient), magnitude or random.")
-    steps: int = _opt(150, "Optimizer steps of the LoRA fine-tune (150: about 27 minutes for SmolLM2-135M on 2 "
-                           "CPU cores with the default batch and distillation).")
+    steps: int = _opt(150, "Optimizer steps of the LoRA fine-tune (150 with the other defaults: about 23 minutes "
+                           "for SmolLM2-135M on 2 CPU cores, measured).")
     prune_every: int = _opt(10, "Steps between mask updates.")
     prune_start: float = _opt(0.0, "Fraction of the steps that score (and fine-tune) before the first mask update, "
                                    "in [0, 1) (the official LoRAPrune trainer: 0.1).")
