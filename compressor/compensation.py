@@ -38,7 +38,6 @@ class Compensator:
         self.collecting = True
         self.forced = False  # collect in no-grad passes too (see collect_from)
         self.gram: list[dict[str, torch.Tensor | None]] = [{"channels": None, "heads": None} for _ in groups.layers]
-        self.tokens = 0
         self._handles: list = []
         for i, layer in enumerate(decoder_layers(model)):
             for kind, name in KINDS:
@@ -53,8 +52,6 @@ class Compensator:
             g = x.t() @ x
             cur = self.gram[i][kind]
             self.gram[i][kind] = g if cur is None else cur.add_(g)
-            if kind == "channels" and i == 0:
-                self.tokens += x.shape[0]
             return None
 
         return pre_hook
@@ -124,11 +121,11 @@ class Compensator:
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"collecting": self.collecting, "tokens": self.tokens,
+        return {"collecting": self.collecting,
                 "gram": [{k: v for k, v in g.items() if v is not None} for g in self.gram]}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
-        self.collecting, self.tokens = sd["collecting"], sd["tokens"]
+        self.collecting = sd["collecting"]
         self.gram = [{"channels": g.get("channels"), "heads": g.get("heads")} for g in sd["gram"]]
         if len(self.gram) != self.groups.num_layers:
             self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]

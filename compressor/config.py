@@ -211,12 +211,6 @@ class PruneConfig:
             raise bad("seq_len", "need at least 2 tokens")
         if self.max_blocks is not None and self.max_blocks < 1:
             raise bad("max_blocks", "need at least 1 (or None for all)")
-        if self.base_bits not in (None, 8):
-            raise bad("base_bits", "use 8 (bitsandbytes 8-bit base) or None (float)")
-        from .schedule import HEAD_POLICIES
-
-        if self.head_policy not in HEAD_POLICIES:
-            raise bad("head_policy", f"use one of {', '.join(HEAD_POLICIES)}")
         if self.channel_multiple < 1:
             raise bad("channel_multiple", "need at least 1")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps and self.steps > 1 and self.warmup_steps:
@@ -226,8 +220,6 @@ class PruneConfig:
                 raise bad(name, "must be >= 0")
         if self.eval_seq_len < 2:
             raise bad("eval_seq_len", "need at least 2 tokens")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise bad("dtype", "use float32 or bfloat16")
         if self.version != CONFIG_VERSION:
             raise bad("version", f"this toolkit reads config version {CONFIG_VERSION}")
 

@@ -35,7 +35,7 @@ from .groups import PRUNABLE, ModelGroups, discover_groups
 from .loss import supports_chunked_loss, training_loss
 from .masking import MaskState, mask_lowest
 from .merge import merge_and_slice
-from .schedule import Widths, layer_params, progress_at, prune_events, solve_widths
+from .schedule import Widths, layer_params, prune_events, solve_widths, widths_at
 from .scoring import LayerScores, MovingAverage, model_scores
 
 
@@ -158,11 +158,9 @@ class WidthPlan:
     def at(self, k: int, n_events: int, scores: list[LayerScores] | None, masks: MaskState
            ) -> tuple[list[int], list[int]]:
         """``(heads_per_kv, channels)`` per layer after update ``k`` (1-based) of ``n_events``."""
-        frac = progress_at(k, n_events, self.cfg.schedule)
         lg0 = self.groups.layers[0]
         per_full = lg0.heads_per_kv if lg0.gqa else lg0.num_heads
-        hk = per_full - int(math.floor((per_full - self.final.heads_per_kv) * frac + 1e-9))
-        ch = lg0.intermediate_size - int(math.floor((lg0.intermediate_size - self.final.intermediate_size) * frac + 1e-9))
+        hk, ch = widths_at(k, n_events, lg0, self.final, self.cfg.schedule)
         heads = [per_full] * self.groups.num_layers
         chans = [lg0.intermediate_size] * self.groups.num_layers
         for i in self.pruned:
@@ -212,17 +210,20 @@ class WidthPlan:
         return counts
 
 
+def kept_params(groups: ModelGroups, masks: MaskState) -> tuple[int, int]:
+    """``(kept, total)`` weights of the prunable projections under ``masks``."""
+    total = kept = 0
+    for lg, lm in zip(groups.layers, masks.layers):
+        h = int(lm.heads.sum())
+        total += layer_params(lg, groups.hidden_size)
+        kept += layer_params(lg, groups.hidden_size, h, lg.num_kv_heads if lg.gqa else h, int(lm.channels.sum()))
+    return kept, total
+
+
 def sparsity(groups: ModelGroups, masks: MaskState) -> float:
     """Fraction of the prunable projections' weights currently masked."""
-    total = removed = 0
-    for lg, lm in zip(groups.layers, masks.layers):
-        full = layer_params(lg, groups.hidden_size)
-        h = int(lm.heads.sum())
-        kv = lg.num_kv_heads if lg.gqa else h
-        kept = layer_params(lg, groups.hidden_size, h, kv, int(lm.channels.sum()))
-        total += full
-        removed += full - kept
-    return removed / total
+    kept, total = kept_params(groups, masks)
+    return (total - kept) / total
 
 
 class PruneLoop:

@@ -231,8 +231,3 @@ def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneCo
         model.train(was)
     return r
 
-
-# names kept for callers of the first releases
-_wrap_lora = wrap_lora
-_Data = DataOrder
-_as_blocks = as_blocks

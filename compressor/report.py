@@ -6,8 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .loop import PruneLoop
-from .schedule import layer_params
+from .loop import PruneLoop, kept_params
 
 
 def count_params(model: nn.Module) -> int:
@@ -25,24 +24,19 @@ def build_report(loop: PruneLoop, merged: nn.Module, *, model_id: str, params_be
     """Ratio asked/achieved, parameters, widths, kept indices, criterion, schedule, history, resources."""
     cfg, groups, masks = loop.cfg, loop.groups, loop.masks
     lg0 = groups.layers[0]
-    h = groups.hidden_size
-    kept_params = 0
-    for lg, lm in zip(groups.layers, masks.layers):
-        nh = int(lm.heads.sum())
-        kept_params += layer_params(lg, h, nh, lg.num_kv_heads if lg.gqa else nh, int(lm.channels.sum()))
-    prunable_before = layer_params(lg0, h) * groups.num_layers
+    kept, prunable_before = kept_params(groups, masks)
     n_heads = int(masks.layers[0].heads.sum())
     report = {
         "model": model_id,
         "model_type": groups.model_type,
         "architecture": type(merged).__name__,
         "ratio_asked": cfg.ratio,
-        "ratio_achieved": round(1 - kept_params / prunable_before, 6),
+        "ratio_achieved": round(1 - kept / prunable_before, 6),
         "ratio_definition": "fraction of the weights of the decoder layers' q,k,v,o,gate,up,down projections removed",
         "params_total_before": params_before,
         "params_total_after": count_params(merged),
         "params_prunable_before": prunable_before,
-        "params_prunable_after": kept_params,
+        "params_prunable_after": kept,
         "widths_before": {"num_attention_heads": lg0.num_heads, "num_key_value_heads": lg0.num_kv_heads,
                           "head_dim": lg0.head_dim, "intermediate_size": lg0.intermediate_size},
         "widths_after": {"num_attention_heads": n_heads, "num_key_value_heads": lg0.num_kv_heads if lg0.gqa else n_heads,

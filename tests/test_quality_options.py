@@ -478,3 +478,18 @@ def test_recipes_are_valid_configs():
         assert all(getattr(cfg, k) == v for k, v in fields.items()), name
     paper = PruneConfig(ratio=0.5, **RECIPES["paper"])
     assert (paper.criterion, paper.distill, paper.compensate) == ("lora", 0.0, False)
+
+
+def test_config_without_ratio_names_it():
+    with pytest.raises(ConfigError, match="ratio is required"):
+        PruneConfig()
+
+
+def test_cli_refuses_per_layer_widths_before_loading_anything(tmp_path):
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    r = CliRunner().invoke(main, ["prune", str(tmp_path / "no-such-model"), "--ratio", "0.5", "--widths", "adaptive",
+                                  "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "widths='adaptive'" in r.output and "issue #12" in r.output
