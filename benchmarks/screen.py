@@ -59,6 +59,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "lora-comp": dict(criterion="lora", compensate=True),
     "activation-kd-comp-adaptive": dict(criterion="activation", compensate=True, widths="adaptive", **KD),
     "activation-kd-comp-balanced": dict(criterion="activation", compensate=True, head_policy="balanced", **KD),
+    "activation-kd-comp-h1": dict(criterion="activation", compensate=True, distill_hidden=1.0, **KD),
+    "activation-kd-comp-h1-adaptive": dict(criterion="activation", compensate=True, distill_hidden=1.0,
+                                           widths="adaptive", **KD),
+    "activation-kd1-comp-h1": dict(criterion="activation", compensate=True, distill=1.0, distill_hidden=1.0, lr=5e-4),
 }
 
 

@@ -149,6 +149,9 @@ class PruneConfig:
     distill: float = _opt(0.5, "Weight of distillation from the dense model in the fine-tune loss, in [0, 1]: "
                                "(1-w)·CE + w·KL(dense‖pruned). The teacher is the same model with LoRA and masks "
                                "off (no second copy); one more forward pass per step.")
+    distill_hidden: float = _opt(0.0, "Weight of hidden-state distillation, added to the loss: mean over decoder "
+                                      "layers and tokens of |h_pruned - h_dense|^2 / |h_dense|^2 (from the same "
+                                      "teacher pass as --distill; 0 turns it off).")
     loss_chunk_tokens: int = _opt(256, "Positions per LM-head/loss chunk (same loss and gradients, no full "
                                        "[batch, seq, vocab] logits); 0 = stock loss.")
     gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass: less memory, about a "
@@ -202,6 +205,8 @@ class PruneConfig:
             raise bad("loss_chunk_tokens", "use a positive number of positions per chunk, or 0 for the stock loss")
         if not (0.0 <= self.distill <= 1.0):
             raise bad("distill", "must be in [0, 1] (0: language-modelling loss only, 1: distillation only)")
+        if not (math.isfinite(self.distill_hidden) and self.distill_hidden >= 0):
+            raise bad("distill_hidden", "must be a finite number >= 0 (0 turns hidden-state distillation off)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise bad("lr", "must be > 0")
         for name in ("batch_size", "grad_accum"):

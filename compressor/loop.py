@@ -280,6 +280,11 @@ class PruneLoop:
         self.scorer = ActivationScorer(self.pm, self.groups) if self.crit.group_level and plan is None else None
         self.ema = MovingAverage(config.lam, config.ema_start)
         self.comp: Compensator | None = Compensator(self.pm, self.groups) if config.compensate else None
+        # compensation edits W0 of o_proj/down_proj in place; the distillation teacher must stay the dense
+        # model, so it runs on a copy of those weights taken while they are still dense (swapped in, not copied)
+        self.dense_base: dict[str, torch.Tensor] | None = (
+            {k: w.detach().clone() for k, w in base_weights(self.pm, self.groups).items()}
+            if self.comp is not None and (config.distill > 0 or config.distill_hidden > 0) else None)
         self.data = DataOrder(blocks, config.seed)
         self.per_step = config.batch_size * config.grad_accum * self.world
         if plan is not None:
@@ -316,6 +321,8 @@ class PruneLoop:
         stack = contextlib.ExitStack()
         stack.enter_context(self.pm.disable_adapter())
         stack.enter_context(self.masks.bypassed())
+        if self.dense_base is not None:
+            stack.enter_context(_swapped(base_weights(self.pm, self.groups), self.dense_base))
         return stack
 
     def step(self, batch: torch.Tensor | None = None) -> StepRecord:
@@ -328,7 +335,7 @@ class PruneLoop:
         total_loss = lm_loss = 0.0
         for m in range(cfg.grad_accum):
             mb = mine[m * cfg.batch_size:(m + 1) * cfg.batch_size].to(self.device)
-            loss, ce = training_loss(self.pm, mb, distill=cfg.distill,
+            loss, ce = training_loss(self.pm, mb, distill=cfg.distill, distill_hidden=cfg.distill_hidden,
                                      chunk_tokens=cfg.loss_chunk_tokens if self.chunked else 0,
                                      teacher=self.teacher, forward=self.train_model)
             lm_loss += ce / cfg.grad_accum
@@ -362,7 +369,7 @@ class PruneLoop:
         updated = self.update_masks(self.step_count)
         rec = StepRecord(step=self.step_count, loss=round(total_loss, 6), lr=float(self.sched.get_last_lr()[0]),
                          sparsity=round(sparsity(self.groups, self.masks), 6), time_s=round(time.time() - t0, 4),
-                         lm_loss=round(lm_loss, 6) if cfg.distill > 0 else None, scores_skipped=skipped,
+                         lm_loss=round(lm_loss, 6) if cfg.distill > 0 or cfg.distill_hidden > 0 else None, scores_skipped=skipped,
                          masks_updated=updated)
         self.history.append(rec.as_dict())
         return rec
@@ -476,6 +483,7 @@ class PruneLoop:
             self.scorer.remove()
         if self.comp is not None:
             self.comp.release()
+        self.dense_base = None
         kept = {(int(m.heads.sum()), int(m.channels.sum())) for m in self.masks.layers}
         if len(kept) != 1:
             raise ConfigError(
@@ -488,6 +496,19 @@ class PruneLoop:
         merged = merge_and_slice(self.pm, self.groups, self.masks)
         merged.eval()
         return merged
+
+
+@contextlib.contextmanager
+def _swapped(params: dict[str, torch.Tensor], replacement: dict[str, torch.Tensor]):
+    """Inside the block each parameter's storage is ``replacement[name]`` (no copy); restored on exit."""
+    saved = {k: p.data for k, p in params.items()}
+    try:
+        for k, p in params.items():
+            p.data = replacement[k]
+        yield
+    finally:
+        for k, p in params.items():
+            p.data = saved[k]
 
 
 def _reduce_scores(acc, scores: list[LayerScores], device) -> list[LayerScores]:

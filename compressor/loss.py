@@ -68,7 +68,9 @@ class _HeadLoss(torch.autograd.Function):
 
 
 def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 256,
-            teacher_hidden: torch.Tensor | None = None, distill: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+            teacher_hidden: torch.Tensor | None = None, distill: float = 0.0,
+            teacher_layers: tuple[torch.Tensor, ...] | None = None,
+            distill_hidden: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of ``model`` on ``input_ids`` (labels = the inputs shifted by one), logits in chunks.
 
     Args:
@@ -79,12 +81,15 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 25
             distilling; the teacher shares the LM head.
         distill: weight of the distillation term: ``(1 - distill) · CE + distill · KL``, CE averaged over the
             ``batch × (seq − 1)`` targets, KL over all ``batch × seq`` positions.
+        teacher_layers: the teacher's per-layer hidden states (``decoder_hidden(..., all_layers=True)[1]``)
+            for hidden-state distillation; ``distill_hidden`` is its weight (:func:`hidden_match`, added).
 
     Returns:
         ``(loss, ce)``: the loss to minimise, and the plain cross-entropy (detached) for logging.
     """
     lm: Any = unwrap(model)
-    hidden = _final_hidden(lm, input_ids)
+    use_hidden = teacher_layers is not None and distill_hidden > 0
+    hidden, layers = _decoder_states(lm, input_ids, use_hidden)
     head = lm.get_output_embeddings()
     if head.weight.requires_grad:
         raise ValueError("the chunked loss needs a frozen LM head")
@@ -98,18 +103,37 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 25
     th = teacher_hidden.reshape(b * t, d).detach() if use_kl and teacher_hidden is not None else None
     out = _HeadLoss.apply(hidden.reshape(b * t, d), head.weight, head.bias, y.reshape(b * t), th, ce_scale,
                           kl_scale, int(chunk_tokens))
-    return out[0], (out[1] / n_ce).detach()
+    loss = out[0]
+    if use_hidden and layers is not None and teacher_layers is not None:
+        loss = loss + distill_hidden * hidden_match(layers, teacher_layers)
+    return loss, (out[1] / n_ce).detach()
 
 
-def _final_hidden(lm: Any, input_ids: torch.Tensor) -> torch.Tensor:
-    """Hidden states after the decoder's last norm: what the LM head reads."""
-    return lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+def hidden_match(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Hidden-state distillation term: the mean over layers and tokens of ``‖h_s − h_t‖² / ‖h_t‖²`` (each
+    token's error relative to the dense model's own norm, so layers and outlier tokens weigh alike)."""
+    if len(student) != len(teacher):
+        raise ValueError(f"student has {len(student)} hidden-state layers, teacher {len(teacher)}")
+    terms = [((s.float() - t.float().detach()) ** 2).sum(-1).div((t.float() ** 2).sum(-1).clamp_min(1e-6)).mean()
+             for s, t in zip(student, teacher)]
+    return torch.stack(terms).mean()
 
 
-def decoder_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Final hidden states (after the last norm) of ``model``'s decoder, without gradients."""
+def _decoder_states(lm: Any, input_ids: torch.Tensor,
+                    all_layers: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Hidden states after the decoder's last norm (what the LM head reads) and, with ``all_layers``, every
+    decoder layer's output (the last one after the final norm)."""
+    out = lm.get_decoder()(input_ids=input_ids, use_cache=False, output_hidden_states=all_layers)
+    return out.last_hidden_state, (tuple(out.hidden_states[1:]) if all_layers else None)
+
+
+def decoder_hidden(model: nn.Module, input_ids: torch.Tensor,
+                   all_layers: bool = False) -> Any:
+    """Final hidden states (after the last norm) of ``model``'s decoder, without gradients; with
+    ``all_layers``, ``(final, per-layer tuple)``."""
     with torch.no_grad():
-        return _final_hidden(unwrap(model), input_ids)
+        last, layers = _decoder_states(unwrap(model), input_ids, all_layers)
+    return (last, layers) if all_layers else last
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -121,7 +145,8 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> 
 
 
 def training_loss(model: nn.Module, input_ids: torch.Tensor, *, distill: float = 0.0, chunk_tokens: int = 0,
-                  teacher=None, forward: nn.Module | None = None) -> tuple[torch.Tensor, float]:
+                  teacher=None, forward: nn.Module | None = None,
+                  distill_hidden: float = 0.0) -> tuple[torch.Tensor, float]:
     """The pruning fine-tune's loss on one micro-batch: the one place that owns its branches.
 
     Args:
@@ -133,24 +158,32 @@ def training_loss(model: nn.Module, input_ids: torch.Tensor, *, distill: float =
             ``forward(input_ids, labels=...)`` loss (needed under DDP).
         teacher: a callable returning a context manager that switches ``model`` to the dense teacher.
         forward: the module to call for the stock loss (the DDP wrapper when data-parallel; default ``model``).
+        distill_hidden: weight of the hidden-state term :func:`hidden_match` (per-layer outputs of the same
+            teacher pass).
 
     Returns:
         ``(loss, lm_loss)``: the differentiable objective and the plain cross-entropy (a float, for logging).
     """
-    if distill > 0 and teacher is None:
+    use_hidden = distill_hidden > 0
+    if (distill > 0 or use_hidden) and teacher is None:
         raise ValueError("distillation needs a teacher context")
     if chunk_tokens > 0:
-        th = None
-        if distill > 0:
+        th, tl = None, None
+        if distill > 0 or use_hidden:
             with teacher():
-                th = decoder_hidden(model, input_ids)
-        chunk_loss, ce = lm_loss(model, input_ids, chunk_tokens=chunk_tokens, teacher_hidden=th, distill=distill)
+                th, tl = decoder_hidden(model, input_ids, all_layers=True) if use_hidden else \
+                    (decoder_hidden(model, input_ids), None)
+        chunk_loss, ce = lm_loss(model, input_ids, chunk_tokens=chunk_tokens, teacher_hidden=th, distill=distill,
+                                 teacher_layers=tl, distill_hidden=distill_hidden)
         return chunk_loss, float(ce)
-    out = (forward or model)(input_ids=input_ids, labels=input_ids)
+    out = (forward or model)(input_ids=input_ids, labels=input_ids, output_hidden_states=use_hidden)
     loss: torch.Tensor = out.loss
     ce_value = float(loss.detach())
-    if distill > 0:
+    if distill > 0 or use_hidden:
         with torch.no_grad(), teacher():
-            t_logits = model(input_ids=input_ids).logits
-        loss = (1 - distill) * loss + distill * distill_loss(out.logits, t_logits)
+            t_out = model(input_ids=input_ids, output_hidden_states=use_hidden)
+        if distill > 0:
+            loss = (1 - distill) * loss + distill * distill_loss(out.logits, t_out.logits)
+        if use_hidden:
+            loss = loss + distill_hidden * hidden_match(tuple(out.hidden_states[1:]), tuple(t_out.hidden_states[1:]))
     return loss, ce_value

@@ -64,3 +64,47 @@ def test_prune_stock_and_chunked_loss_agree():
     b = prune(tiny_model("llama-gqa"), PruneConfig(**base, loss_chunk_tokens=16), [text], tokenizer=tiny_tokenizer())
     assert a.report["kept"] == b.report["kept"]
     assert [h["loss"] for h in a.report["history"]] == pytest.approx([h["loss"] for h in b.report["history"]], rel=1e-4)
+
+
+def test_hidden_distillation_chunked_equals_stock_and_a_hand_computation():
+    from compressor.loss import hidden_match, training_loss
+
+    pm, masks = masked_lora("llama-gqa")
+    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
+
+    def teacher():
+        import contextlib
+
+        st = contextlib.ExitStack()
+        st.enter_context(pm.disable_adapter())
+        st.enter_context(masks.bypassed())
+        return st
+
+    # hand computation of the hidden term from the per-layer outputs
+    with torch.no_grad(), teacher():
+        t = pm(input_ids=ids, output_hidden_states=True).hidden_states[1:]
+    s = pm(input_ids=ids, output_hidden_states=True).hidden_states[1:]
+    hand = torch.stack([((a - b) ** 2).sum(-1).div((b ** 2).sum(-1)).mean() for a, b in zip(s, t)]).mean()
+    torch.testing.assert_close(hidden_match(tuple(s), tuple(t)), hand)
+    assert hand.item() > 0, "the masked student differs from the dense teacher"
+
+    stock, ce0 = training_loss(pm, ids, distill=0.3, distill_hidden=2.0, teacher=teacher)
+    stock.backward()
+    g_ref = _grads(pm)
+    pm.zero_grad(set_to_none=True)
+    chunked, ce1 = training_loss(pm, ids, distill=0.3, distill_hidden=2.0, teacher=teacher, chunk_tokens=5)
+    chunked.backward()
+    plain, _ = training_loss(pm, ids, distill=0.3, teacher=teacher)
+    torch.testing.assert_close(chunked, stock, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stock - plain, 2.0 * hand.detach(), rtol=1e-4, atol=1e-6)
+    assert ce0 == pytest.approx(ce1, rel=1e-5)
+    for n, g in _grads(pm).items():
+        torch.testing.assert_close(g, g_ref[n], rtol=1e-4, atol=1e-6, msg=n)
+
+    # hidden distillation alone (distill=0) still runs the teacher; a bad weight is refused with its name
+    alone, _ = training_loss(pm, ids, distill_hidden=1.0, teacher=teacher, chunk_tokens=5)
+    assert torch.isfinite(alone)
+    from compressor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="distill_hidden"):
+        PruneConfig(ratio=0.5, distill_hidden=-1.0)

@@ -436,6 +436,25 @@ def test_compensated_masked_model_equals_merged_model():
     assert torch.allclose(masked, out, atol=1e-4)
 
 
+def test_distillation_teacher_stays_dense_after_compensation():
+    """Compensation edits W0 in place; the teacher (LoRA and masks off) must still be the dense model."""
+    loop = _loop("llama-mha", compensate=True, distill=0.5, steps=8, prune_every=2, head_policy="balanced",
+                 criterion="activation")
+    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), loop.teacher():
+        before = loop.pm(input_ids=ids).logits
+    while not loop.done:
+        loop.step()
+    from compressor.compensation import base_weights
+
+    assert loop.dense_base is not None
+    assert any(not torch.equal(w, loop.dense_base[k]) for k, w in base_weights(loop.pm, loop.groups).items()), \
+        "compensation changed W0"
+    with torch.no_grad(), loop.teacher():
+        after = loop.pm(input_ids=ids).logits
+    assert torch.equal(before, after)
+
+
 def test_compensation_resumes_bit_exactly():
     a = _loop(compensate=True, steps=10, prune_every=2, criterion="activation")
     for _ in range(3):
