@@ -12,15 +12,18 @@ CASES = {
 }
 
 
-def tiny_model(case: str = "llama-mha", layers: int = 2, vocab: int = 96, seed: int = 0):
+def tiny_model(case: str = "llama-mha", layers: int = 2, vocab: int = 96, seed: int = 0, **config):
+    """A random ``CASES[case]`` model; ``config`` overrides config fields (e.g. ``tie_word_embeddings=True``,
+    ``initializer_range=0.1`` for peakier next-token distributions, ``rope_scaling={...}``)."""
     import transformers
 
     cfg_name, heads, kv, hd, hidden, inter = CASES[case]
     cfg_cls = getattr(transformers, cfg_name)
     model_cls = getattr(transformers, cfg_name.replace("Config", "ForCausalLM"))
-    cfg = cfg_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd, max_position_embeddings=128,
-                  tie_word_embeddings=False, attn_implementation="eager")
+    kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+              num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd, max_position_embeddings=128,
+              tie_word_embeddings=False, attn_implementation="eager")
+    cfg = cfg_cls(**(kw | config))
     torch.manual_seed(seed)
     model = model_cls(cfg).eval()
     return model
