@@ -83,7 +83,9 @@ class LlamaCpp:
         try:
             self._server = x.Server(p)
         except Exception as exc:  # the binding raises RuntimeError/ValueError on a file it cannot load
-            raise ExportError(f"llama.cpp cannot load {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+            raise ExportError(f"llama.cpp cannot load {str(path)!r}: {type(exc).__name__}: {exc}"
+                              + (" (llama.cpp's log says why: LlamaCpp(path, quiet=False) prints it)" if quiet else "")
+                              ) from exc
 
     def __enter__(self) -> LlamaCpp:
         return self

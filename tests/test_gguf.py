@@ -175,6 +175,18 @@ def test_q8_0_and_f16_within_tolerance(tok, tmp_path):
     assert size["q8"] < size["f16"]
 
 
+def test_tokenizer_that_adds_bos(tmp_path):
+    """add_bos_token follows the HF tokenizer, and llama.cpp's tokenization with special tokens matches it."""
+    _llamacpp()
+    tok = tiny_bpe_tokenizer(VOCAB, add_bos=True)
+    assert tok.encode("Hi")[0] == 1
+    res = export_gguf(_model("qwen2-dense-tied"), tmp_path / "g", tokenizer=tok)
+    meta, _ = _read(tmp_path / "g" / "model.gguf")
+    assert meta["tokenizer.ggml.add_bos_token"] is True and res.report["tokenizer"]["add_bos_token"] is True
+    with_special = [r for r in res.report["validation"]["tokenizer"]["results"] if r["add_special"]]
+    assert with_special and all(r["equal"] for r in with_special)
+
+
 def test_failed_validation_keeps_nothing(tok, tmp_path):
     _llamacpp()
     out = tmp_path / "g"
