@@ -48,8 +48,8 @@ def main() -> None:
 
     \b
     compress prune   [MODEL] --ratio 0.5 --out DIR     prune + merge -> HF folder
-    compress export  MODEL_DIR --format onnx --out DIR  ONNX (KV cache) / safetensors
-    compress bench   ONNX_DIR [--baseline ONNX_DIR]     ONNX Runtime latency
+    compress export  MODEL_DIR --format onnx --out DIR  ONNX (KV cache) / safetensors / gguf
+    compress bench   DIR [--baseline DIR]               ONNX Runtime / llama.cpp (GGUF) latency
     compress eval    MODEL_DIR --tasks wikitext2,piqa    perplexity / zero-shot
     """
 

@@ -4,6 +4,7 @@ Public API:
 
 * :func:`export_onnx` -> :class:`ExportResult`: ONNX decoder with KV cache, validated against PyTorch.
 * :func:`export_safetensors` -> :class:`ExportResult`: plain Hugging Face folder (e.g. from a GGUF file).
+* :func:`export_gguf` -> :class:`ExportResult`: a GGUF file for llama.cpp, validated in llama.cpp.
 * :func:`bench` -> :class:`BenchReport`: ONNX Runtime latency / memory / FLOPs, optionally vs a baseline.
 
 Importing this package is cheap: torch, transformers, optimum and onnxruntime are imported when used.
@@ -14,7 +15,8 @@ Example:
     >>> print(bench("pruned_onnx", baseline_dir="dense_onnx").table())   # doctest: +SKIP
 """
 from .bench import BenchReport, ModelBench, bench
+from .gguf_export import export_gguf
 from .onnx import ExportResult, export_onnx
 from .safetensors import export_safetensors
 
-__all__ = ["BenchReport", "ExportResult", "ModelBench", "bench", "export_onnx", "export_safetensors"]
+__all__ = ["BenchReport", "ExportResult", "ModelBench", "bench", "export_gguf", "export_onnx", "export_safetensors"]

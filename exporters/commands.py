@@ -27,12 +27,19 @@ def _mib(n: int) -> str:
 
 @click.command("export")
 @click.argument("model_dir")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors"]), default="onnx", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors", "gguf"]), default="onnx", show_default=True,
               help="onnx: one decoder graph with KV cache (task text-generation-with-past), loadable with "
-                   "optimum's ORTModelForCausalLM; safetensors: plain Hugging Face folder.")
+                   "optimum's ORTModelForCausalLM; safetensors: plain Hugging Face folder; gguf: model.gguf for "
+                   "llama.cpp, validated in llama.cpp (needs pip install \"lorapress[gguf]\").")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (written atomically).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
-@click.option("--no-validate", is_flag=True, help="ONNX: skip the ONNX Runtime vs PyTorch checks.")
+@click.option("--no-validate", is_flag=True,
+              help="ONNX: skip the ONNX Runtime vs PyTorch checks; GGUF: skip the llama.cpp checks.")
+@click.option("--type", "gguf_type", default="f32", show_default=True,
+              help="GGUF: weight type, one of f32, f16, q8_0 (norms and biases stay f32).")
+@click.option("--tokenizer-pre", default=None,
+              help="GGUF: llama.cpp's BPE pre-tokenizer name (e.g. smollm, qwen2, llama-bpe, gpt-2); default: "
+                   "detected from the tokenizer.")
 @click.option("--int8", is_flag=True,
               help="ONNX: dynamic int8 quantization of the MatMul weights (MLP down_proj kept fp32), validated "
                    "with a looser tolerance: relative NLL increase <= 5%, next-token agreement >= 80%.")
@@ -45,17 +52,26 @@ def _mib(n: int) -> str:
               help="ONNX fp32: if the atol/rtol check fails, still pass when ORT's error against a float64 PyTorch "
                    "run is at most this times PyTorch fp32's own (models with huge activations); 0 disables.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for validation (default: ORT's).")
-def export_cmd(model_dir, fmt, out, force, no_validate, int8, opset, atol, rtol, noise_factor, threads):
-    """Export MODEL_DIR (HF folder, .gguf file or built-in name) to ONNX or safetensors.
+def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre, int8, opset, atol, rtol,
+               noise_factor, threads):
+    """Export MODEL_DIR (HF folder, .gguf file or built-in name) to ONNX, safetensors or GGUF.
 
     \b
     compress export pruned/ --format onnx --out pruned_onnx
     compress export pruned/ --format onnx --int8 --out pruned_onnx_int8
     compress export model.gguf --format safetensors --out model_hf
+    compress export pruned/ --format gguf --type q8_0 --out pruned_gguf
 
     The ONNX folder holds model.onnx, config.json, the tokenizer and export_report.json (tolerances,
-    measured differences, opset, files and sizes).
+    measured differences, opset, files and sizes). The GGUF folder holds model.gguf and export_report.json.
     """
+    if fmt != "gguf" and (gguf_type != "f32" or tokenizer_pre):
+        raise ConfigError("--type and --tokenizer-pre only apply to --format gguf")
+    if fmt == "gguf":
+        if int8 or opset is not None:
+            raise ConfigError("--int8 and --opset only apply to --format onnx; use --type q8_0 for an 8-bit GGUF")
+        _export_gguf(model_dir, out, force, not no_validate, gguf_type, tokenizer_pre, threads)
+        return
     if fmt == "safetensors":
         if int8 or opset is not None:
             raise ConfigError("--int8 and --opset only apply to --format onnx")
@@ -101,6 +117,34 @@ def export_cmd(model_dir, fmt, out, force, no_validate, int8, opset, atol, rtol,
         click.echo(f"  greedy generate via ORTModelForCausalLM: {eq}/{n} prompts identical to PyTorch")
 
 
+def _export_gguf(model_dir, out, force, validate, gguf_type, tokenizer_pre, threads):
+    from .gguf_export import export_gguf
+    from .gguf_write import check_gguf_type
+
+    check_gguf_type(gguf_type)  # before loading anything
+    res = export_gguf(model_dir, out, gguf_type=gguf_type, force=force, validate=validate,
+                      tokenizer_pre=tokenizer_pre, threads=threads or 1)
+    rep = res.report
+    g = rep["gguf"]
+    click.echo(f"Exported {res.path}: model.gguf {_mib(res.files.get('model.gguf', 0))}, {g['architecture']}, "
+               f"{gguf_type} ({', '.join(f'{k} {v}' for k, v in sorted(g['tensor_types'].items()))} tensors), "
+               f"tokenizer pre {rep['tokenizer']['pre']!r}, {res.seconds:.1f} s")
+    for note in g["notes"]:
+        click.echo(f"  note: {note}")
+    if g["f16_fallback"]:
+        click.echo(f"  {len(g['f16_fallback'])} matrices written f16 (rows not a multiple of 32): "
+                   f"{', '.join(g['f16_fallback'][:4])}{' ...' if len(g['f16_fallback']) > 4 else ''}")
+    val = rep["validation"]
+    if not val.get("enabled"):
+        click.echo("  validation skipped (--no-validate)")
+        return
+    lp, tk = val["logprobs"], val["tokenizer"]
+    click.echo(f"  llama.cpp vs PyTorch next-token log-probs ({len(lp['prompts'])} prompts): max |diff| "
+               f"{lp['max_abs_diff']:.2e}, mean |diff| {lp['mean_abs_diff']:.2e}, mean KL {lp['mean_kl']:.2e}, "
+               f"argmax agreement {lp['argmax_agreement']:.2f} (gate {lp['tolerance']}) OK")
+    click.echo(f"  tokenizer: llama.cpp == HF ids on {tk['checks']} checks ({tk['texts']} texts) OK")
+
+
 @click.command("bench")
 @click.argument("onnx_dir")
 @click.option("--baseline", default=None, help="Second exported ONNX folder, timed alternately in the same run.")
@@ -118,7 +162,11 @@ def export_cmd(model_dir, fmt, out, force, no_validate, int8, opset, atol, rtol,
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probe (a child process per model).")
 def bench_cmd(onnx_dir, baseline, provider, threads, runs, warmup, prompt_lengths, decode_batches, context, out,
               no_memory):
-    """ONNX Runtime latency of an exported ONNX_DIR (optionally vs --baseline).
+    """ONNX Runtime latency of an exported ONNX_DIR (optionally vs --baseline); llama.cpp latency of a GGUF.
+
+    A folder written by `compress export --format gguf` (or a .gguf file) is timed in llama.cpp instead:
+    prefill at --prompt-lengths and the mean one-token decode step after --context tokens (batch 1 only),
+    from llama.cpp's own timings (exporters/gguf_bench.py).
 
     ONNX_DIR must be a folder written by `compress export --format onnx`; a Hugging Face folder is refused
     with the export command to run (benchmarks/onnx_latency.py exports and benchmarks in one go).
@@ -129,6 +177,19 @@ def bench_cmd(onnx_dir, baseline, provider, threads, runs, warmup, prompt_length
     file size; parameter count; FLOPs/token = 2*(linear params incl. lm_head) + 4*L*H*d*T.
     Writes bench_report.json into --out (default ONNX_DIR) and prints a table.
     """
+    from .gguf_bench import bench_gguf, find_gguf_file
+
+    if find_gguf_file(onnx_dir) is not None:
+        if provider != "cpu":
+            raise ConfigError("a GGUF file is benchmarked in llama.cpp on the CPU; --provider cuda applies to ONNX")
+        rep = bench_gguf(onnx_dir, baseline, threads=threads, runs=runs, warmup=warmup,
+                         prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"),
+                         decode_batches=_int_list(decode_batches, "--decode-batches"), context=context, out=out)
+        click.echo(rep.table())
+        for note in sorted(set(rep.model.notes + (rep.baseline.notes if rep.baseline else []))):
+            click.echo(f"note: {note}", err=True)
+        click.echo(f"Report: {rep.json_path}")
+        return
     from .bench import bench
 
     rep = bench(onnx_dir, baseline, provider=provider, threads=threads, runs=runs, warmup=warmup,

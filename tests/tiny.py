@@ -12,15 +12,18 @@ CASES = {
 }
 
 
-def tiny_model(case: str = "llama-mha", layers: int = 2, vocab: int = 96, seed: int = 0):
+def tiny_model(case: str = "llama-mha", layers: int = 2, vocab: int = 96, seed: int = 0, **config):
+    """A random ``CASES[case]`` model; ``config`` overrides config fields (e.g. ``tie_word_embeddings=True``,
+    ``initializer_range=0.1`` for peakier next-token distributions, ``rope_scaling={...}``)."""
     import transformers
 
     cfg_name, heads, kv, hd, hidden, inter = CASES[case]
     cfg_cls = getattr(transformers, cfg_name)
     model_cls = getattr(transformers, cfg_name.replace("Config", "ForCausalLM"))
-    cfg = cfg_cls(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                  num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd, max_position_embeddings=128,
-                  tie_word_embeddings=False, attn_implementation="eager")
+    kw = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+              num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd, max_position_embeddings=128,
+              tie_word_embeddings=False, attn_implementation="eager")
+    cfg = cfg_cls(**(kw | config))
     torch.manual_seed(seed)
     model = model_cls(cfg).eval()
     return model
@@ -74,3 +77,33 @@ def masked_lora(case: str = "llama-gqa"):
     per_kv = lg0.heads_per_kv if lg0.gqa else lg0.num_heads
     mask_lowest(masks, scores, groups, max(1, per_kv - 1), lg0.intermediate_size // 2)
     return pm, masks
+
+
+#: text the tiny BPE tokenizer is trained on (English words, digits, punctuation, code)
+_BPE_TEXT = (
+    "The capital of France is Paris. Once upon a time, a small cat sat on the mat. "
+    "Hello world! I've been told he's there; we'll see. def add(a, b):\n    return a + b\n"
+    "Numbers 1 2 3 10 20 2024, prices $3.50 and 12% off. The quick brown fox jumps over the lazy dog. "
+)
+
+
+def tiny_bpe_tokenizer(vocab: int = 320, bos: str = "<s>", add_bos: bool = False):
+    """A byte-level BPE tokenizer (GPT-2 style, as llama.cpp's ``gpt2`` model) of ``vocab`` entries, trained in
+    milliseconds on a fixed text: 3 special tokens (``<|endoftext|>`` unk/pad, ``<s>`` bos, ``</s>`` eos), the
+    256 byte symbols, then merges. ``add_bos``: prepend BOS when encoding with special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", bos, "</s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_BPE_TEXT] * 4, trainer=trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, 1)])
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="</s>", unk_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>")
