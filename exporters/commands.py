@@ -45,7 +45,11 @@ def _mib(n: int) -> str:
               help="ONNX fp32: if the atol/rtol check fails, still pass when ORT's error against a float64 PyTorch "
                    "run is at most this times PyTorch fp32's own (models with huge activations); 0 disables.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for validation (default: ORT's).")
-def export_cmd(model_dir, fmt, out, force, no_validate, int8, opset, atol, rtol, noise_factor, threads):
+@click.option("--allow-pickle", is_flag=True, help="Allow loading pickle weights (pytorch_model.bin); they can run code.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
+def export_cmd(model_dir, fmt, out, force, no_validate, int8, opset, atol, rtol, noise_factor, threads, allow_pickle,
+               trust_remote_code):
     """Export MODEL_DIR (HF folder, .gguf file or built-in name) to ONNX or safetensors.
 
     \b
@@ -61,13 +65,15 @@ def export_cmd(model_dir, fmt, out, force, no_validate, int8, opset, atol, rtol,
             raise ConfigError("--int8 and --opset only apply to --format onnx")
         from .safetensors import export_safetensors
 
-        res = export_safetensors(model_dir, out, force=force)
+        res = export_safetensors(model_dir, out, force=force, allow_pickle=allow_pickle,
+                                 trust_remote_code=trust_remote_code)
         click.echo(f"Saved {res.path} ({_mib(res.total_bytes)}, {len(res.files)} files) in {res.seconds:.1f} s")
         return
     from .onnx import export_onnx
 
     res = export_onnx(model_dir, out, force=force, validate=not no_validate, int8=int8, atol=atol, rtol=rtol,
-                      noise_factor=noise_factor, opset=opset, threads=threads)
+                      noise_factor=noise_factor, opset=opset, threads=threads, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code)
     rep = res.report
     onnx_bytes = sum(v for k, v in res.files.items() if k.endswith(".onnx") or ".onnx" in k)
     click.echo(f"Exported {res.path}: model.onnx {_mib(onnx_bytes)}, opset {rep.get('opset')}, "
