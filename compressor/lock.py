@@ -219,12 +219,14 @@ def recover_temporaries(out: str | os.PathLike) -> list[str]:
 
 
 def locks_output(fn):
-    """Decorator: run ``fn(model, out, ...)`` holding :func:`output_lock` of ``out`` (its second argument)."""
+    """Decorator: run ``fn(model, out, ...)`` holding :func:`output_lock` of ``out`` (its second argument, or
+    the keyword ``out``)."""
     import functools
 
     @functools.wraps(fn)
-    def wrapper(model, out, *args, **kwargs):
+    def wrapper(*args, **kwargs):
+        out = kwargs["out"] if "out" in kwargs else args[1]
         with output_lock(out):
-            return fn(model, out, *args, **kwargs)
+            return fn(*args, **kwargs)
 
     return wrapper

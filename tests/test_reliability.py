@@ -202,6 +202,20 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
     assert not lock_path(out).exists() and (out / "f").read_text() == "1"
 
 
+def test_locks_output_finds_out_positional_or_keyword(tmp_path, holder):
+    from compressor.lock import locks_output
+
+    @locks_output
+    def write(model, out, force=False):
+        return out
+
+    h = holder(tmp_path / "k")
+    for call in (lambda: write("m", tmp_path / "k"), lambda: write(model="m", out=tmp_path / "k")):
+        with pytest.raises(OutputLockedError, match=f"pid {h.p.pid}"):
+            call()
+    assert write("m", out=tmp_path / "free") == tmp_path / "free"
+
+
 # ---------------------------------------------------------------------------------------------- stale temporaries
 def _folder(p: Path, text: str) -> Path:
     p.mkdir(parents=True)
