@@ -77,7 +77,11 @@ def atomic_output_dir(out: str | os.PathLike, force: bool = False, *, expected_b
                 old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=parent))
                 os.rmdir(old)
                 os.replace(path, old)
-                os.replace(tmp, path)
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old, path)  # put the previous version back (a kill here is undone by the next run)
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, path)

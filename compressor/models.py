@@ -287,7 +287,7 @@ def check_weight_files(source: ModelSource, config: Any) -> None:
 
     folder = Path(source.path)
     files = sorted(folder.glob("*.safetensors"))
-    if not files:
+    if not files or getattr(config, "auto_map", None):  # a trusted folder's own class may lay out other weights
         return
     found: dict[str, tuple[list[int], str]] = {}
     for f in files:

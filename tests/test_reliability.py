@@ -391,6 +391,25 @@ def test_disk_full_while_writing_a_report_keeps_the_previous_one(tmp_path, monke
     assert path.read_text() == '{"old": true}' and [p.name for p in tmp_path.iterdir()] == ["report.json"]
 
 
+def test_io_error_on_the_final_rename_puts_the_previous_version_back(tmp_path, monkeypatch):
+    import compressor.io as io
+
+    out = _folder(tmp_path / "out", "previous")
+    real = os.replace
+
+    def replace(a, b):
+        if ".tmp-" in str(a):
+            raise OSError(errno.EIO, "Input/output error", str(a))
+        return real(a, b)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(DiskWriteError, match="Input/output error.*is unchanged - check the disk") as ei:
+        with atomic_output_dir(out, force=True) as tmp:
+            (tmp / "f.txt").write_text("new")
+    assert ei.value.errno == errno.EIO
+    assert (out / "f.txt").read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 # ---------------------------------------------------------------------------------------------- corrupt state
 def _no_model_load(monkeypatch):
     import compressor.models
