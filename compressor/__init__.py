@@ -13,10 +13,12 @@ from .errors import (
     CalibrationError,
     CompressError,
     ConfigError,
+    DiskWriteError,
     GroupDiscoveryError,
     ModelLoadError,
     NonFiniteError,
     OutputExistsError,
+    OutputLockedError,
     ResumeError,
     UnsupportedArchitectureError,
 )
@@ -29,6 +31,7 @@ __all__ = [
     "PruneConfig", "PruneResult", "prune", "load_model", "discover_groups", "merge_and_slice", "evaluate", "perplexity", "EvalReport",
     "save_model_folder", "CompressError", "ConfigError", "ModelLoadError", "UnsupportedArchitectureError",
     "GroupDiscoveryError", "CalibrationError", "OutputExistsError", "NonFiniteError", "ResumeError",
+    "OutputLockedError", "DiskWriteError",
 ]
 
 

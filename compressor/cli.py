@@ -9,11 +9,12 @@ import sys
 
 import click
 
-from .errors import CompressError
+from .errors import CompressError, OutputLockedError
 
 
 class _Group(click.Group):
-    """Turns :class:`CompressError` into a one-line message and exit code 2 (bad input) or 1 (failure);
+    """Turns :class:`CompressError` into a one-line message and exit code 2 (bad input, or an output that exists
+    or another run holds) or 1 (failure);
     an ``OSError`` (disk full, permission denied while writing ...) into a one-line message and exit code 1."""
 
     def invoke(self, ctx):
@@ -21,7 +22,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CompressError as exc:
             click.echo(f"Error: {exc}", err=True)
-            sys.exit(2 if isinstance(exc, (ValueError, FileExistsError)) else 1)
+            sys.exit(2 if isinstance(exc, (ValueError, FileExistsError, OutputLockedError)) else 1)
         except OSError as exc:
             click.echo(f"Error: {_os_error_message(exc)}", err=True)
             sys.exit(1)

@@ -60,3 +60,19 @@ class DependencyMissingError(CompressError, RuntimeError):
 
 class ResumeError(CompressError, RuntimeError):
     """A checkpoint cannot be resumed (missing, corrupt, or written by a different configuration)."""
+
+
+class OutputLockedError(CompressError, BlockingIOError):
+    """Another live process holds the output (or its checkpoint): one run per output at a time. The message
+    names that process (pid, host, start time, command) and its lock file."""
+
+
+class DiskWriteError(CompressError, OSError):
+    """Writing a checkpoint, an output folder or a report failed (disk full, quota, I/O error). The message
+    names the path, the bytes needed against the bytes free, and what was kept intact; ``errno`` is the
+    underlying error's."""
+
+    def __init__(self, message: str, errno_: int | None = None, path: str | None = None):
+        super().__init__(message)
+        self.errno = errno_
+        self.path = path

@@ -107,7 +107,8 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
              limit: int | None = None, max_windows: int | None = None, batch_size: int | None = None,
              add_bos: bool = False, dtype: str = "float32", progress: bool = False,
              log: Callable[[str], None] | None = None,
-             texts: dict[str, str | os.PathLike] | None = None) -> EvalReport:
+             texts: dict[str, str | os.PathLike] | None = None, allow_pickle: bool = False,
+             trust_remote_code: bool = False) -> EvalReport:
     """Evaluate a model on perplexity and zero-shot tasks.
 
     Args:
@@ -127,6 +128,8 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         dtype: used only when ``model`` is a path (``float32``, ``bfloat16``, ``float16``).
         progress: show progress bars on stderr.
         log: called with one line per finished task (e.g. ``print``).
+        allow_pickle / trust_remote_code: when ``model`` is a path, as for :func:`compressor.models.load_model`
+            (both off by default: pickle weights and a folder's own code can run arbitrary code).
         texts: perplexity task -> UTF-8 text file to use instead of the built-in source, e.g.
             ``{"wikitext2": "wiki.test.raw"}`` (the whole file is the evaluation string).
 
@@ -162,7 +165,8 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         else:
             from .models import load_model
 
-            model, loaded_tok, src = load_model(spec, dtype=dtype)
+            model, loaded_tok, src = load_model(spec, dtype=dtype, allow_pickle=allow_pickle,
+                                                trust_remote_code=trust_remote_code)
             source = {"spec": spec, "kind": src.kind, "path": src.path, "gguf_file": src.gguf_file}
         tokenizer = tokenizer or loaded_tok
     if tokenizer is None:

@@ -11,6 +11,7 @@ options and prints; a pipeline calls this function::
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import PruneConfig
-from .errors import ConfigError, OutputExistsError, ResumeError
+from .errors import ConfigError, DiskWriteError, OutputExistsError, ResumeError
+from .lock import output_lock
 
 
 def checkpoint_path(out: str | os.PathLike, checkpoint_dir: str | os.PathLike | None = None) -> Path:
@@ -27,8 +29,8 @@ def checkpoint_path(out: str | os.PathLike, checkpoint_dir: str | os.PathLike | 
 
 
 def check_job_paths(out: str | os.PathLike, ckpt: Path, *, resume: bool, force: bool, from_plan: Any = None) -> None:
-    """The checkpoint policy, checked before any heavy work."""
-    from .checkpoint import checkpoint_step, has_checkpoint
+    """The checkpoint policy, checked before any heavy work (a checkpoint to resume is verified too)."""
+    from .checkpoint import checkpoint_step, has_checkpoint, verify_checkpoint
     from .io import check_output_dir
 
     if resume and from_plan:
@@ -50,6 +52,8 @@ def check_job_paths(out: str | os.PathLike, ckpt: Path, *, resume: bool, force: 
             + "; add --resume to continue it, or --force to discard it and start over")
     if resume and not has_checkpoint(ckpt):
         raise ResumeError(f"--resume: no checkpoint in {str(ckpt)!r}; start without --resume (add --save-every N)")
+    if resume:
+        verify_checkpoint(ckpt)
 
 
 def eval_text_for(eval_data: str | None) -> str | None:
@@ -73,7 +77,7 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
               text_field: str = "text", eval_data: str | None = "auto",
               checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
               from_plan: str | os.PathLike | None = None, force: bool = False, allow_pickle: bool = False,
-              progress: Callable[[dict[str, Any]], None] | None = None,
+              trust_remote_code: bool = False, progress: Callable[[dict[str, Any]], None] | None = None,
               say: Callable[[str], None] | None = None):
     """Do what ``compress prune`` does and return the :class:`~compressor.pruning.PruneResult`.
 
@@ -89,31 +93,53 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
         from_plan: an earlier output folder whose saved scores decide the masks (no scoring).
         force: replace an existing output / discard an interrupted run's checkpoint.
         allow_pickle: allow pickle weight files (they can run code).
+        trust_remote_code: allow the model folder's own Python code (``auto_map`` in its config.json) to run.
         progress: called after every step with the step record.
         say: called with one-line status messages.
 
+    One run per output: the locks of ``out`` and of the checkpoint folder are held for the whole job
+    (:func:`compressor.lock.output_lock`); a second job on either fails at once with
+    :class:`~compressor.errors.OutputLockedError`, and the temporaries of killed runs are cleaned up first.
+
     Raises:
-        OutputExistsError, ResumeError, ConfigError, ...: before any heavy work where possible.
+        OutputLockedError, OutputExistsError, ResumeError, ConfigError, DiskWriteError, ...: before any heavy
+        work where possible.
     """
-    from .checkpoint import has_checkpoint, load_plan, save_plan
-    from .models import load_config, load_model, resolve_model
-    from .plots import write_prune_png
-    from .pruning import check_writable, prune
-    from .save import save_model_folder
+    from .pruning import check_writable
 
     say = say or (lambda msg: None)
     check_writable(config)
     ckpt = checkpoint_path(out, checkpoint_dir)
-    check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)
-    source = resolve_model(model, allow_pickle=allow_pickle)
-    load_config(source)
+    check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)  # fast refusals first
+    with contextlib.ExitStack() as locks:
+        for path in (out, ckpt):  # what the recovery of killed runs does is logged as warnings
+            locks.enter_context(output_lock(path))
+        check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)  # as it is under the locks
+        return _run_job(model, out, ckpt, config, data=data, text_field=text_field, eval_data=eval_data,
+                        resume=resume, from_plan=from_plan, force=force, allow_pickle=allow_pickle,
+                        trust_remote_code=trust_remote_code, progress=progress, say=say)
+
+
+def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, eval_data, resume, from_plan, force,
+             allow_pickle, trust_remote_code, progress, say):
+    from .checkpoint import check_plan, checkpoint_step, has_checkpoint, load_plan, save_plan
+    from .models import load_config, load_model, resolve_model
+    from .plots import write_prune_png
+    from .pruning import prune
+    from .save import save_model_folder
+
+    source = resolve_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    model_config = load_config(source, trust_remote_code=trust_remote_code)
     from calibration import check_seq_len, load_texts, pack_blocks
 
     texts = load_texts(data, text_field=text_field)
     plan = load_plan(from_plan) if from_plan else None
+    if plan is not None:
+        check_plan(plan, model_config, source.spec)
     eval_text = eval_text_for(eval_data)
     say(f"Loading {source.spec} ...")
-    mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits, allow_pickle=allow_pickle)
+    mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits, allow_pickle=allow_pickle,
+                             trust_remote_code=trust_remote_code)
     check_seq_len(config.seq_len, mdl.config)
     blocks = pack_blocks(tok, texts, config.seq_len, max_blocks=config.max_blocks, seed=config.seed, add_bos=False)
     say(f"Calibration: {blocks.shape[0]} sequences of {blocks.shape[1]} tokens; criterion={config.criterion}, "
@@ -139,6 +165,13 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
         write_prune_png(res.report, Path(tmp) / "pruning.png")
 
     merged: Any = res.model
-    save_model_folder(merged, tok, out, force=force or resume, report=res.report, extra=extra)
+    try:
+        save_model_folder(merged, tok, out, force=force or resume, report=res.report, extra=extra)
+    except DiskWriteError as exc:
+        step = checkpoint_step(ckpt)
+        if step is None:
+            raise
+        raise DiskWriteError(f"{exc}; the checkpoint of step {step} is kept in {str(ckpt)!r}: run the same command "
+                             f"plus --resume once there is space", exc.errno, exc.path) from exc
     shutil.rmtree(ckpt, ignore_errors=True)
     return res

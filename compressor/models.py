@@ -42,12 +42,14 @@ class ModelSource:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {}
 
 
-def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False) -> ModelSource:
+def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False,
+                  trust_remote_code: bool = False) -> ModelSource:
     """Turn a user's model argument into a :class:`ModelSource` without loading weights.
 
     Raises:
-        ModelLoadError: the path does not exist, is not a model folder, or only holds pickle weights
-            and ``allow_pickle`` is False.
+        ModelLoadError: the path does not exist, is not a model folder, only holds pickle weights and
+            ``allow_pickle`` is False, or asks to run its own code (``auto_map``) and ``trust_remote_code``
+            is False.
     """
     spec = str(spec) if spec is not None else DEFAULT_MODEL
     if spec in BUILTIN_MODELS:
@@ -78,6 +80,8 @@ def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False) ->
                 )
             if not has_safe and not has_pickle:
                 raise ModelLoadError(f"model folder {spec!r} has a config.json but no weight files (*.safetensors)")
+            if not trust_remote_code:
+                check_no_remote_code(p, spec)
             return ModelSource(spec, "folder", str(p))
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
@@ -104,6 +108,46 @@ def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False) ->
     )
 
 
+#: files whose ``auto_map`` makes transformers import Python code from the model folder
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def check_no_remote_code(folder: str | os.PathLike, spec: str | None = None) -> None:
+    """Refuse a model folder that asks to run its own Python code, unless the user trusts it.
+
+    A ``config.json`` (or ``tokenizer_config.json``) with an ``auto_map`` names classes in ``*.py`` files of
+    the folder; loading them executes that code. The toolkit never does so without ``--trust-remote-code``
+    (``trust_remote_code=True``), and does not silently substitute the stock class either (the folder's own
+    code may compute something else).
+
+    Raises:
+        ModelLoadError: naming the file, its ``auto_map`` entries and the two ways forward.
+    """
+    import json
+
+    p = Path(folder)
+    for name in REMOTE_CODE_FILES:
+        f = p / name
+        if not f.is_file():
+            continue
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if name == "config.json":
+                raise ModelLoadError(f"{str(f)!r} is not readable JSON: {exc}") from exc
+            continue
+        auto_map = doc.get("auto_map") if isinstance(doc, dict) else None
+        if auto_map:
+            entries = ", ".join(f"{k} -> {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else repr(auto_map)
+            mt = doc.get("model_type") if name == "config.json" else None
+            stock = (f", or delete auto_map from it to load the folder with transformers' own class for model_type "
+                     f"{mt!r}" if mt in SUPPORTED_MODEL_TYPES else "")
+            raise ModelLoadError(
+                f"model folder {spec or str(p)!r} asks to run its own Python code: {name} has an auto_map ({entries}); "
+                f"code from a model folder is only run with --trust-remote-code (trust_remote_code=True), so pass it "
+                f"if you trust this folder{stock}")
+
+
 def _check_gguf(path: Path) -> None:
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -117,13 +161,20 @@ def _check_gguf(path: Path) -> None:
         raise ModelLoadError(f"GGUF file {str(path)!r} is corrupt or truncated: {exc}") from exc
 
 
-def load_config(source: ModelSource):
+def _remote_code_hint(exc: Exception) -> str:
+    return "; pass --trust-remote-code if you trust its code" if "trust_remote_code" in str(exc) else ""
+
+
+def load_config(source: ModelSource, *, trust_remote_code: bool = False):
     """Load and check the config of ``source``; raises for unsupported architectures."""
     from transformers import AutoConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(source.path, **source.load_kwargs())
+        cfg = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.load_kwargs())
     except Exception as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(f"model {source.spec!r} needs its own Python code to load (auto_map); it is only "
+                                 f"run with --trust-remote-code (trust_remote_code=True)") from exc
         if source.kind == "hub":
             raise ModelLoadError(f"model {source.spec!r} is not a local file or folder, and reading it as a Hugging "
                                  f"Face hub id failed: {exc}") from exc
@@ -148,7 +199,7 @@ def check_architecture(cfg, spec: str = "model") -> None:
 
 
 def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32", base_bits: int | None = None,
-               allow_pickle: bool = False, attn_implementation: str = "eager"):
+               allow_pickle: bool = False, attn_implementation: str = "eager", trust_remote_code: bool = False):
     """Load a causal LM and its tokenizer.
 
     Args:
@@ -157,6 +208,8 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         base_bits: ``8`` or ``4`` to load the linear weights quantized with bitsandbytes, else None.
         allow_pickle: allow ``pytorch_model.bin``-style weights (they can execute code when loaded).
         attn_implementation: attention kernel; ``eager`` is needed for dependency tracing.
+        trust_remote_code: allow a folder's own Python code (``auto_map``) to run (default False: such a
+            folder is refused with :class:`ModelLoadError`; see :func:`check_no_remote_code`).
 
     Returns:
         ``(model, tokenizer, source)``. GGUF weights are dequantized and ``quantization_config`` is
@@ -165,8 +218,10 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_model(spec, allow_pickle=allow_pickle)
-    load_config(source)
+    source = resolve_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    cfg = load_config(source, trust_remote_code=trust_remote_code)
+    if source.kind == "folder":
+        check_weight_files(source, cfg)
     if source.kind == "folder" and not any((Path(source.path) / f).is_file() for f in TOKENIZER_FILES):
         raise ModelLoadError(f"model folder {source.spec!r} has no tokenizer ({', '.join(TOKENIZER_FILES)} are all "
                              f"missing); save it next to the weights with tokenizer.save_pretrained(folder)")
@@ -175,7 +230,8 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         from .errors import ConfigError
 
         raise ConfigError(f"dtype {dtype!r} is not valid; use float32, bfloat16 or float16")
-    kwargs: dict[str, Any] = dict(source.load_kwargs(), dtype=torch_dtype, attn_implementation=attn_implementation)
+    kwargs: dict[str, Any] = dict(source.load_kwargs(), dtype=torch_dtype, attn_implementation=attn_implementation,
+                                  trust_remote_code=trust_remote_code)
     if base_bits is not None:
         from transformers import BitsAndBytesConfig
 
@@ -194,12 +250,14 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         model: Any = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
     except Exception as exc:
         hint = ("; its weight files look corrupt or incomplete (re-download or re-save the model)"
-                if "safetensor" in type(exc).__name__.lower() or isinstance(exc, (EOFError, OSError)) else "")
+                if "safetensor" in type(exc).__name__.lower() or isinstance(exc, (EOFError, OSError))
+                else _remote_code_hint(exc))
         raise ModelLoadError(f"cannot load model {source.spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.load_kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code,
+                                                  **source.load_kwargs())
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of model {source.spec!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot load the tokenizer of model {source.spec!r}: {exc}{_remote_code_hint(exc)}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if source.gguf_file and base_bits is None:
@@ -210,3 +268,66 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         model.config._name_or_path = source.spec
     model.config.use_cache = True
     return model, tokenizer, source
+
+
+def check_weight_files(source: ModelSource, config: Any) -> None:
+    """Check a model folder's ``*.safetensors`` against its config before loading: every file complete, every
+    weight the model needs present (transformers would silently initialise a missing one at random) and of
+    the shape the config implies. Reads the file headers only; pickle folders are not checked.
+
+    Raises:
+        ModelLoadError: naming the file, the tensor, the shape found and the one expected.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .io import safetensors_header
+
+    folder = Path(source.path)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files or getattr(config, "auto_map", None):  # a trusted folder's own class may lay out other weights
+        return
+    found: dict[str, tuple[list[int], str]] = {}
+    for f in files:
+        try:
+            table = safetensors_header(f)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"weight file {str(f)!r} of model {source.spec!r} is corrupt or incomplete: {exc} "
+                                 f"(re-download or re-save the model)") from exc
+        found.update({k: (list(v.get("shape", [])), f.name) for k, v in table.items()})
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise ModelLoadError(f"{str(index)!r} is not a valid safetensors index: {exc}") from exc
+        absent = sorted(s for s in shards if not (folder / s).is_file())
+        if absent:
+            raise ModelLoadError(f"model {source.spec!r}: {str(index)!r} lists weight files that are missing: "
+                                 f"{', '.join(absent[:5])}")
+    try:
+        with torch.device("meta"):
+            ref = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - a config transformers cannot build is reported by the real load
+        return
+    expected = {k: list(v.shape) for k, v in ref.state_dict().items()}
+    prefix = getattr(ref, "base_model_prefix", "model")
+    for k in list(found):
+        if k not in expected and f"{prefix}.{k}" in expected:  # a base model saved without its prefix
+            found[f"{prefix}.{k}"] = found.pop(k)
+    wrong = [(k, found[k], shape) for k, shape in expected.items() if k in found and found[k][0] != shape]
+    if wrong:
+        k, (got, fname), want = wrong[0]
+        raise ModelLoadError(
+            f"model {source.spec!r}: {len(wrong)} weight(s) do not have the shape config.json implies, e.g. {k!r} "
+            f"in {fname!r} is {got}, config.json implies {want}; the weights and config.json are from different "
+            f"models (re-save the folder with save_pretrained)")
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = sorted(k for k in expected if k not in found and not (tied and k.endswith("lm_head.weight")))
+    if missing:
+        raise ModelLoadError(
+            f"model {source.spec!r}: {len(missing)} weight(s) the config needs are in none of "
+            f"{', '.join(f.name for f in files)}, e.g. {missing[:3]}; the folder is incomplete (re-download or "
+            f"re-save it)")

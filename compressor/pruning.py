@@ -13,6 +13,7 @@ ranks before the moving average so every rank masks the same groups.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ from .checkpoint import PLAN_FILE, has_checkpoint, load_checkpoint, load_plan, s
 from .config import PruneConfig
 from .errors import CalibrationError, ConfigError, NonFiniteError, ResumeError
 from .groups import ModelGroups
+from .lock import output_lock
 from .loop import DataOrder, PruneLoop, StepRecord, wrap_lora
 from .loss import distill_loss
 from .masking import MaskState
@@ -163,6 +165,10 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
 
     check_architecture(model.config, model_id)
     check_writable(config)
+    if plan is not None:
+        from .checkpoint import check_plan
+
+        check_plan(plan, model.config, model_id)
     blocks = as_blocks(data, tokenizer, config)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and blocks.shape[1] > max_pos:
@@ -177,10 +183,11 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         model.to(device)
     ppl_before = _perplexity(model, tokenizer, eval_text, config) if is_main else None
 
-    loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id)
-    if resume:
-        _resume(loop, checkpoint_dir)
-    with _Stop() as stop:
+    # one run per checkpoint folder: a second prune() on it fails at once (OutputLockedError)
+    with _Stop() as stop, output_lock(checkpoint_dir) if checkpoint_dir is not None else contextlib.nullcontext():
+        loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id)
+        if resume:
+            _resume(loop, checkpoint_dir)
         while not loop.done:
             try:
                 rec = loop.step()
@@ -209,11 +216,22 @@ def _resume(loop: PruneLoop, checkpoint_dir: str | os.PathLike | None) -> None:
     if checkpoint_dir is None or not has_checkpoint(checkpoint_dir):
         raise ResumeError(f"--resume given but there is no checkpoint in {str(checkpoint_dir)!r}")
     st = load_checkpoint(checkpoint_dir)
-    if st["run_id"] != loop.run_id:
+    if st.get("run_id") != loop.run_id:
         raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} was written by a run with another model, "
-                          f"data or configuration (run id {st['run_id']} != {loop.run_id}); use a fresh output or "
-                          f"drop --resume")
-    loop.load_state_dict(st)
+                          f"data or configuration (run id {st.get('run_id')} != {loop.run_id}); resume it with the "
+                          f"options it was started with, start over with --force (discards it), or use another --out")
+    step, history = st.get("step"), st.get("history")
+    if not isinstance(history, list) or not isinstance(step, int) or not 0 <= step <= loop.cfg.steps \
+            or len(history) != step:
+        raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} is inconsistent (edited?): step {step!r} with "
+                          f"{len(history) if isinstance(history, list) else history!r} history entries, for a run of "
+                          f"{loop.cfg.steps} steps; start over with --force (discards it)")
+    try:
+        loop.load_state_dict(st)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:  # a hand-edited checkpoint
+        raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} does not fit this run's model: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}; start over with "
+                          f"--force (discards it)") from exc
 
 
 def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneConfig) -> dict[str, Any] | None:

@@ -70,9 +70,10 @@ def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: str | os.Path
                       extra: Any = None) -> Path:
     """``save_pretrained`` (safetensors) + tokenizer + report into ``out`` via a temporary folder.
 
-    ``extra(tmp_folder)`` may write more files before the folder is renamed into place.
+    ``extra(tmp_folder)`` may write more files before the folder is renamed into place. A full disk raises
+    :class:`~compressor.errors.DiskWriteError` with the bytes the weights need; ``out`` is left as it was.
     """
-    with atomic_output_dir(out, force=force) as tmp:
+    with atomic_output_dir(out, force=force, expected_bytes=weight_bytes(model)) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         save_tokenizer(tokenizer, tmp)
         if extra is not None:
@@ -80,3 +81,18 @@ def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: str | os.Path
         if report is not None:
             write_json(tmp / report_name, report)
     return Path(out)
+
+
+def weight_bytes(model: Any) -> int | None:
+    """Bytes of the distinct tensors in ``model``'s state dict (what its safetensors files hold, tied weights
+    once); None if it has no state dict."""
+    try:
+        sd = model.state_dict()
+    except Exception:  # noqa: BLE001 - only an estimate for the disk-full message
+        return None
+    seen: dict[tuple[int, int], int] = {}
+    for t in sd.values():
+        if hasattr(t, "untyped_storage"):
+            key = (t.untyped_storage().data_ptr(), t.storage_offset())
+            seen[key] = t.numel() * t.element_size()
+    return sum(seen.values()) or None

@@ -52,8 +52,11 @@ def _mib(n: int) -> str:
               help="ONNX fp32: if the atol/rtol check fails, still pass when ORT's error against a float64 PyTorch "
                    "run is at most this times PyTorch fp32's own (models with huge activations); 0 disables.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads for validation (default: ORT's).")
+@click.option("--allow-pickle", is_flag=True, help="Allow loading pickle weights (pytorch_model.bin); they can run code.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
 def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre, int8, opset, atol, rtol,
-               noise_factor, threads):
+               noise_factor, threads, allow_pickle, trust_remote_code):
     """Export MODEL_DIR (HF folder, .gguf file or built-in name) to ONNX, safetensors or GGUF.
 
     \b
@@ -70,20 +73,23 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
     if fmt == "gguf":
         if int8 or opset is not None:
             raise ConfigError("--int8 and --opset only apply to --format onnx; use --type q8_0 for an 8-bit GGUF")
-        _export_gguf(model_dir, out, force, not no_validate, gguf_type, tokenizer_pre, threads)
+        _export_gguf(model_dir, out, force, not no_validate, gguf_type, tokenizer_pre, threads, allow_pickle,
+                     trust_remote_code)
         return
     if fmt == "safetensors":
         if int8 or opset is not None:
             raise ConfigError("--int8 and --opset only apply to --format onnx")
         from .safetensors import export_safetensors
 
-        res = export_safetensors(model_dir, out, force=force)
+        res = export_safetensors(model_dir, out, force=force, allow_pickle=allow_pickle,
+                                 trust_remote_code=trust_remote_code)
         click.echo(f"Saved {res.path} ({_mib(res.total_bytes)}, {len(res.files)} files) in {res.seconds:.1f} s")
         return
     from .onnx import export_onnx
 
     res = export_onnx(model_dir, out, force=force, validate=not no_validate, int8=int8, atol=atol, rtol=rtol,
-                      noise_factor=noise_factor, opset=opset, threads=threads)
+                      noise_factor=noise_factor, opset=opset, threads=threads, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code)
     rep = res.report
     onnx_bytes = sum(v for k, v in res.files.items() if k.endswith(".onnx") or ".onnx" in k)
     click.echo(f"Exported {res.path}: model.onnx {_mib(onnx_bytes)}, opset {rep.get('opset')}, "
@@ -117,13 +123,14 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
         click.echo(f"  greedy generate via ORTModelForCausalLM: {eq}/{n} prompts identical to PyTorch")
 
 
-def _export_gguf(model_dir, out, force, validate, gguf_type, tokenizer_pre, threads):
+def _export_gguf(model_dir, out, force, validate, gguf_type, tokenizer_pre, threads, allow_pickle, trust_remote_code):
     from .gguf_export import export_gguf
     from .gguf_write import check_gguf_type
 
     check_gguf_type(gguf_type)  # before loading anything
     res = export_gguf(model_dir, out, gguf_type=gguf_type, force=force, validate=validate,
-                      tokenizer_pre=tokenizer_pre, threads=threads or 1)
+                      tokenizer_pre=tokenizer_pre, threads=threads or 1, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code)
     rep = res.report
     g = rep["gguf"]
     click.echo(f"Exported {res.path}: model.gguf {_mib(res.files.get('model.gguf', 0))}, {g['architecture']}, "

@@ -25,6 +25,7 @@ from typing import Any
 
 from compressor.errors import DependencyMissingError
 from compressor.io import atomic_output_dir, check_output_dir
+from compressor.lock import locks_output
 
 from .gguf_validation import CHECK_TEXTS, TOLERANCES, prompt_ids, validate_logprobs, validate_tokenizer
 from .gguf_vocab import build_vocab
@@ -39,9 +40,11 @@ __all__ = ["GGUF_ARCH", "GGUF_FILE", "GGUF_TYPES", "TOLERANCES", "export_gguf"]
 GGUF_FILE = "model.gguf"
 
 
+@locks_output
 def export_gguf(model, out: str | os.PathLike, *, gguf_type: str = "f32", force: bool = False,
                 validate: bool = True, tokenizer=None, tokenizer_pre: str | None = None, threads: int = 1,
-                tolerances: dict[str, float] | None = None) -> ExportResult:
+                tolerances: dict[str, float] | None = None, allow_pickle: bool = False,
+                trust_remote_code: bool = False) -> ExportResult:
     """Write ``model`` as ``out/model.gguf`` and check it in llama.cpp.
 
     Args:
@@ -58,6 +61,8 @@ def export_gguf(model, out: str | os.PathLike, *, gguf_type: str = "f32", force:
             :mod:`exporters.gguf_vocab`).
         threads: llama.cpp CPU threads for validation (default 1).
         tolerances: replace the gates of ``gguf_type`` (default :data:`TOLERANCES`).
+        allow_pickle / trust_remote_code: for a model spec, as for :func:`compressor.models.load_model` (both
+            off by default).
 
     Returns:
         :class:`ExportResult` (``format="gguf"``); ``export_report.json`` in ``out`` holds the same report.
@@ -82,7 +87,8 @@ def export_gguf(model, out: str | os.PathLike, *, gguf_type: str = "f32", force:
             raise DependencyMissingError(
                 f"validating the GGUF file in llama.cpp needs xllamacpp, which cannot be imported; {INSTALL_HINT}, "
                 f"or pass --no-validate (validate=False) to write the file without the check") from exc
-    model, tokenizer, spec = load_for_export(model, tokenizer)
+    model, tokenizer, spec = load_for_export(model, tokenizer, allow_pickle=allow_pickle,
+                                             trust_remote_code=trust_remote_code)
     arch, sizes = check_exportable(model.config)
     vocab = build_vocab(tokenizer, model.config, sizes.vocab, tokenizer_pre=tokenizer_pre)
     report: dict[str, Any] = {

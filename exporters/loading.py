@@ -6,7 +6,8 @@ import os
 from compressor.errors import ConfigError, ModelLoadError
 
 
-def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True):
+def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True, allow_pickle: bool = False,
+                    trust_remote_code: bool = False):
     """Return ``(model, tokenizer, spec)`` from a model spec or an already loaded model.
 
     Args:
@@ -16,6 +17,8 @@ def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True):
             loaded). May be None for a loaded model: the export then has no tokenizer files.
         require_fp32_cpu: refuse a loaded model that is not float32 on the CPU (ONNX export and its fp32
             validation need one; a spec is always loaded that way).
+        allow_pickle / trust_remote_code: for a spec, as for :func:`compressor.models.load_model` (both off
+            by default: pickle weights and a folder's own code can run arbitrary code).
 
     Raises:
         ModelLoadError: not a model folder / unreadable model.
@@ -26,8 +29,8 @@ def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True):
 
     if isinstance(model, (str, os.PathLike)):
         spec = str(model)
-        resolve_model(spec)  # fast, clear ModelLoadError before importing torch
-        model, tokenizer, _ = load_model(spec)
+        resolve_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)  # fast, before torch
+        model, tokenizer, _ = load_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         model.eval()
         return model, tokenizer, spec
     config = getattr(model, "config", None)

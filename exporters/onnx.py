@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import ConfigError, ExportError
-from compressor.io import atomic_output_dir, check_output_dir
+from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
+from compressor.lock import locks_output
 from compressor.models import is_onnx_folder
 from compressor.optional import require
 from compressor.save import drop_gguf_tokenizer_model, save_tokenizer
@@ -59,13 +60,15 @@ __all__ = [
 ONNX_FILE = "model.onnx"
 
 
+@locks_output
 def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, validate: bool = True,
                 int8: bool = False, atol: float = 1e-4, rtol: float = 1e-5, noise_factor: float = 8.0,
                 opset: int | None = None, tokenizer=None, decode_steps: int = 4,
                 prompts: Sequence[str] = DEFAULT_PROMPTS, max_new_tokens: int = 8,
                 int8_max_rel_nll_increase: float = 0.05, int8_min_top1_agreement: float = 0.8,
                 int8_per_channel: bool = True, int8_exclude: Sequence[str] = INT8_EXCLUDE_DEFAULT,
-                threads: int | None = None) -> ExportResult:
+                threads: int | None = None, allow_pickle: bool = False,
+                trust_remote_code: bool = False) -> ExportResult:
     """Export a causal LM to an ONNX folder (decoder with KV cache) and validate it against PyTorch.
 
     Args:
@@ -94,6 +97,11 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         int8_exclude: MatMul node-name substrings kept fp32 under int8 (default ``("down_proj",)``, see
             :func:`quantize_int8`).
         threads: ONNX Runtime intra-op threads for validation (default: ORT's choice).
+        allow_pickle / trust_remote_code: load pickle weights / run the model folder's own code (default
+            off, see :func:`compressor.models.load_model`).
+
+    One export per output: ``out``'s lock is held throughout (:func:`compressor.lock.output_lock`); a second
+    export to it fails at once with :class:`~compressor.errors.OutputLockedError`.
 
     Checks (``validate=True``): fp32 logits/KV parity for a prefill and ``decode_steps`` cached decode steps
     (max abs diff <= ``atol + rtol * max|pt|``, float64 fallback, see :func:`validate_parity`); greedy
@@ -120,7 +128,8 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
     if opset is not None and not (11 <= int(opset) <= 25):
         raise ConfigError(f"opset {opset!r} is not valid; use an ONNX opset between 11 and 25 (or leave it out)")
     check_output_dir(out, force)
-    model, tokenizer, spec = load_for_export(model_dir, tokenizer)
+    model, tokenizer, spec = load_for_export(model_dir, tokenizer, allow_pickle=allow_pickle,
+                                             trust_remote_code=trust_remote_code)
     require("optimum.exporters.onnx", "ONNX export")
     require("onnx", "ONNX export")
     from optimum.exporters.onnx import onnx_export_from_model
@@ -140,6 +149,8 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
             onnx_export_from_model(model, tmp, task="text-generation-with-past", opset=opset,
                                    do_validation=False, device="cpu")
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in WRITE_FAULT_ERRNOS:
+                raise  # atomic_output_dir names the output and the space needed
             raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
         finally:
             model.config._name_or_path = old_name

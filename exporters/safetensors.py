@@ -16,15 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from compressor.errors import ExportError
-from compressor.io import atomic_output_dir, check_output_dir
+from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
+from compressor.lock import locks_output
 from compressor.save import save_tokenizer
 
 from .loading import load_for_export
 from .report import ExportResult, list_files, model_summary, versions, write_report
 
 
+@locks_output
 def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, tokenizer=None,
-                       max_shard_size: str = "5GB") -> ExportResult:
+                       max_shard_size: str = "5GB", allow_pickle: bool = False,
+                       trust_remote_code: bool = False) -> ExportResult:
     """Save ``model`` as a Hugging Face folder with ``*.safetensors`` weights and the tokenizer.
 
     Args:
@@ -33,6 +36,8 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
         force: replace a non-empty ``out`` (default False).
         tokenizer: tokenizer to save with a loaded model (a spec's own tokenizer is used otherwise).
         max_shard_size: largest weight file (default ``"5GB"``).
+        allow_pickle / trust_remote_code: load pickle weights / run the model folder's own code (default
+            off, see :func:`compressor.models.load_model`).
 
     After saving, the folder's config is reloaded, the safetensors tensor names are checked against the
     model's state dict, and the tokenizer is reloaded from ``tokenizer.json`` and must encode a sample
@@ -51,13 +56,16 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
     """
     t0 = time.perf_counter()
     check_output_dir(out, force)
-    model, tokenizer, spec = load_for_export(model, tokenizer, require_fp32_cpu=False)
+    model, tokenizer, spec = load_for_export(model, tokenizer, require_fp32_cpu=False, allow_pickle=allow_pickle,
+                                             trust_remote_code=trust_remote_code)
     report: dict[str, Any] = {"format": "safetensors", "source": str(spec), "model": model_summary(model.config),
                               "versions": versions()}
     with atomic_output_dir(out, force) as tmp:
         try:
             model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno in WRITE_FAULT_ERRNOS:
+                raise  # atomic_output_dir names the output and the space needed
             raise ExportError(f"saving the model failed: {type(exc).__name__}: {exc}") from exc
         report["tokenizer"] = save_tokenizer(tokenizer, tmp)
         report["checks"] = _check_folder(model, tmp)

