@@ -15,8 +15,8 @@ from torch import nn
 
 from .adapters import base_weight, lora_parts, strip_peft, unwrap
 from .errors import NonFiniteError
-from .groups import ATTN, PRUNABLE, ModelGroups, decoder_layers, projection
-from .masking import MaskState
+from .groups import LayerGroups, ModelGroups, decoder_layers, projection
+from .masking import MaskState, masked_part
 from .ops import head_rows, new_linear, slice_cols, slice_rows
 
 
@@ -36,6 +36,15 @@ def _target_dtype(model: nn.Module) -> torch.dtype:
         if p.dtype.is_floating_point:
             return p.dtype if p.dtype != torch.float16 or p.device.type != "cpu" else torch.float32
     return torch.float32
+
+
+def _kept_rows(lg: LayerGroups, part: str, heads: list[int], chans: list[int]) -> torch.Tensor:
+    """Indices of the rows (q/k/v/gate/up) or columns (o/down) of logical projection ``part`` that stay."""
+    if part in ("gate_proj", "up_proj", "down_proj"):
+        return torch.tensor(chans, dtype=torch.long)
+    if not masked_part(lg, part):  # KV heads are kept under GQA
+        return torch.arange(lg.part_size(part))
+    return head_rows(heads, lg.head_dim)
 
 
 def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | None = None,
@@ -60,45 +69,36 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
     widths = {(len(h), len(c)) for h, c in kept}
     if len(widths) != 1:
         raise ValueError(f"layers would get different widths {sorted(widths)}; masks must keep the same counts")
+    arch = groups.architecture
     new_modules: list[dict[str, nn.Linear]] = []
     for i, (layer, lg, (heads, chans)) in enumerate(zip(layers, groups.layers, kept)):
-        d = lg.head_dim
-        q_rows = head_rows(heads, d)
         if lg.gqa:
             per = lg.heads_per_kv
             counts = {sum(1 for h in heads if h // per == g) for g in range(lg.num_kv_heads)}
             if len(counts) != 1 or 0 in counts:
                 raise ValueError(f"layer {i}: GQA masks must keep the same number (≥1) of query heads per KV group")
-            kv_rows = torch.arange(lg.num_kv_heads * d)
-        else:
-            kv_rows = q_rows
-        ch = torch.tensor(chans, dtype=torch.long)
         mods: dict[str, nn.Linear] = {}
-        for name in PRUNABLE:
-            w, b = merged_weight(projection(layer, name))
+        for proj in arch.projections:
+            w, b = merged_weight(projection(layer, proj.name))
             if not torch.isfinite(w).all() or (b is not None and not torch.isfinite(b).all()):
-                raise NonFiniteError(f"layer {i} {name}: merged weight has NaN/inf; refusing to write the model")
-            if name == "q_proj":
-                w, b = slice_rows(w, b, q_rows)
-            elif name in ("k_proj", "v_proj"):
-                w, b = slice_rows(w, b, kv_rows)
-            elif name == "o_proj":
-                w = slice_cols(w, q_rows)
-            elif name in ("gate_proj", "up_proj"):
-                w, b = slice_rows(w, b, ch)
-            else:  # down_proj
-                w = slice_cols(w, ch)
-            mods[name] = new_linear(w, b, dtype)
+                raise NonFiniteError(f"layer {i} {proj.name}: merged weight has NaN/inf; refusing to write the model")
+            if proj.row_pruned:  # a fused projection keeps its parts' rows, each at its offset
+                rows = torch.cat([start + _kept_rows(lg, part, heads, chans)
+                                  for part, start, _ in lg.part_offsets(proj)])
+                w, b = slice_rows(w, b, rows)
+            else:
+                w = slice_cols(w, _kept_rows(lg, proj.parts[0], heads, chans))
+            mods[proj.name] = new_linear(w, b, dtype)
         new_modules.append(mods)
     # all checks passed: unwrap peft and install the new modules
     if base is not model:
         base = strip_peft(model)
     n_heads, n_inter = widths.pop()
     n_kv = groups.layers[0].num_kv_heads if groups.layers[0].gqa else n_heads
+    blocks = {p.name: p.block for p in arch.projections}
     for layer, mods in zip(decoder_layers(base), new_modules):
         for name, lin in mods.items():
-            parent = layer.self_attn if name in ATTN else layer.mlp
-            setattr(parent, name, lin)
+            setattr(getattr(layer, blocks[name]), name, lin)
         attn = layer.self_attn
         for attr, val in (("num_heads", n_heads), ("num_key_value_heads", n_kv),
                           ("num_key_value_groups", n_heads // n_kv), ("head_dim", groups.layers[0].head_dim)):
