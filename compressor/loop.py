@@ -36,7 +36,7 @@ from .errors import ConfigError, NonFiniteError
 from .groups import ModelGroups, discover_groups
 from .loss import supports_chunked_loss, training_loss
 from .masking import MaskState, mask_lowest
-from .merge import merge_and_slice
+from .merge import check_pruned_config, merge_and_slice, pruned_config_updates
 from .schedule import Widths, layer_params, prune_events, solve_widths, widths_at
 from .scoring import LayerScores, MovingAverage, model_scores
 
@@ -264,6 +264,9 @@ class PruneLoop:
         if len(shapes) != 1:
             raise ConfigError(f"layers have different widths {sorted(shapes)}; only uniform models are supported")
         self.widths = WidthPlan(self.groups, config)
+        final = self.widths.final  # refuse now, not after the run, widths whose config would not reload
+        check_pruned_config(unwrap(model).config, pruned_config_updates(self.groups, final.num_heads,
+                                                                        final.intermediate_size))
         self.plan = plan
         if plan is not None:
             self.events: list[int] = []

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .adapters import base_weight, lora_parts, strip_peft, unwrap
-from .errors import NonFiniteError
+from .errors import ConfigError, NonFiniteError
 from .groups import LayerGroups, ModelGroups, decoder_layers, projection
 from .masking import MaskState, masked_part
 from .ops import head_rows, new_linear, slice_cols, slice_rows
@@ -38,6 +38,35 @@ def _target_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def pruned_config_updates(groups: ModelGroups, num_heads: int, intermediate_size: int) -> dict[str, int]:
+    """The config keys the merge rewrites (the same for every architecture): ``num_attention_heads``,
+    ``num_key_value_heads`` (unchanged under GQA), ``intermediate_size`` and an explicit ``head_dim``."""
+    lg = groups.layers[0]
+    return {"num_attention_heads": num_heads, "num_key_value_heads": lg.num_kv_heads if lg.gqa else num_heads,
+            "intermediate_size": intermediate_size, "head_dim": lg.head_dim}
+
+
+def check_pruned_config(config: Any, updates: dict[str, int]) -> None:
+    """Raise :class:`ConfigError` if ``config`` with ``updates`` would not load with stock transformers.
+
+    Some configs check other fields against ``hidden_size // num_attention_heads`` instead of ``head_dim``: Phi-3
+    with ``longrope`` ``rope_scaling`` (Phi-3-mini-128k, Phi-3.5) checks its factor lists that way, so a
+    head-pruned one does not reload. Called before a run starts (with the final widths) and by the merge.
+    """
+    d = config.to_dict()
+    d.update(updates)
+    for key in ("quantization_config", "_pre_quantization_dtype"):
+        d.pop(key, None)
+    try:
+        type(config).from_dict(d)
+    except Exception as exc:  # transformers raises plain ValueError/KeyError from config validation
+        raise ConfigError(
+            f"a pruned {getattr(config, 'model_type', '?')} config with {updates} would not load with stock "
+            f"transformers: {exc}; keep every attention head (a lower ratio with head_policy mlp-first prunes MLP "
+            f"channels only)"
+        ) from exc
+
+
 def _kept_rows(lg: LayerGroups, part: str, heads: list[int], chans: list[int]) -> torch.Tensor:
     """Indices of the rows (q/k/v/gate/up) or columns (o/down) of logical projection ``part`` that stay."""
     if part in ("gate_proj", "up_proj", "down_proj"):
@@ -59,6 +88,8 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
 
     Raises:
         NonFiniteError: a merged weight contains NaN/inf (the model is left unchanged in that case).
+        ConfigError: the pruned config would not load with stock transformers (:func:`check_pruned_config`;
+            the model is left unchanged).
     """
     masks = masks or MaskState.full(groups)
     masks.remove()
@@ -90,11 +121,13 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
                 w = slice_cols(w, _kept_rows(lg, proj.parts[0], heads, chans))
             mods[proj.name] = new_linear(w, b, dtype)
         new_modules.append(mods)
+    n_heads, n_inter = widths.pop()
+    n_kv = groups.layers[0].num_kv_heads if groups.layers[0].gqa else n_heads
+    updates = pruned_config_updates(groups, n_heads, n_inter)
+    check_pruned_config(base.config, updates)
     # all checks passed: unwrap peft and install the new modules
     if base is not model:
         base = strip_peft(model)
-    n_heads, n_inter = widths.pop()
-    n_kv = groups.layers[0].num_kv_heads if groups.layers[0].gqa else n_heads
     blocks = {p.name: p.block for p in arch.projections}
     for layer, mods in zip(decoder_layers(base), new_modules):
         for name, lin in mods.items():
@@ -107,10 +140,8 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
         if hasattr(layer.mlp, "intermediate_size"):
             layer.mlp.intermediate_size = n_inter
     cfg: Any = base.config
-    cfg.num_attention_heads = n_heads
-    cfg.num_key_value_heads = n_kv
-    cfg.intermediate_size = n_inter
-    cfg.head_dim = groups.layers[0].head_dim
+    for key, val in updates.items():
+        setattr(cfg, key, val)
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(cfg, attr):
             delattr(cfg, attr)

@@ -254,3 +254,42 @@ def test_onnx_export_parity_of_pruned_model(case, tmp_path):
         ref = merged(input_ids=ids).logits
         got = ort(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert (ref - got).abs().max().item() < 1e-4
+
+
+def test_head_pruning_that_would_not_reload_is_refused_before_the_run(tmp_path):
+    """Phi-3 with longrope checks its rope factors against hidden_size // num_attention_heads, not head_dim."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from compressor.config import PruneConfig
+    from compressor.errors import ConfigError
+    from compressor.loop import PruneLoop
+
+    def longrope():
+        cfg = transformers.Phi3Config(**{**_COMMON, "max_position_embeddings": 256}, num_key_value_heads=4,
+                                      pad_token_id=0, original_max_position_embeddings=64,
+                                      rope_scaling={"type": "longrope", "short_factor": [1.0] * 4,
+                                                    "long_factor": [2.0] * 4})
+        torch.manual_seed(0)
+        return transformers.Phi3ForCausalLM(cfg).eval()
+
+    m = longrope()
+    groups = discover_groups(m)
+    masks = MaskState.full(groups)
+    for lm in masks.layers:
+        lm.heads[1] = False
+    before = {n: p.clone() for n, p in m.named_parameters()}
+    with pytest.raises(ConfigError, match="would not load with stock transformers.*short_factor"):
+        merge_and_slice(m, groups, masks)
+    assert m.config.num_attention_heads == 4 and all(torch.equal(p, before[n]) for n, p in m.named_parameters())
+    with pytest.raises(ConfigError, match="keep every attention head"):  # balanced at 50 % drops heads
+        PruneLoop(longrope(), PruneConfig(ratio=0.5, steps=2, prune_every=1, head_policy="balanced"),
+                  torch.zeros(2, 8, dtype=torch.long))
+    for lm in masks.layers:  # MLP channels only: reloads
+        lm.heads[1] = True
+        lm.channels[:8] = False
+    merged = merge_and_slice(m, groups, masks)
+    merged.save_pretrained(tmp_path)
+    re = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(re(input_ids=_ids()).logits, merged(input_ids=_ids()).logits, rtol=0, atol=0)
