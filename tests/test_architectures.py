@@ -2,7 +2,7 @@
 
 Per case: groups verified against torch-pruning's graph; masked == sliced (no LoRA) and masked == merged (LoRA
 folded) logits; save -> stock ``from_pretrained`` -> identical logits; a short end-to-end ``prune()``; ONNX
-export parity (``slow``: a few seconds each on a free core).
+export parity of the pruned model (three cases by default, the others ``slow``: ~10 s each on a free core).
 """
 from __future__ import annotations
 
@@ -228,9 +228,10 @@ def test_onnx_export_refuses_onnx_less_architecture(monkeypatch, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("case", ["llama3-rope-tied-gqa", "qwen3-gqa", "gemma3-gqa", "gemma2-mha", "gemma-gqa",
-                                  "phi3-gqa", "phi3-mha"])
+@pytest.mark.parametrize("case", [
+    "qwen3-gqa", "gemma3-gqa", "phi3-gqa",  # explicit head_dim, a graph without position_ids, fused projections
+    *(pytest.param(c, marks=pytest.mark.slow) for c in ("llama3-rope-tied-gqa", "gemma2-mha", "gemma-gqa", "phi3-mha")),
+])
 def test_onnx_export_parity_of_pruned_model(case, tmp_path):
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -293,3 +294,51 @@ def test_head_pruning_that_would_not_reload_is_refused_before_the_run(tmp_path):
     re = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager")
     with torch.no_grad():
         torch.testing.assert_close(re(input_ids=_ids()).logits, merged(input_ids=_ids()).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kv", [4, 2])
+def test_fused_phi3_scores_and_masks_as_the_unfused_llama_with_the_same_weights(kv):
+    """Phi-3's qkv_proj / gate_up_proj split into q, k, v / gate, up: a llama with those weights computes the same,
+    and its groups get the same scores and, masked alike, the same logits."""
+    import transformers
+
+    from compressor.criteria import get_criterion
+    from compressor.scoring import model_scores
+
+    phi = arch_model("phi3-mha" if kv == 4 else "phi3-gqa")
+    phi.config.partial_rotary_factor = 1.0
+    phi = transformers.Phi3ForCausalLM(phi.config).eval()
+    cfg = transformers.LlamaConfig(**{**_COMMON, "num_key_value_heads": kv, "head_dim": 8,
+                                      "tie_word_embeddings": False, "rms_norm_eps": phi.config.rms_norm_eps})
+    llama = transformers.LlamaForCausalLM(cfg).eval()
+    sd = {}
+    for k, v in phi.state_dict().items():
+        if ".qkv_proj." in k:
+            q, kk, vv = v.split([32, 8 * kv, 8 * kv])
+            sd.update({k.replace("qkv_proj", "q_proj"): q, k.replace("qkv_proj", "k_proj"): kk,
+                       k.replace("qkv_proj", "v_proj"): vv})
+        elif ".gate_up_proj." in k:
+            g, u = v.chunk(2)
+            sd.update({k.replace("gate_up_proj", "gate_proj"): g, k.replace("gate_up_proj", "up_proj"): u})
+        else:
+            sd[k] = v
+    llama.load_state_dict(sd)
+    ids = _ids()
+    with torch.no_grad():
+        torch.testing.assert_close(phi(input_ids=ids).logits, llama(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+    crit = get_criterion("magnitude")
+    states = []
+    for m in (phi, llama):
+        groups = discover_groups(m)
+        scores = model_scores(m, groups, crit)
+        masks = MaskState.full(groups).install(m, groups)
+        lg = groups.layers[0]
+        mask_lowest(masks, scores, groups, (lg.heads_per_kv if lg.gqa else lg.num_heads) - 1, 24)
+        with torch.no_grad():
+            states.append((scores, masks.state_dict(), m(input_ids=ids).logits))
+    (s_phi, m_phi, l_phi), (s_llama, m_llama, l_llama) = states
+    for a, b in zip(s_phi, s_llama):
+        torch.testing.assert_close(a.heads, b.heads)
+        torch.testing.assert_close(a.channels, b.channels)
+    assert all(torch.equal(x, y) for k in ("heads", "channels") for x, y in zip(m_phi[k], m_llama[k]))
+    torch.testing.assert_close(l_phi, l_llama, rtol=1e-5, atol=1e-5)
