@@ -16,8 +16,8 @@ from torch import nn
 from .adapters import base_weight, lora_parts, strip_peft, unwrap
 from .errors import ConfigError, NonFiniteError
 from .groups import LayerGroups, ModelGroups, decoder_layers, projection
-from .masking import MaskState, masked_part
-from .ops import head_rows, new_linear, slice_cols, slice_rows
+from .masking import LayerMask, MaskState, part_mask
+from .ops import new_linear, slice_cols, slice_rows
 
 
 def merged_weight(mod: nn.Module, adapter: str = "default") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -67,13 +67,9 @@ def check_pruned_config(config: Any, updates: dict[str, int]) -> None:
         ) from exc
 
 
-def _kept_rows(lg: LayerGroups, part: str, heads: list[int], chans: list[int]) -> torch.Tensor:
+def _kept(lg: LayerGroups, lm: LayerMask, part: str) -> torch.Tensor:
     """Indices of the rows (q/k/v/gate/up) or columns (o/down) of logical projection ``part`` that stay."""
-    if part in ("gate_proj", "up_proj", "down_proj"):
-        return torch.tensor(chans, dtype=torch.long)
-    if not masked_part(lg, part):  # KV heads are kept under GQA
-        return torch.arange(lg.part_size(part))
-    return head_rows(heads, lg.head_dim)
+    return torch.nonzero(part_mask(lg, lm, part)).flatten()
 
 
 def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | None = None,
@@ -102,7 +98,7 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
         raise ValueError(f"layers would get different widths {sorted(widths)}; masks must keep the same counts")
     arch = groups.architecture
     new_modules: list[dict[str, nn.Linear]] = []
-    for i, (layer, lg, (heads, chans)) in enumerate(zip(layers, groups.layers, kept)):
+    for i, (layer, lg, lm, (heads, _)) in enumerate(zip(layers, groups.layers, masks.layers, kept)):
         if lg.gqa:
             per = lg.heads_per_kv
             counts = {sum(1 for h in heads if h // per == g) for g in range(lg.num_kv_heads)}
@@ -114,11 +110,10 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
             if not torch.isfinite(w).all() or (b is not None and not torch.isfinite(b).all()):
                 raise NonFiniteError(f"layer {i} {proj.name}: merged weight has NaN/inf; refusing to write the model")
             if proj.row_pruned:  # a fused projection keeps its parts' rows, each at its offset
-                rows = torch.cat([start + _kept_rows(lg, part, heads, chans)
-                                  for part, start, _ in lg.part_offsets(proj)])
+                rows = torch.cat([start + _kept(lg, lm, part) for part, start, _ in lg.part_offsets(proj)])
                 w, b = slice_rows(w, b, rows)
             else:
-                w = slice_cols(w, _kept_rows(lg, proj.parts[0], heads, chans))
+                w = slice_cols(w, _kept(lg, lm, proj.parts[0]))
             mods[proj.name] = new_linear(w, b, dtype)
         new_modules.append(mods)
     n_heads, n_inter = widths.pop()
