@@ -13,8 +13,8 @@ from typing import Any
 from .architectures import get_architecture, supported
 from .errors import ModelLoadError
 
-#: model_type -> model class, from the table in :mod:`compressor.architectures`. The pruning code reads every
-#: size from the config.
+#: model_type -> model class: a snapshot, at import, of the table in :mod:`compressor.architectures` (which
+#: :func:`check_architecture` reads). The pruning code reads every size from the config.
 SUPPORTED_MODEL_TYPES = supported()
 
 #: files of which a model folder needs at least one for AutoTokenizer to load its tokenizer
