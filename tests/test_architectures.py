@@ -342,3 +342,22 @@ def test_fused_phi3_scores_and_masks_as_the_unfused_llama_with_the_same_weights(
         torch.testing.assert_close(a.channels, b.channels)
     assert all(torch.equal(x, y) for k in ("heads", "channels") for x, y in zip(m_phi[k], m_llama[k]))
     torch.testing.assert_close(l_phi, l_llama, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["gemma3-gqa", pytest.param("phi3-gqa", marks=pytest.mark.slow)])
+def test_bench_counts_the_pruned_export(case, tmp_path):
+    """The bench's parameter count from config.json (norms per architecture) equals the model's; a graph without
+    position_ids (gemma) benchmarks too."""
+    from exporters import bench, export_onnx
+    from tests.tiny import tiny_tokenizer
+
+    model = arch_model(case)
+    groups = discover_groups(model)
+    pm = _lora(model)
+    merged = merge_and_slice(pm, groups, _mask(pm, groups)).eval()
+    merged.save_pretrained(tmp_path / "hf")
+    tiny_tokenizer(VOCAB).save_pretrained(tmp_path / "hf")
+    export_onnx(tmp_path / "hf", tmp_path / "onnx", validate=False)
+    rep = bench(tmp_path / "onnx", runs=2, warmup=1, prompt_lengths=(16,), decode_batches=(1,), context=8, threads=1,
+                write=False, measure_memory=False)
+    assert rep.model.params == sum(p.numel() for p in merged.parameters())
