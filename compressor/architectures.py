@@ -201,6 +201,7 @@ def check_onnx(config: Any, spec: str = "model") -> Architecture:
     if not arch.onnx:
         raise UnsupportedArchitectureError(
             f"{spec!r} ({arch.model_type}) cannot be exported to ONNX: optimum has no text-generation-with-past "
-            f"exporter for it; ONNX export supports {', '.join(onnx_architectures())} (use --format hf)"
+            f"exporter for it; ONNX export supports {', '.join(onnx_architectures())} "
+            f"(--format safetensors works for every supported architecture)"
         )
     return arch
