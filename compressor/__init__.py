@@ -3,11 +3,13 @@
 Public API::
 
     from compressor import PruneConfig, prune, load_model, merge_and_slice, discover_groups
+    from compressor import Architecture, get_architecture, register_architecture   # the per-model-type table
 """
 from __future__ import annotations
 
 import logging as _logging
 
+from .architectures import Architecture, Projection, get_architecture, register_architecture
 from .config import PruneConfig
 from .errors import (
     CalibrationError,
@@ -32,6 +34,7 @@ __all__ = [
     "save_model_folder", "CompressError", "ConfigError", "ModelLoadError", "UnsupportedArchitectureError",
     "GroupDiscoveryError", "CalibrationError", "OutputExistsError", "NonFiniteError", "ResumeError",
     "OutputLockedError", "DiskWriteError",
+    "Architecture", "Projection", "get_architecture", "register_architecture",
 ]
 
 

@@ -3,12 +3,13 @@
 The prunable projections of a layer (``q, k, v, o, gate, up, down``) hold
 :func:`compressor.schedule.layer_params` weights, ``h*d*(2H + 2K) + 3*h*I``; that count is used here too::
 
-    params          = V*h + L*(layer_params + 2*h [+ biases]) + h + (V*h unless tied)
+    params          = V*h + L*(layer_params + N*h + M*d [+ biases]) + h + (V*h unless tied)
     linear FLOPs    = 2 * (L * layer_params + V*h)           multiply-add = 2 FLOPs, lm_head included
     attention FLOPs = 4 * L * H * d * T                      QK^T and AV against T positions
 
 with ``L`` layers, ``h`` hidden size, ``H`` query heads, ``K`` KV heads, ``d`` head_dim, ``I`` intermediate
-size, ``V`` vocabulary and ``T`` the attention context. Embedding lookup, norms, RoPE, softmax and
+size, ``V`` vocabulary, ``T`` the attention context, ``N`` the hidden-size norms per layer (2; 4 for Gemma 2/3)
+and ``M`` the per-head norms over ``head_dim`` (Qwen3, Gemma 3: 2), from :mod:`compressor.architectures`. Embedding lookup, norms, RoPE, softmax and
 activations (O(h) per layer) are left out.
 """
 from __future__ import annotations
@@ -29,8 +30,12 @@ def layer_projection_params(s: ModelSizes) -> int:
 
 def count_params(s: ModelSizes) -> int:
     """Parameter count: embedding, the projections, norms and biases, lm_head unless tied."""
+    from .architectures import find_architecture
+
     h, H, K, d, I = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate  # noqa: E741
-    per_layer = layer_projection_params(s) + 2 * h
+    arch = find_architecture(s.model_type)
+    norms, head_norms = (arch.hidden_norms_per_layer, len(arch.head_norms)) if arch is not None else (2, 0)
+    per_layer = layer_projection_params(s) + norms * h + head_norms * d
     if s.attention_bias:
         per_layer += H * d + 2 * K * d
     if s.mlp_bias:

@@ -10,6 +10,10 @@ Per decoder layer there are two kinds of group:
   never left without a query head.
 * **MLP channels** — row ``c`` of ``gate_proj`` and ``up_proj`` and column ``c`` of ``down_proj``.
 
+These are *logical* projections; where they physically live (e.g. Phi-3's fused ``qkv_proj``, whose rows
+stack q, k and v, and ``gate_up_proj``) and which per-head norms must stay whole comes from the model
+type's entry in :mod:`compressor.architectures`; the same rows are then found in the fused matrix.
+
 Sizes are read from the config (``head_dim``, ``num_key_value_heads``, ``intermediate_size``), and the
 dependency graph is asked which weights are coupled; :func:`discover_groups` raises
 :class:`GroupDiscoveryError` naming the layer if what it finds disagrees with the config.
@@ -32,9 +36,11 @@ import torch
 from torch import nn
 
 from .adapters import unwrap  # noqa: F401  (re-exported)
+from .architectures import Architecture, Projection, get_architecture, supported_text
 from .errors import GroupDiscoveryError, UnsupportedArchitectureError
 from .sizes import model_sizes
 
+#: the logical projections (physical names of unfused architectures such as llama)
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
 PRUNABLE = ATTN + MLP
@@ -58,6 +64,23 @@ class LayerGroups:
     def heads_per_kv(self) -> int:
         return self.num_heads // self.num_kv_heads
 
+    def part_size(self, part: str) -> int:
+        """Rows (``q/k/v/gate/up``) or columns (``o/down``) of the logical projection ``part``."""
+        if part in ("q_proj", "o_proj"):
+            return self.num_heads * self.head_dim
+        if part in ("k_proj", "v_proj"):
+            return self.num_kv_heads * self.head_dim
+        return self.intermediate_size
+
+    def part_offsets(self, proj: Projection) -> list[tuple[str, int, int]]:
+        """``(part, first row, size)`` of each logical projection stacked in ``proj``."""
+        out, start = [], 0
+        for part in proj.parts:
+            n = self.part_size(part)
+            out.append((part, start, n))
+            start += n
+        return out
+
 
 @dataclass(frozen=True)
 class ModelGroups:
@@ -73,6 +96,11 @@ class ModelGroups:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def architecture(self) -> Architecture:
+        """The per-architecture facts (:mod:`compressor.architectures`) of ``model_type``."""
+        return get_architecture(self.model_type)
+
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of decoder layers of a (possibly peft-wrapped) causal LM."""
@@ -81,15 +109,19 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     layers = getattr(inner, "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise UnsupportedArchitectureError(
-            f"{type(base).__name__} has no `model.layers` list of decoder layers; supported: LLaMA-style "
-            f"causal LMs (llama, mistral, qwen2)"
+            f"{type(base).__name__} has no `model.layers` list of decoder layers; supported: {supported_text()}"
         )
     return layers
 
 
 def projection(layer: nn.Module, name: str) -> nn.Module:
-    parent = layer.self_attn if name in ATTN else layer.mlp
-    return getattr(parent, name)
+    """The linear layer ``name`` (a physical name, e.g. ``o_proj`` or ``qkv_proj``) of a decoder layer."""
+    for block in ("self_attn", "mlp"):
+        parent = getattr(layer, block, None)
+        mod = getattr(parent, name, None) if parent is not None else None
+        if isinstance(mod, nn.Module):
+            return mod
+    raise AttributeError(f"decoder layer has no self_attn.{name} or mlp.{name}")
 
 
 def _out_features(mod: nn.Module) -> int:
@@ -106,30 +138,37 @@ def groups_from_config(model: nn.Module) -> ModelGroups:
     """Derive the groups from the config and check every layer's weight shapes against it."""
     base = unwrap(model)
     cfg: Any = base.config
+    arch = get_architecture(cfg, str(getattr(cfg, "_name_or_path", "") or type(base).__name__))
     sizes = model_sizes(cfg)
     hidden, n_heads, n_kv, head_dim, inter = sizes.hidden, sizes.heads, sizes.kv_heads, sizes.head_dim, sizes.intermediate
     if n_heads % n_kv:
         raise GroupDiscoveryError(f"num_attention_heads={n_heads} is not a multiple of num_key_value_heads={n_kv}")
-    expected = {
-        "q_proj": (n_heads * head_dim, hidden), "k_proj": (n_kv * head_dim, hidden),
-        "v_proj": (n_kv * head_dim, hidden), "o_proj": (hidden, n_heads * head_dim),
-        "gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter),
-    }
+    lg_cfg = LayerGroups(0, n_heads, n_kv, head_dim, inter)
+    expected = {p.name: ((sum(lg_cfg.part_size(x) for x in p.parts), hidden) if p.row_pruned
+                         else (hidden, lg_cfg.part_size(p.parts[0]))) for p in arch.projections}
+    blocks = {p.name: p.block for p in arch.projections}
     layers = []
     for i, layer in enumerate(decoder_layers(base)):
         for name, shape in expected.items():
             try:
-                mod = projection(layer, name)
+                mod = getattr(getattr(layer, blocks[name]), name)
             except AttributeError as exc:
                 raise GroupDiscoveryError(
-                    f"layer {i} has no {name}; supported layers have self_attn.{{q,k,v,o}}_proj and "
-                    f"mlp.{{gate,up,down}}_proj"
+                    f"layer {i} has no {blocks[name]}.{name}; {arch.model_type} layers have "
+                    f"{', '.join(f'{p.block}.{p.name}' for p in arch.projections)}"
                 ) from exc
             got = (_out_features(mod), _in_features(mod))
             if got != shape:
                 raise GroupDiscoveryError(
                     f"layer {i} {name} has shape {got}, but the config implies {shape} "
                     f"(heads={n_heads}, kv_heads={n_kv}, head_dim={head_dim}, intermediate={inter})"
+                )
+        for norm in arch.head_norms:
+            w = getattr(getattr(layer.self_attn, norm, None), "weight", None)
+            if w is None or tuple(w.shape) != (head_dim,):
+                raise GroupDiscoveryError(
+                    f"layer {i} self_attn.{norm} has weight shape {None if w is None else tuple(w.shape)}, expected "
+                    f"({head_dim},): a per-head norm shared by all heads, which head pruning leaves whole"
                 )
         layers.append(LayerGroups(i, n_heads, n_kv, head_dim, inter))
     return ModelGroups(str(cfg.model_type), hidden, tuple(layers), verified_with="config shapes")
@@ -164,7 +203,8 @@ def discover_groups(model: nn.Module, *, verify: bool = True) -> ModelGroups:
     with ``down_proj``'s input channels, and the answer is checked against the config.
 
     Args:
-        model: a LLaMA-style causal LM (llama, mistral, qwen2), optionally peft-wrapped (not yet masked).
+        model: a causal LM of an architecture in :mod:`compressor.architectures`, optionally peft-wrapped (not
+            yet masked).
         verify: trace and assert with torch-pruning (default). Skipped for quantized (bitsandbytes) bases,
             whose shapes are still checked against the config.
 
@@ -200,8 +240,9 @@ def discover_groups(model: nn.Module, *, verify: bool = True) -> ModelGroups:
             raise GroupDiscoveryError(f"torch-pruning could not trace {type(base).__name__}: {exc}") from exc
     base.train(was_training)
     names = {id(m): n for n, m in base.named_modules()}
+    arch = groups.architecture
     for lg, layer in zip(groups.layers, decoder_layers(base)):
-        _verify_layer(dg, tp, lg, layer, names)
+        _verify_layer(dg, tp, lg, layer, names, arch)
     return ModelGroups(groups.model_type, groups.hidden_size, groups.layers, "torch-pruning DependencyGraph")
 
 
@@ -215,26 +256,32 @@ def _coupled(dg, fn, module: nn.Module, idxs: list[int], names: dict[int, str]) 
     return found
 
 
-def _verify_layer(dg, tp, lg: LayerGroups, layer: Any, names: dict[int, str]) -> None:
+def _verify_layer(dg, tp, lg: LayerGroups, layer: Any, names: dict[int, str], arch: Architecture) -> None:
+    """MLP channel 0 and the last one, and every query head: the rows the groups own in each row-pruned
+    projection (a fused one holds several parts) must be what the graph couples with the columns of
+    ``down_proj`` / ``o_proj``. Under GQA only the q rows are checked (see the module docstring)."""
     i = lg.index
-    # MLP channel 0 and the last one.
-    for c in (0, lg.intermediate_size - 1):
-        found = _coupled(dg, tp.prune_linear_in_channels, layer.mlp.down_proj, [c], names)
-        for name in ("gate_proj", "up_proj"):
-            if found.get(name, (None, None))[1] != [c]:
-                raise GroupDiscoveryError(
-                    f"layer {i}: dependency graph does not couple mlp.down_proj input channel {c} with "
-                    f"mlp.{name} output channel {c} (found {sorted(found)}); cannot prune MLP channels"
-                )
-    # Every query head: its q rows must be coupled with the same o columns (and k, v rows under MHA).
-    for h in range(lg.num_heads):
-        rows = list(range(lg.head_dim * h, lg.head_dim * (h + 1)))
-        found = _coupled(dg, tp.prune_linear_in_channels, layer.self_attn.o_proj, rows, names)
-        need = ("q_proj", "k_proj", "v_proj") if not lg.gqa else ("q_proj",)
-        for name in need:
-            if found.get(name, (None, None))[1] != rows:
-                raise GroupDiscoveryError(
-                    f"layer {i}: dependency graph does not couple self_attn.o_proj input channels of head {h} "
-                    f"with self_attn.{name} rows {rows[0]}..{rows[-1]} (found {sorted(found)}); "
-                    f"heads={lg.num_heads}, kv_heads={lg.num_kv_heads}, head_dim={lg.head_dim}"
-                )
+    for block, src, what in (("mlp", "down_proj", "input channel"), ("self_attn", "o_proj", "input channels of head")):
+        mlp = block == "mlp"
+        checks = []
+        for proj in arch.projections:
+            parts = [(part, start, n) for part, start, n in lg.part_offsets(proj)
+                     if proj.row_pruned and proj.block == block and (mlp or part == "q_proj" or not lg.gqa)]
+            if parts:
+                checks.append((proj, parts))
+        cases = [(c, [c]) for c in (0, lg.intermediate_size - 1)] if mlp else [
+            (h, list(range(lg.head_dim * h, lg.head_dim * (h + 1)))) for h in range(lg.num_heads)]
+        for g, local in cases:
+            found = _coupled(dg, tp.prune_linear_in_channels, getattr(getattr(layer, block), src), local, names)
+            for proj, parts in checks:
+                got = found.get(proj.name, (None, None))[1]
+                want = [start + r for _, start, _ in parts for r in local]
+                if got is not None:
+                    got = [r for r in got if any(start <= r < start + n for _, start, n in parts)]
+                if got != want:
+                    raise GroupDiscoveryError(
+                        f"layer {i}: dependency graph does not couple {block}.{src} {what} {g} with "
+                        f"{block}.{proj.name} rows {want[0]}..{want[-1]} ({' + '.join(p for p, _, _ in parts)}; "
+                        f"found {sorted(found)}); heads={lg.num_heads}, kv_heads={lg.num_kv_heads}, "
+                        f"head_dim={lg.head_dim}; cannot prune {'MLP channels' if mlp else 'attention heads'}"
+                    )

@@ -26,15 +26,17 @@ import torch
 from torch import nn
 
 from .activation import ActivationScorer
+from .adapters import unwrap
+from .architectures import get_architecture
 from .checkpoint import rng_state, set_rng_state
 from .compensation import Compensator, base_weights
 from .config import PruneConfig, parse_skip_layers
 from .criteria import get_criterion
 from .errors import ConfigError, NonFiniteError
-from .groups import PRUNABLE, ModelGroups, discover_groups
+from .groups import ModelGroups, discover_groups
 from .loss import supports_chunked_loss, training_loss
 from .masking import MaskState, mask_lowest
-from .merge import merge_and_slice
+from .merge import check_pruned_config, merge_and_slice, pruned_config_updates
 from .schedule import Widths, layer_params, prune_events, solve_widths, widths_at
 from .scoring import LayerScores, MovingAverage, model_scores
 
@@ -62,14 +64,15 @@ class StepRecord:
 
 
 def wrap_lora(model: nn.Module, cfg: PruneConfig) -> nn.Module:
-    """Wrap every prunable projection in a LoRA adapter (peft). Vanilla Taylor also makes W0 require grad
-    (never updated by the optimizer)."""
+    """Wrap every prunable projection (the architecture's physical ones, e.g. Phi-3's ``qkv_proj``) in a LoRA
+    adapter (peft). Vanilla Taylor also makes W0 require grad (never updated by the optimizer)."""
     from peft import LoraConfig, get_peft_model
 
+    targets = list(get_architecture(unwrap(model).config).prunable)
     torch.manual_seed(cfg.seed)
     alpha: Any = cfg.lora_alpha  # peft types it as int; a float alpha works
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(PRUNABLE), bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
     pm = get_peft_model(model, lcfg)
     if get_criterion(cfg.criterion).needs_weight_grad:
         for mod in pm.modules():
@@ -261,6 +264,9 @@ class PruneLoop:
         if len(shapes) != 1:
             raise ConfigError(f"layers have different widths {sorted(shapes)}; only uniform models are supported")
         self.widths = WidthPlan(self.groups, config)
+        final = self.widths.final  # refuse now, not after the run, widths whose config would not reload
+        check_pruned_config(unwrap(model).config, pruned_config_updates(self.groups, final.num_heads,
+                                                                        final.intermediate_size))
         self.plan = plan
         if plan is not None:
             self.events: list[int] = []

@@ -2,8 +2,9 @@
 
 Masks are applied with forward hooks on the (peft-wrapped) projections, so they cover the base and
 LoRA outputs together: the outputs of ``q/k/v`` (k, v only under MHA) and ``gate/up`` are multiplied by
-the row mask, and the inputs of ``o_proj`` and ``down_proj`` by the column mask. A masked model computes
-exactly what the physically sliced model computes (see ``tests/test_prune_core.py``).
+the row mask, and the inputs of ``o_proj`` and ``down_proj`` by the column mask. A fused projection
+(Phi-3's ``qkv_proj``, ``gate_up_proj``) gets one row mask, its parts' masks stacked in its row order. A
+masked model computes exactly what the physically sliced model computes (see ``tests/test_prune_core.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .architectures import Projection
 from .groups import LayerGroups, ModelGroups, decoder_layers, projection
 
 
@@ -46,17 +48,17 @@ class MaskState:
         """Register hooks on ``model``'s projections; call :meth:`remove` to take them off."""
         self.remove()
         self._float = []
+        projections = groups.architecture.projections
         for layer, lg, lm in zip(decoder_layers(model), groups.layers, self.layers):
-            fm = _FloatMasks(lg, lm)
+            fm = _FloatMasks(lg, lm, projections)
             self._float.append(fm)
-            self._handles.append(projection(layer, "q_proj").register_forward_hook(_out_hook(fm, "head_rows")))
-            if not lg.gqa:
-                for name in ("k_proj", "v_proj"):
-                    self._handles.append(projection(layer, name).register_forward_hook(_out_hook(fm, "head_rows")))
-            self._handles.append(projection(layer, "o_proj").register_forward_pre_hook(_in_hook(fm, "head_rows")))
-            for name in ("gate_proj", "up_proj"):
-                self._handles.append(projection(layer, name).register_forward_hook(_out_hook(fm, "channels")))
-            self._handles.append(projection(layer, "down_proj").register_forward_pre_hook(_in_hook(fm, "channels")))
+            for proj in projections:
+                mod = projection(layer, proj.name)
+                if not proj.row_pruned:
+                    which = "head_rows" if proj.parts[0] == "o_proj" else "channels"
+                    self._handles.append(mod.register_forward_pre_hook(_in_hook(fm, which)))
+                elif any(masked_part(lg, part) for part in proj.parts):
+                    self._handles.append(mod.register_forward_hook(_out_hook(fm, proj.name)))
         return self
 
     def refresh(self) -> None:
@@ -91,22 +93,39 @@ class MaskState:
         self.refresh()
 
 
+def masked_part(lg: LayerGroups, part: str) -> bool:
+    """Whether the rows of logical projection ``part`` belong to groups (k, v rows are kept under GQA)."""
+    return not (lg.gqa and part in ("k_proj", "v_proj"))
+
+
+def part_mask(lg: LayerGroups, lm: LayerMask, part: str) -> torch.Tensor:
+    """Bool keep-mask over the rows (q/k/v/gate/up) or columns (o/down) of logical projection ``part``."""
+    if part in ("gate_proj", "up_proj", "down_proj"):
+        return lm.channels
+    if not masked_part(lg, part):
+        return torch.ones(lg.part_size(part), dtype=torch.bool)
+    return lm.heads.repeat_interleave(lg.head_dim)
+
+
 class _FloatMasks:
-    def __init__(self, lg: LayerGroups, lm: LayerMask):
-        self.lg, self.lm = lg, lm
+    def __init__(self, lg: LayerGroups, lm: LayerMask, projections: tuple[Projection, ...]):
+        self.lg, self.lm, self.projections = lg, lm, projections
         self.active = True
         self.refresh()
 
     def refresh(self) -> None:
-        self.head_rows = self.lm.heads.float().repeat_interleave(self.lg.head_dim)
-        self.channels = self.lm.channels.float()
+        self.masks = {"head_rows": self.lm.heads.float().repeat_interleave(self.lg.head_dim),
+                      "channels": self.lm.channels.float()}
+        for proj in self.projections:
+            if proj.row_pruned:
+                self.masks[proj.name] = torch.cat([part_mask(self.lg, self.lm, p) for p in proj.parts]).float()
         self._cache: dict = {}
 
     def get(self, which: str, like: torch.Tensor) -> torch.Tensor:
         key = (which, like.device, like.dtype)
         t = self._cache.get(key)
         if t is None:
-            t = getattr(self, which).to(device=like.device, dtype=like.dtype)
+            t = self.masks[which].to(device=like.device, dtype=like.dtype)
             self._cache[key] = t
         return t
 

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from .adapters import base_weight, lora_parts, strip_peft, unwrap
-from .errors import NonFiniteError
-from .groups import ATTN, PRUNABLE, ModelGroups, decoder_layers, projection
-from .masking import MaskState
-from .ops import head_rows, new_linear, slice_cols, slice_rows
+from .errors import ConfigError, NonFiniteError
+from .groups import LayerGroups, ModelGroups, decoder_layers, projection
+from .masking import LayerMask, MaskState, part_mask
+from .ops import new_linear, slice_cols, slice_rows
 
 
 def merged_weight(mod: nn.Module, adapter: str = "default") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -38,6 +38,40 @@ def _target_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def pruned_config_updates(groups: ModelGroups, num_heads: int, intermediate_size: int) -> dict[str, int]:
+    """The config keys the merge rewrites (the same for every architecture): ``num_attention_heads``,
+    ``num_key_value_heads`` (unchanged under GQA), ``intermediate_size`` and an explicit ``head_dim``."""
+    lg = groups.layers[0]
+    return {"num_attention_heads": num_heads, "num_key_value_heads": lg.num_kv_heads if lg.gqa else num_heads,
+            "intermediate_size": intermediate_size, "head_dim": lg.head_dim}
+
+
+def check_pruned_config(config: Any, updates: dict[str, int]) -> None:
+    """Raise :class:`ConfigError` if ``config`` with ``updates`` would not load with stock transformers.
+
+    Some configs check other fields against ``hidden_size // num_attention_heads`` instead of ``head_dim``: Phi-3
+    with ``longrope`` ``rope_scaling`` (Phi-3-mini-128k, Phi-3.5) checks its factor lists that way, so a
+    head-pruned one does not reload. Called before a run starts (with the final widths) and by the merge.
+    """
+    d = config.to_dict()
+    d.update(updates)
+    for key in ("quantization_config", "_pre_quantization_dtype"):
+        d.pop(key, None)
+    try:
+        type(config).from_dict(d)
+    except Exception as exc:  # transformers raises plain ValueError/KeyError from config validation
+        raise ConfigError(
+            f"a pruned {getattr(config, 'model_type', '?')} config with {updates} would not load with stock "
+            f"transformers: {exc}; keep every attention head (a lower ratio with head_policy mlp-first prunes MLP "
+            f"channels only)"
+        ) from exc
+
+
+def _kept(lg: LayerGroups, lm: LayerMask, part: str) -> torch.Tensor:
+    """Indices of the rows (q/k/v/gate/up) or columns (o/down) of logical projection ``part`` that stay."""
+    return torch.nonzero(part_mask(lg, lm, part)).flatten()
+
+
 def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | None = None,
                     dtype: torch.dtype | None = None) -> nn.Module:
     """Fold LoRA into the base and remove masked groups. Returns the plain causal LM.
@@ -50,6 +84,8 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
 
     Raises:
         NonFiniteError: a merged weight contains NaN/inf (the model is left unchanged in that case).
+        ConfigError: the pruned config would not load with stock transformers (:func:`check_pruned_config`;
+            the model is left unchanged).
     """
     masks = masks or MaskState.full(groups)
     masks.remove()
@@ -60,45 +96,37 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
     widths = {(len(h), len(c)) for h, c in kept}
     if len(widths) != 1:
         raise ValueError(f"layers would get different widths {sorted(widths)}; masks must keep the same counts")
+    arch = groups.architecture
     new_modules: list[dict[str, nn.Linear]] = []
-    for i, (layer, lg, (heads, chans)) in enumerate(zip(layers, groups.layers, kept)):
-        d = lg.head_dim
-        q_rows = head_rows(heads, d)
+    for i, (layer, lg, lm, (heads, _)) in enumerate(zip(layers, groups.layers, masks.layers, kept)):
         if lg.gqa:
             per = lg.heads_per_kv
             counts = {sum(1 for h in heads if h // per == g) for g in range(lg.num_kv_heads)}
             if len(counts) != 1 or 0 in counts:
                 raise ValueError(f"layer {i}: GQA masks must keep the same number (≥1) of query heads per KV group")
-            kv_rows = torch.arange(lg.num_kv_heads * d)
-        else:
-            kv_rows = q_rows
-        ch = torch.tensor(chans, dtype=torch.long)
         mods: dict[str, nn.Linear] = {}
-        for name in PRUNABLE:
-            w, b = merged_weight(projection(layer, name))
+        for proj in arch.projections:
+            w, b = merged_weight(projection(layer, proj.name))
             if not torch.isfinite(w).all() or (b is not None and not torch.isfinite(b).all()):
-                raise NonFiniteError(f"layer {i} {name}: merged weight has NaN/inf; refusing to write the model")
-            if name == "q_proj":
-                w, b = slice_rows(w, b, q_rows)
-            elif name in ("k_proj", "v_proj"):
-                w, b = slice_rows(w, b, kv_rows)
-            elif name == "o_proj":
-                w = slice_cols(w, q_rows)
-            elif name in ("gate_proj", "up_proj"):
-                w, b = slice_rows(w, b, ch)
-            else:  # down_proj
-                w = slice_cols(w, ch)
-            mods[name] = new_linear(w, b, dtype)
+                raise NonFiniteError(f"layer {i} {proj.name}: merged weight has NaN/inf; refusing to write the model")
+            if proj.row_pruned:  # a fused projection keeps its parts' rows, each at its offset
+                rows = torch.cat([start + _kept(lg, lm, part) for part, start, _ in lg.part_offsets(proj)])
+                w, b = slice_rows(w, b, rows)
+            else:
+                w = slice_cols(w, _kept(lg, lm, proj.parts[0]))
+            mods[proj.name] = new_linear(w, b, dtype)
         new_modules.append(mods)
+    n_heads, n_inter = widths.pop()
+    n_kv = groups.layers[0].num_kv_heads if groups.layers[0].gqa else n_heads
+    updates = pruned_config_updates(groups, n_heads, n_inter)
+    check_pruned_config(base.config, updates)
     # all checks passed: unwrap peft and install the new modules
     if base is not model:
         base = strip_peft(model)
-    n_heads, n_inter = widths.pop()
-    n_kv = groups.layers[0].num_kv_heads if groups.layers[0].gqa else n_heads
+    blocks = {p.name: p.block for p in arch.projections}
     for layer, mods in zip(decoder_layers(base), new_modules):
         for name, lin in mods.items():
-            parent = layer.self_attn if name in ATTN else layer.mlp
-            setattr(parent, name, lin)
+            setattr(getattr(layer, blocks[name]), name, lin)
         attn = layer.self_attn
         for attr, val in (("num_heads", n_heads), ("num_key_value_heads", n_kv),
                           ("num_key_value_groups", n_heads // n_kv), ("head_dim", groups.layers[0].head_dim)):
@@ -107,10 +135,8 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
         if hasattr(layer.mlp, "intermediate_size"):
             layer.mlp.intermediate_size = n_inter
     cfg: Any = base.config
-    cfg.num_attention_heads = n_heads
-    cfg.num_key_value_heads = n_kv
-    cfg.intermediate_size = n_inter
-    cfg.head_dim = groups.layers[0].head_dim
+    for key, val in updates.items():
+        setattr(cfg, key, val)
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(cfg, attr):
             delattr(cfg, attr)

@@ -10,14 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError, UnsupportedArchitectureError
+from .architectures import get_architecture, supported
+from .errors import ModelLoadError
 
-#: model_type -> description. The pruning code reads every size from the config.
-SUPPORTED_MODEL_TYPES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-}
+#: model_type -> model class: a snapshot, at import, of the table in :mod:`compressor.architectures` (which
+#: :func:`check_architecture` reads). The pruning code reads every size from the config.
+SUPPORTED_MODEL_TYPES = supported()
 
 #: files of which a model folder needs at least one for AutoTokenizer to load its tokenizer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
@@ -190,12 +188,9 @@ def is_onnx_folder(folder: str | os.PathLike) -> bool:
 
 
 def check_architecture(cfg, spec: str = "model") -> None:
-    mt = getattr(cfg, "model_type", None)
-    if mt not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedArchitectureError(
-            f"{spec!r} has model_type {mt!r} ({', '.join(getattr(cfg, 'architectures', None) or [])}); "
-            f"supported: {', '.join(f'{k} ({v})' for k, v in SUPPORTED_MODEL_TYPES.items())}"
-        )
+    """Raise :class:`UnsupportedArchitectureError` unless ``cfg``'s model type is in
+    :mod:`compressor.architectures` (the message lists the supported ones)."""
+    get_architecture(cfg, spec)
 
 
 def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32", base_bits: int | None = None,

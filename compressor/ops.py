@@ -22,7 +22,3 @@ def slice_rows(weight: torch.Tensor, bias: torch.Tensor | None, keep: torch.Tens
 def slice_cols(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return weight.index_select(1, keep).contiguous()
 
-
-def head_rows(heads: list[int], head_dim: int) -> torch.Tensor:
-    """Row indices of the given heads in a ``[heads*head_dim, hidden]`` projection."""
-    return torch.tensor([h * head_dim + j for h in heads for j in range(head_dim)], dtype=torch.long)

@@ -129,7 +129,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     """Prune ``model`` with LoRAPrune and return the merged, smaller model.
 
     Args:
-        model: a loaded LLaMA-family causal LM (llama, mistral, qwen2), or a model spec accepted by
+        model: a loaded causal LM of a type in :mod:`compressor.architectures` (llama, mistral, qwen2, qwen3,
+            gemma, gemma2, gemma3_text, phi3), or a model spec accepted by
             :func:`compressor.models.load_model` (built-in name, HF folder, .gguf file).
         config: what to do (:class:`PruneConfig`).
         data: calibration data: a LongTensor ``[num_blocks, seq_len]``, a list of strings, or a path /

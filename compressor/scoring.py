@@ -7,11 +7,13 @@ import torch
 from torch import nn
 
 from .adapters import base_weight, lora_parts
+from .architectures import COL_PARTS, LLAMA_PROJECTIONS, ROW_PARTS, Projection
 from .criteria import Criterion, ProjectionTensors
-from .groups import MLP, PRUNABLE, LayerGroups, ModelGroups, decoder_layers, projection
+from .groups import MLP, LayerGroups, ModelGroups, decoder_layers, projection
+from .masking import masked_part
 
-ROW_PRUNED = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # groups own output rows
-COL_PRUNED = ("o_proj", "down_proj")  # groups own input columns
+ROW_PRUNED = ROW_PARTS  # groups own output rows
+COL_PRUNED = COL_PARTS  # groups own input columns
 
 
 def projection_tensors(mod: nn.Module, criterion: Criterion, generator: torch.Generator | None,
@@ -49,30 +51,40 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
 
 
 def layer_scores(layer: nn.Module, lg: LayerGroups, criterion: Criterion,
-                 generator: torch.Generator | None = None, aggregate: str = "sum-sq") -> LayerScores:
+                 generator: torch.Generator | None = None, aggregate: str = "sum-sq",
+                 projections: tuple[Projection, ...] = LLAMA_PROJECTIONS) -> LayerScores:
     """Group scores of one layer from the criterion's element importances (Eq. 4).
 
     ``aggregate="sum-sq"``: each group's score is the sum of its elements' importances (the criteria return
     squared saliencies, e.g. Eq. 10). ``aggregate="official"`` (the official LoRAPrune code): the
     absolute saliency (the square root of the importance) is summed per group within each projection, each
     projection's group vector is scaled to unit L2 norm, and the projections' vectors are summed.
+
+    ``projections`` (default: llama's unfused ones) come from the model's
+    :class:`~compressor.architectures.Architecture`; a fused projection is scored once and its importances
+    split into its logical parts' rows, so each part contributes exactly as an unfused one would.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate {aggregate!r} is not valid; use one of {', '.join(AGGREGATES)}")
     d = lg.head_dim
     head_parts: list[torch.Tensor] = []
     chan_parts: list[torch.Tensor] = []
-    for name in PRUNABLE:
-        if lg.gqa and name in ("k_proj", "v_proj"):
+    for proj in projections:
+        if not any(masked_part(lg, part) for part in proj.parts):
             continue  # KV heads are kept under GQA; they are not part of a q-head group
-        imp = criterion(projection_tensors(projection(layer, name), criterion, generator))
+        imp = criterion(projection_tensors(projection(layer, proj.name), criterion, generator))
         if aggregate == "official":
             imp = imp.clamp_min(0).sqrt()
-        red = imp.sum(dim=1) if name in ROW_PRUNED else imp.sum(dim=0)
-        if name in MLP:
-            chan_parts.append(red)
+        if not proj.row_pruned:
+            pieces = [(proj.parts[0], imp.sum(dim=0))]
         else:
-            head_parts.append(red.view(lg.num_heads, d).sum(1))
+            red = imp.sum(dim=1)
+            pieces = [(part, red[start:start + n]) for part, start, n in lg.part_offsets(proj) if masked_part(lg, part)]
+        for part, v in pieces:
+            if part in MLP:
+                chan_parts.append(v)
+            else:
+                head_parts.append(v.view(lg.num_heads, d).sum(1))
     if aggregate == "official":
         head_parts = [_unit(v.double()) for v in head_parts]
         chan_parts = [_unit(v.double()) for v in chan_parts]
@@ -84,7 +96,8 @@ def layer_scores(layer: nn.Module, lg: LayerGroups, criterion: Criterion,
 def model_scores(model: nn.Module, groups: ModelGroups, criterion: Criterion,
                  generator: torch.Generator | None = None, aggregate: str = "sum-sq") -> list[LayerScores]:
     """Group scores of every layer of ``model`` (peft-wrapped or plain)."""
-    return [layer_scores(layer, lg, criterion, generator, aggregate)
+    projections = groups.architecture.projections
+    return [layer_scores(layer, lg, criterion, generator, aggregate, projections)
             for layer, lg in zip(decoder_layers(model), groups.layers)]
 
 

@@ -1,4 +1,4 @@
-"""The sizes of a LLaMA-family decoder, read from a Hugging Face config: the one place that knows the defaults.
+"""The sizes of a LLaMA-family decoder (every entry of :mod:`compressor.architectures`), read from a Hugging Face config: the one place that knows the defaults.
 
 ``num_key_value_heads`` defaults to ``num_attention_heads`` (MHA) and ``head_dim`` to
 ``hidden_size // num_attention_heads`` (no explicit ``head_dim``, as before head pruning). Works on a
@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ModelSizes:
-    """Widths of a llama / mistral / qwen2 decoder."""
+    """Widths of a decoder of an architecture in :mod:`compressor.architectures`."""
 
     model_type: str | None
     layers: int
@@ -53,7 +53,8 @@ def model_sizes(config: Any, *, hidden_size: int | None = None) -> ModelSizes:
         head_dim=int(_get(config, "head_dim") or hidden // heads),
         intermediate=int(_get(config, "intermediate_size")),
         vocab=int(_get(config, "vocab_size")),
-        tied=bool(_get(config, "tie_word_embeddings", False)),
+        # a config.json leaves tie_word_embeddings out when it equals PretrainedConfig's default, True (gemma)
+        tied=bool(_get(config, "tie_word_embeddings", True)),
         attention_bias=bool(_get(config, "attention_bias", model_type == "qwen2")),
         mlp_bias=bool(_get(config, "mlp_bias", False)),
     )

@@ -68,7 +68,7 @@ def model_dims(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def count_params(dims: dict[str, Any]) -> int:
-    """Parameter count of a llama/mistral/qwen2 decoder from :func:`model_dims` (:func:`compressor.flops.count_params`)."""
+    """Parameter count of a supported decoder from :func:`model_dims` (:func:`compressor.flops.count_params`)."""
     return _count_params(ModelSizes(**dims))
 
 

@@ -70,15 +70,24 @@ def _collect(outputs: dict, name: str, arr, valid) -> None:
     outputs.setdefault(name, []).append(a.reshape(a.shape[0] if a.ndim > 1 else 1, -1))
 
 
-def pt_run(model, ids, mask, steps: int, forced=None):
-    """PyTorch prefill + ``steps`` greedy decode steps (or the ``forced`` tokens); returns (outputs, tokens)."""
+def pt_run(model, ids, mask, steps: int, forced=None, *, index_positions: bool = False, offset: int = 0):
+    """PyTorch prefill + ``steps`` greedy decode steps (or the ``forced`` tokens); returns (outputs, tokens).
+
+    Positions count the unpadded tokens (what a graph with a ``position_ids`` input is fed), plus ``offset``;
+    ``index_positions=True`` uses the index in the padded sequence instead, as a graph without that input
+    (optimum's gemma exports) computes them from the cache length. RoPE is relative, so logits agree either
+    way; the cached keys (rotated by absolute position) only agree with the same positions.
+    """
     import numpy as np
     import torch
 
     outs: dict[str, list] = {}
     tokens = []
     with torch.no_grad():
-        pos = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)
+        if index_positions:
+            pos = np.broadcast_to(np.arange(mask.shape[1], dtype=np.int64), mask.shape).copy() + offset
+        else:
+            pos = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1) + offset
         o = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                   position_ids=torch.from_numpy(pos), use_cache=True)
         cache, valid = o.past_key_values, mask.astype(bool)
@@ -93,7 +102,10 @@ def pt_run(model, ids, mask, steps: int, forced=None):
             nxt = forced[step] if forced is not None else logits[:, -1, :].argmax(-1, keepdim=True).numpy()
             tokens.append(nxt)
             mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
-            pos = (np.cumsum(mask, axis=1) - 1)[:, -1:]
+            if index_positions:
+                pos = np.full((mask.shape[0], 1), mask.shape[1] - 1 + offset, np.int64)
+            else:
+                pos = (np.cumsum(mask, axis=1) - 1)[:, -1:] + offset
             o = model(input_ids=torch.from_numpy(nxt), attention_mask=torch.from_numpy(mask),
                       position_ids=torch.from_numpy(pos), past_key_values=cache, use_cache=True)
             cache, logits = o.past_key_values, o.logits

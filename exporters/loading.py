@@ -22,7 +22,7 @@ def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True, all
 
     Raises:
         ModelLoadError: not a model folder / unreadable model.
-        UnsupportedArchitectureError: the model type is not llama, mistral or qwen2.
+        UnsupportedArchitectureError: the model type is not in :mod:`compressor.architectures`.
         ConfigError: ``require_fp32_cpu`` and the loaded model is not float32 on the CPU.
     """
     from compressor.models import check_architecture, load_model, resolve_model

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from compressor.architectures import check_onnx
 from compressor.errors import ConfigError, ExportError
 from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
 from compressor.lock import locks_output
@@ -112,7 +113,8 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         :class:`ExportResult`; ``export_report.json`` in ``out`` holds the same report.
 
     Raises:
-        ModelLoadError, UnsupportedArchitectureError, OutputExistsError, ConfigError, ExportError,
+        ModelLoadError, UnsupportedArchitectureError (also for an architecture optimum cannot export; the
+        message lists those it can), OutputExistsError, ConfigError, ExportError,
         ValidationError, DependencyMissingError.
 
     Example:
@@ -130,6 +132,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
     check_output_dir(out, force)
     model, tokenizer, spec = load_for_export(model_dir, tokenizer, allow_pickle=allow_pickle,
                                              trust_remote_code=trust_remote_code)
+    check_onnx(model.config, str(spec))
     require("optimum.exporters.onnx", "ONNX export")
     require("onnx", "ONNX export")
     from optimum.exporters.onnx import onnx_export_from_model

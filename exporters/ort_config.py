@@ -3,12 +3,15 @@
 Pruning attention heads keeps ``hidden_size`` and writes an explicit ``head_dim``, so
 ``head_dim != hidden_size // num_attention_heads``. The exporter honours ``head_dim``, but
 ``ORTModelForCausalLM`` (optimum-onnx 0.1.0, ``modeling_decoder.py``) sizes the empty KV cache it feeds
-on the first step as ``hidden_size // num_attention_heads`` for llama/mistral/qwen2, which then fails
-with ``past_key_values... Got: 64 Expected: 32``. That is the only use it makes of ``hidden_size``,
+on the first step as ``hidden_size // num_attention_heads`` for llama/mistral/qwen2/qwen3/gemma2/phi3 (only
+gemma and gemma3_text read ``config.head_dim``: ``Architecture.ort_kv_from_head_dim`` in
+:mod:`compressor.architectures`), which then fails with ``past_key_values... Got: 64 Expected: 32``. That is the only use it makes of ``hidden_size``,
 so the *exported folder's* ``config.json`` gets ``hidden_size = num_attention_heads * head_dim``
 (the width of the attention projection, which is also what ONNX Runtime's transformer optimizer calls
 ``hidden_size``) and keeps the model's real width under ``"lorapress_export": {"model_hidden_size": ..}``.
-The HF model's own config is never changed. Dense models need no adjustment and are written as is.
+The HF model's own config is never changed. Dense models whose ``head_dim == hidden_size // num_attention_heads``
+(and every gemma / gemma3_text model) need no adjustment and are written as is; a dense Qwen3 or Gemma 2, whose
+``head_dim`` is explicit and different, gets it too.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from compressor.architectures import get_architecture
 from compressor.io import write_json
 
 #: Key added to an exported folder's config.json when the ORT config adjustment was applied.
@@ -36,6 +40,8 @@ def adjust_config_for_ort(folder: str | os.PathLike) -> dict[str, Any] | None:
     head_dim = cfg.get("head_dim")
     hidden = cfg.get("hidden_size")
     if not heads or not head_dim or not hidden or hidden // heads == head_dim:
+        return None
+    if get_architecture(cfg, str(folder)).ort_kv_from_head_dim:  # optimum reads head_dim for this one
         return None
     ort_hidden = int(heads) * int(head_dim)
     extra = dict(cfg.get(CONFIG_KEY) or {})

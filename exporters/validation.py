@@ -53,7 +53,8 @@ def validate_parity(model, onnx_path: Path, *, atol: float = 1e-4, rtol: float =
 
     The prefill is a batch of ``batch`` random sequences of ``prompt_len`` tokens, the second one
     left-padded by 3 tokens (only unpadded positions are compared). Each decode step feeds both models the
-    PyTorch greedy token; each side keeps its own cache.
+    PyTorch greedy token; each side keeps its own cache. A graph with no ``position_ids`` input (gemma family)
+    numbers positions by index, padding included; the PyTorch reference then does the same.
 
     Primary gate, per output: ``max|ort - pt| <= atol + rtol * max|pt|``. The ``rtol`` term matters only for
     large outputs (logits of a 30-layer model reach |30|); for small tensors the bound is ``atol``.
@@ -107,7 +108,9 @@ def validate_parity(model, onnx_path: Path, *, atol: float = 1e-4, rtol: float =
         pad = model.config.pad_token_id
         ids[1, :npad] = pad if isinstance(pad, int) else 0
 
-    pt, tokens = pt_run(model, ids, mask, decode_steps)
+    # a graph without a position_ids input (optimum's gemma exports) numbers positions by index, padding included
+    index_positions = "position_ids" not in dec.inputs
+    pt, tokens = pt_run(model, ids, mask, decode_steps, index_positions=index_positions)
     got = ort_run(dec, ids, mask, tokens)
     per = {}
     for name, (d, ref) in max_abs(got, pt).items():
@@ -126,7 +129,8 @@ def validate_parity(model, onnx_path: Path, *, atol: float = 1e-4, rtol: float =
             for r in range(batch):
                 keep = mask[r].astype(bool)
                 o, _ = pt_run(m64, ids[r:r + 1, keep], np.ones((1, int(keep.sum())), np.int64), decode_steps,
-                               forced=[t[r:r + 1] for t in tokens])
+                               forced=[t[r:r + 1] for t in tokens],
+                               offset=int((~keep).sum()) if index_positions else 0)
                 rows.append(o)
             del m64
             ref64 = {k: [np.concatenate([row[k][i] for row in rows], axis=0) for i in range(len(rows[0][k]))]
