@@ -60,7 +60,8 @@ def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True,
 
 def validate_int8(model, onnx_path: Path, tokenizer=None, *, text: str = INT8_CHECK_TEXT, max_tokens: int = 128,
                   decode_steps: int = 8, max_rel_nll_increase: float = 0.05, min_top1_agreement: float = 0.8,
-                  threads: int | None = None, raise_on_fail: bool = True) -> dict[str, Any]:
+                  threads: int | None = None, raise_on_fail: bool = True,
+                  min_margin: float = 0.25) -> dict[str, Any]:
     """Looser validation of an int8 graph against the fp32 PyTorch model on a short text.
 
     The text (at most ``max_tokens`` tokens) is run teacher-forced through both models in one pass, then
@@ -70,7 +71,10 @@ def validate_int8(model, onnx_path: Path, tokenizer=None, *, text: str = INT8_CH
     * relative NLL increase ``(nll_int8 - nll_fp32) / nll_fp32 <= max_rel_nll_increase`` (default 5 %),
       NLL being the mean next-token cross-entropy over the text;
     * next-token (argmax) agreement with PyTorch ``>= min_top1_agreement`` (default 0.8), over the
-      full-sequence pass and the decode steps.
+      full-sequence pass and the decode steps, counted where PyTorch has a preference: positions whose fp32
+      top-2 logit margin is at least ``min_margin`` (default 0.25; where two tokens are nearly tied, int8
+      noise of that size flips the argmax without changing the distribution, e.g. on near-uniform random
+      test models). The agreement over every position is reported too (``top1_agreement_all``).
 
     The mean and max absolute logit differences are reported, not gated. If the tokenizer is None or maps
     the text to fewer than 16 distinct known ids (e.g. a toy vocabulary), seeded random ids are used
@@ -118,13 +122,21 @@ def validate_int8(model, onnx_path: Path, tokenizer=None, *, text: str = INT8_CH
         lg, _ = dec2.step(x[:, pos:pos + 1], np.ones((1, pos + 1), np.int64))
         dec_agree.append(int(lg[0, -1].argmax() == ref[pos].argmax()))
         dec_diff.append(float(np.abs(lg[0, -1] - ref[pos]).mean()))
-    agreement = (agree_full * len(ids) + sum(dec_agree)) / (len(ids) + len(dec_agree))
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) >= min_margin
+    full_eq = ref.argmax(-1) == q.argmax(-1)
+    dec_decided = [bool(decided[half + i]) for i in range(steps)]
+    n_dec = int(decided.sum()) + sum(dec_decided)
+    agreement_all = (agree_full * len(ids) + sum(dec_agree)) / (len(ids) + len(dec_agree))
+    agreement = ((int(full_eq[decided].sum()) + sum(a for a, d in zip(dec_agree, dec_decided) if d)) / n_dec
+                 if n_dec else 1.0)
     rel = (nll_q - nll_ref) / nll_ref if nll_ref > 0 else 0.0
     res = {
         "tokens": len(ids), "input": source,
         "nll_fp32": nll_ref, "nll_int8": nll_q, "rel_nll_increase": rel,
         "max_rel_nll_increase": max_rel_nll_increase,
-        "top1_agreement": agreement, "top1_agreement_full_pass": agree_full,
+        "top1_agreement": agreement, "top1_agreement_positions": n_dec, "top1_min_margin": min_margin,
+        "top1_agreement_all": agreement_all, "top1_agreement_full_pass": agree_full,
         "top1_agreement_decode": float(np.mean(dec_agree)) if dec_agree else None,
         "min_top1_agreement": min_top1_agreement,
         "mean_abs_logit_diff": float(np.abs(ref - q).mean()),
@@ -136,7 +148,8 @@ def validate_int8(model, onnx_path: Path, tokenizer=None, *, text: str = INT8_CH
     if raise_on_fail and not res["passed"]:
         raise ValidationError(
             f"int8 graph is outside its tolerance: relative NLL increase {rel:.3%} (max "
-            f"{max_rel_nll_increase:.1%}), next-token agreement {agreement:.3f} (min {min_top1_agreement}), "
+            f"{max_rel_nll_increase:.1%}), next-token agreement {agreement:.3f} (min {min_top1_agreement}; {n_dec} positions with "
+            f"a top-2 margin >= {min_margin}), "
             f"mean |logit diff| {res['mean_abs_logit_diff']:.3g}, max {res['max_abs_logit_diff']:.3g}. "
             f"Pass --no-validate (validate=False) to keep it anyway."
         )

@@ -86,6 +86,7 @@ def test_int8_export_within_tolerance(tiny_llama_dir, tmp_path):
     rep = res.report
     i8 = rep["validation"]["int8"]
     assert i8["passed"] and i8["rel_nll_increase"] <= 0.05 and i8["top1_agreement"] >= 0.8
+    assert i8["top1_agreement_positions"] >= 20, "the agreement gate is not vacuous"
     assert rep["validation"]["parity"]["passed"], "the intermediate fp32 graph is checked exactly"
     assert rep["tolerance"]["int8_max_rel_nll_increase"] == 0.05
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node}
