@@ -102,11 +102,10 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
     from .save import save_model_folder
 
     say = say or (lambda msg: None)
-    check_writable(config)
     ckpt = checkpoint_path(out, checkpoint_dir)
     check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)
     source = resolve_model(model, allow_pickle=allow_pickle)
-    load_config(source)
+    check_writable(config, load_config(source).model_type)
     from calibration import check_seq_len, load_texts, pack_blocks
 
     texts = load_texts(data, text_field=text_field)

@@ -2,6 +2,10 @@
 
 Supported architectures are listed in :data:`SUPPORTED_MODEL_TYPES`; others get a clear
 :class:`UnsupportedArchitectureError` before any work starts.
+
+Folders with per-layer widths written by this project (``model_type`` ``lorapress_<type>``, see
+:mod:`compressor.widths`) hold remote code; they are loaded with this package's own copy of those classes,
+so no code from the folder runs and no ``trust_remote_code`` is needed. Other remote code is never run.
 """
 from __future__ import annotations
 
@@ -117,12 +121,40 @@ def _check_gguf(path: Path) -> None:
         raise ModelLoadError(f"GGUF file {str(path)!r} is corrupt or truncated: {exc}") from exc
 
 
+def _per_layer_config_class(source: ModelSource):
+    """The in-package config class of a local per-layer-widths folder, or None for any other source."""
+    import json
+
+    from .sizes import is_per_layer, stock_model_type
+
+    path = Path(source.path) / "config.json"
+    if source.kind != "folder" or not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the config of model {source.spec!r}: {exc}") from exc
+    if not isinstance(d, dict) or not is_per_layer(d):
+        return None
+    from .remote_code.configuration_lorapress import CONFIGS
+
+    cls = CONFIGS.get(stock_model_type(d) or "")
+    if cls is None or cls.model_type != d.get("model_type"):
+        raise UnsupportedArchitectureError(
+            f"{source.spec!r} has model_type {d.get('model_type')!r}, which this version of lorapress does not know; "
+            f"per-layer model types: {', '.join(c.model_type for c in CONFIGS.values())}")
+    return cls
+
+
 def load_config(source: ModelSource):
     """Load and check the config of ``source``; raises for unsupported architectures."""
     from transformers import AutoConfig
 
+    per_layer = _per_layer_config_class(source)
     try:
-        cfg = AutoConfig.from_pretrained(source.path, **source.load_kwargs())
+        # trust_remote_code=False: never run (or prompt to run) code from a model folder or the hub
+        cfg = (per_layer.from_pretrained(source.path) if per_layer is not None
+               else AutoConfig.from_pretrained(source.path, trust_remote_code=False, **source.load_kwargs()))
     except Exception as exc:
         if source.kind == "hub":
             raise ModelLoadError(f"model {source.spec!r} is not a local file or folder, and reading it as a Hugging "
@@ -139,7 +171,11 @@ def is_onnx_folder(folder: str | os.PathLike) -> bool:
 
 
 def check_architecture(cfg, spec: str = "model") -> None:
-    mt = getattr(cfg, "model_type", None)
+    """Raise :class:`UnsupportedArchitectureError` unless ``cfg``'s (stock) ``model_type`` is supported; a
+    per-layer-widths ``lorapress_<type>`` counts as its stock type."""
+    from .sizes import stock_model_type
+
+    mt = stock_model_type(cfg)
     if mt not in SUPPORTED_MODEL_TYPES:
         raise UnsupportedArchitectureError(
             f"{spec!r} has model_type {mt!r} ({', '.join(getattr(cfg, 'architectures', None) or [])}); "
@@ -166,7 +202,7 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_model(spec, allow_pickle=allow_pickle)
-    load_config(source)
+    cfg = load_config(source)
     if source.kind == "folder" and not any((Path(source.path) / f).is_file() for f in TOKENIZER_FILES):
         raise ModelLoadError(f"model folder {source.spec!r} has no tokenizer ({', '.join(TOKENIZER_FILES)} are all "
                              f"missing); save it next to the weights with tokenizer.save_pretrained(folder)")
@@ -175,7 +211,8 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         from .errors import ConfigError
 
         raise ConfigError(f"dtype {dtype!r} is not valid; use float32, bfloat16 or float16")
-    kwargs: dict[str, Any] = dict(source.load_kwargs(), dtype=torch_dtype, attn_implementation=attn_implementation)
+    kwargs: dict[str, Any] = dict(source.load_kwargs(), dtype=torch_dtype, attn_implementation=attn_implementation,
+                                  trust_remote_code=False)
     if base_bits is not None:
         from transformers import BitsAndBytesConfig
 
@@ -190,14 +227,22 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         kwargs["dtype"] = torch.float32
     if not allow_pickle:
         kwargs["use_safetensors"] = None if source.kind == "gguf" or source.kind == "builtin" else True
+    loader: Any = AutoModelForCausalLM
+    from .sizes import is_per_layer
+
+    if is_per_layer(cfg):  # our own per-layer class, not the folder's copy of it
+        from .widths import per_layer_model_class
+
+        loader = per_layer_model_class(cfg)
+        kwargs["config"] = cfg
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        model: Any = loader.from_pretrained(source.path, **kwargs)
     except Exception as exc:
         hint = ("; its weight files look corrupt or incomplete (re-download or re-save the model)"
                 if "safetensor" in type(exc).__name__.lower() or isinstance(exc, (EOFError, OSError)) else "")
         raise ModelLoadError(f"cannot load model {source.spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.load_kwargs())
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=False, **source.load_kwargs())
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer of model {source.spec!r}: {exc}") from exc
     if tokenizer.pad_token is None:
