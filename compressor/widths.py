@@ -78,7 +78,7 @@ def per_layer_config(config: Any, heads: Sequence[int], kv_heads: Sequence[int],
     return new
 
 
-def per_layer_model_class(config: Any) -> type:
+def per_layer_model_class(config: Any) -> Any:
     """The in-package per-layer causal LM class for a per-layer ``config``."""
     return MODELS[_check_source(stock_model_type(config))]
 

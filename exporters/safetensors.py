@@ -18,6 +18,7 @@ from typing import Any
 from compressor.errors import ExportError
 from compressor.io import atomic_output_dir, check_output_dir
 from compressor.save import save_tokenizer
+from compressor.sizes import is_per_layer
 
 from .loading import load_for_export
 from .report import ExportResult, list_files, model_summary, versions, write_report
@@ -59,6 +60,10 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
             model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         except Exception as exc:
             raise ExportError(f"saving the model failed: {type(exc).__name__}: {exc}") from exc
+        if is_per_layer(model.config):  # per-layer widths: the folder carries its remote code
+            from compressor.widths import write_remote_code
+
+            report["remote_code"] = write_remote_code(tmp)
         report["tokenizer"] = save_tokenizer(tokenizer, tmp)
         report["checks"] = _check_folder(model, tmp)
         write_report(tmp, report, t0)
@@ -72,7 +77,12 @@ def _check_folder(model, folder: Path) -> dict[str, Any]:
     from transformers import AutoConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(str(folder))
+        if is_per_layer(model.config):  # read with the in-package class: no code from the folder is run
+            from compressor.widths import per_layer_model_class
+
+            cfg = per_layer_model_class(model.config).config_class.from_pretrained(str(folder))
+        else:
+            cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         raise ExportError(f"the saved config does not reload: {exc}") from exc
     if getattr(cfg, "quantization_config", None):

@@ -254,6 +254,18 @@ def test_cli_prune_adaptive_writes_a_loadable_folder(tmp_path):
     assert torch.isfinite(_logits(model.eval())).all()
 
 
+def test_safetensors_export_keeps_the_remote_code(folders, tmp_path):
+    from compressor.models import load_model
+    from exporters import export_safetensors
+
+    path, _, merged_logits, _ = folders["qwen2-gqa"]
+    res = export_safetensors(path, tmp_path / "s")
+    assert res.report["remote_code"] == list(REMOTE_CODE_FILES)
+    assert all((tmp_path / "s" / f).is_file() for f in REMOTE_CODE_FILES)
+    model, _, _ = load_model(tmp_path / "s")
+    assert torch.equal(_logits(model.eval()), merged_logits)
+
+
 # ---- ONNX ----------------------------------------------------------------------------------------
 def test_onnx_export_of_per_layer_model_parity_and_stock_optimum(folders, tmp_path):
     pytest.importorskip("optimum.onnxruntime")
