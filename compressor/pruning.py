@@ -105,8 +105,15 @@ def as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig) -> torch.Tensor:
 
 
 def check_writable(config: PruneConfig, model_type: str | None = None) -> None:
-    """Refuse, before any work, a run whose result cannot be written: per-layer widths (``widths="adaptive"``,
-    ``skip_layers``) need a per-layer class for ``model_type`` (see :mod:`compressor.widths`)."""
+    """Refuse, before any work, a run that cannot start or whose result cannot be written: a source that already
+    has per-layer widths (``model_type`` ``lorapress_*``: the loop needs uniform layers), and per-layer widths
+    (``widths="adaptive"``, ``skip_layers``) for a ``model_type`` without a per-layer class (see
+    :mod:`compressor.widths`)."""
+    from .sizes import PER_LAYER_TYPE_PREFIX
+
+    if model_type is not None and model_type.startswith(PER_LAYER_TYPE_PREFIX):
+        raise ConfigError(f"the model has per-layer widths (model_type {model_type!r}); pruning it again is not "
+                          f"supported: prune the dense model instead (a higher ratio gives a smaller model)")
     if model_type is None or (config.widths == "uniform" and not config.skip_layers):
         return
     from .remote_code.configuration_lorapress import CONFIGS

@@ -92,3 +92,9 @@ def true_hidden_size(config: dict) -> int:
     """The model's hidden size from an exported (possibly adjusted) config dict."""
     extra = config.get(CONFIG_KEY) or {}
     return int(extra.get("model_hidden_size") or config["hidden_size"])
+
+
+def true_per_layer(config: dict) -> dict[str, list[int]]:
+    """The per-layer widths recorded in an exported config dict (``{}`` for a uniform model)."""
+    per = (config.get(CONFIG_KEY) or {}).get("per_layer") or {}
+    return {k: list(per[k]) for k in PER_LAYER_KEYS if k in per}

@@ -206,6 +206,8 @@ def test_check_writable_refuses_only_architectures_without_a_per_layer_class():
     check_writable(PruneConfig(ratio=0.5), "gemma3")  # uniform: any architecture
     with pytest.raises(ConfigError, match="llama, mistral, qwen2 only, not 'gemma3'"):
         check_writable(PruneConfig(ratio=0.5, skip_layers="0"), "gemma3")
+    with pytest.raises(ConfigError, match="model_type 'lorapress_llama'.*pruning it again is not supported"):
+        check_writable(PruneConfig(ratio=0.5), "lorapress_llama")
 
 
 def test_prune_loop_with_skip_layers_and_adaptive_widths_finishes(tmp_path):
@@ -280,6 +282,13 @@ def test_onnx_export_of_per_layer_model_parity_and_stock_optimum(folders, tmp_pa
     assert cfg["model_type"] == "llama" and "auto_map" not in cfg
     assert cfg["lorapress_export"]["per_layer"]["per_layer_intermediate_size"] == [40, 8, 16]
     assert not any((tmp_path / "o" / f).exists() for f in REMOTE_CODE_FILES)
+    from exporters.bench_inputs import count_params, flops_per_token, model_dims
+
+    merged = folders["llama-gqa"][3]
+    dims = model_dims(cfg)  # the bench counts every layer's real widths, not the scalars
+    assert count_params(dims) == sum(p.numel() for p in merged.parameters())
+    linear = sum(m.weight.numel() for m in merged.modules() if isinstance(m, torch.nn.Linear))
+    assert flops_per_token(dims, 10)["linear"] == 2 * linear
     ort = ORTModelForCausalLM.from_pretrained(tmp_path / "o", use_cache=True)
     ids = torch.tensor(IDS)
     got = ort(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
@@ -321,3 +330,8 @@ def test_gguf_deci_parity_in_llamacpp(case, tmp_path):
     assert meta["deci.attention.head_count"] == list(c.per_layer_num_attention_heads)
     assert meta["deci.attention.head_count_kv"] == list(c.per_layer_num_key_value_heads)
     assert meta["deci.attention.key_length"] == 8
+    from exporters.bench_inputs import count_params
+    from exporters.gguf_bench import gguf_dims
+
+    dims, _ = gguf_dims(tmp_path / "g" / "model.gguf")
+    assert count_params(dims) == sum(p.numel() for p in merged.parameters())
