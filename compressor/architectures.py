@@ -180,6 +180,10 @@ def get_architecture(config: Any, spec: str = "model") -> Architecture:
         mt, archs = config.get("model_type"), config.get("architectures") or []
     else:
         mt, archs = getattr(config, "model_type", None), getattr(config, "architectures", None) or []
+    from .sizes import PER_LAYER_TYPE_PREFIX
+
+    if isinstance(mt, str) and mt.startswith(PER_LAYER_TYPE_PREFIX):  # per-layer widths: the stock type's entry
+        mt = mt[len(PER_LAYER_TYPE_PREFIX):]
     arch = find_architecture(mt)
     if arch is None:
         reason = UNSUPPORTED_REASONS.get(str(mt))

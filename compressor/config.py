@@ -49,7 +49,8 @@ class PruneConfig:
         aggregate: ``sum-sq`` (Eq. 4 over squared element scores) or ``official`` (absolute values, each
             projection's group vector L2-normalised before the projections are summed).
         widths: ``uniform`` or ``adaptive`` (MLP width per layer from one ranking across layers, floor
-            ``min_channels``; masked model only until per-layer configs can be written).
+            ``min_channels``). Per-layer widths (also from ``skip_layers``) are written as a remote-code
+            folder (:mod:`compressor.widths`).
         skip_layers: layers left dense (indices, ``official`` = first 10 % + last, or empty).
         max_grad_norm: clip the LoRA gradients' norm (0: off).
         lam: moving-average factor λ of Eq. 11 (``G ← λG + (1−λ)Ĝ``), in [0, 1).
@@ -110,8 +111,8 @@ class PruneConfig:
                                     "before summing projections, as the official code).",
                           choices=("sum-sq", "official"))
     widths: str = _opt("uniform", "uniform (every layer the same widths; a stock config) or adaptive (MLP widths "
-                                  "per layer from one ranking across layers; measured on the masked model only: "
-                                  "per-layer widths cannot be written to a stock folder yet).",
+                                  "per layer from one ranking across layers; written as a per-layer remote-code "
+                                  "folder, see README 'Per-layer widths').",
                        choices=("uniform", "adaptive"))
     min_channels: float = _opt(0.1, "With widths=adaptive: each layer keeps at least this share of its MLP "
                                     "channels, in (0, 1].")

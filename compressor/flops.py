@@ -9,8 +9,9 @@ The prunable projections of a layer (``q, k, v, o, gate, up, down``) hold
 
 with ``L`` layers, ``h`` hidden size, ``H`` query heads, ``K`` KV heads, ``d`` head_dim, ``I`` intermediate
 size, ``V`` vocabulary, ``T`` the attention context, ``N`` the hidden-size norms per layer (2; 4 for Gemma 2/3)
-and ``M`` the per-head norms over ``head_dim`` (Qwen3, Gemma 3: 2), from :mod:`compressor.architectures`. Embedding lookup, norms, RoPE, softmax and
-activations (O(h) per layer) are left out.
+and ``M`` the per-head norms over ``head_dim`` (Qwen3, Gemma 3: 2), from :mod:`compressor.architectures`. Embedding
+lookup, norms, RoPE, softmax and activations (O(h) per layer) are left out. With per-layer widths
+(``ModelSizes.layer_*``) the ``L * ...`` terms are sums over the layers, each with its own ``H``, ``K``, ``I``.
 """
 from __future__ import annotations
 
@@ -20,31 +21,46 @@ from .sizes import ModelSizes
 FLOPS_FORMULA = "2*(L*(h*H*d + 2*h*K*d + H*d*h + 3*h*I) + V*h) + 4*L*H*d*T, T=context"
 
 
-def layer_projection_params(s: ModelSizes) -> int:
-    """Weights of one layer's prunable projections (:func:`compressor.schedule.layer_params`)."""
+def layer_widths(s: ModelSizes) -> list[tuple[int, int, int]]:
+    """``(H, K, I)`` of every layer (the scalars repeated when ``s`` has no per-layer widths)."""
+    if s.layer_heads:
+        return list(zip(s.layer_heads, s.layer_kv_heads, s.layer_intermediate))
+    return [(s.heads, s.kv_heads, s.intermediate)] * s.layers
+
+
+def layer_projection_params(s: ModelSizes, heads: int | None = None, kv_heads: int | None = None,
+                            intermediate: int | None = None) -> int:
+    """Weights of one layer's prunable projections (:func:`compressor.schedule.layer_params`), with the scalar
+    widths of ``s`` unless given."""
     from .groups import LayerGroups
     from .schedule import layer_params
 
-    return layer_params(LayerGroups(0, s.heads, s.kv_heads, s.head_dim, s.intermediate), s.hidden)
+    H = s.heads if heads is None else heads
+    K = s.kv_heads if kv_heads is None else kv_heads
+    return layer_params(LayerGroups(0, H, K, s.head_dim, s.intermediate if intermediate is None else intermediate),
+                        s.hidden)
 
 
 def count_params(s: ModelSizes) -> int:
     """Parameter count: embedding, the projections, norms and biases, lm_head unless tied."""
     from .architectures import find_architecture
 
-    h, H, K, d, I = s.hidden, s.heads, s.kv_heads, s.head_dim, s.intermediate  # noqa: E741
+    h, d = s.hidden, s.head_dim
     arch = find_architecture(s.model_type)
     norms, head_norms = (arch.hidden_norms_per_layer, len(arch.head_norms)) if arch is not None else (2, 0)
-    per_layer = layer_projection_params(s) + norms * h + head_norms * d
-    if s.attention_bias:
-        per_layer += H * d + 2 * K * d
-    if s.mlp_bias:
-        per_layer += 2 * I + h
-    return s.vocab * h + s.layers * per_layer + h + (0 if s.tied else s.vocab * h)
+    total = 0
+    for H, K, I in layer_widths(s):  # noqa: E741
+        total += layer_projection_params(s, H, K, I) + norms * h + head_norms * d
+        if s.attention_bias:
+            total += H * d + 2 * K * d
+        if s.mlp_bias:
+            total += 2 * I + h
+    return s.vocab * h + total + h + (0 if s.tied else s.vocab * h)
 
 
 def flops_per_token(s: ModelSizes, context: float) -> dict[str, float]:
     """Forward FLOPs per token at ``context`` attended positions: ``{"linear", "attention", "total", "context"}``."""
-    linear = 2.0 * (s.layers * layer_projection_params(s) + s.vocab * s.hidden)
-    attention = 4.0 * s.layers * s.heads * s.head_dim * context
+    widths = layer_widths(s)
+    linear = 2.0 * (sum(layer_projection_params(s, H, K, I) for H, K, I in widths) + s.vocab * s.hidden)
+    attention = 4.0 * sum(H for H, _, _ in widths) * s.head_dim * context
     return {"linear": linear, "attention": attention, "total": linear + attention, "context": context}

@@ -105,10 +105,7 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
         OutputLockedError, OutputExistsError, ResumeError, ConfigError, DiskWriteError, ...: before any heavy
         work where possible.
     """
-    from .pruning import check_writable
-
     say = say or (lambda msg: None)
-    check_writable(config)
     ckpt = checkpoint_path(out, checkpoint_dir)
     check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)  # fast refusals first
     with contextlib.ExitStack() as locks:
@@ -125,11 +122,12 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     from .checkpoint import check_plan, checkpoint_step, has_checkpoint, load_plan, save_plan
     from .models import load_config, load_model, resolve_model
     from .plots import write_prune_png
-    from .pruning import prune
+    from .pruning import check_writable, prune
     from .save import save_model_folder
 
     source = resolve_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     model_config = load_config(source, trust_remote_code=trust_remote_code)
+    check_writable(config, model_config.model_type)
     from calibration import check_seq_len, load_texts, pack_blocks
 
     texts = load_texts(data, text_field=text_field)

@@ -484,19 +484,13 @@ class PruneLoop:
         return bool((gathered == gathered[0]).all())
 
     def finish(self) -> nn.Module:
-        """Fold LoRA into the base and slice the masked groups: the plain, smaller model."""
+        """Fold LoRA into the base and slice the masked groups: the plain, smaller model (of the per-layer class
+        of its architecture when the layers end with different widths, see :mod:`compressor.widths`)."""
         if self.scorer is not None:
             self.scorer.remove()
         if self.comp is not None:
             self.comp.release()
         self.dense_base = None
-        kept = {(int(m.heads.sum()), int(m.channels.sum())) for m in self.masks.layers}
-        if len(kept) != 1:
-            raise ConfigError(
-                f"the masks give layers different widths {sorted(kept)} (widths={self.cfg.widths!r}, "
-                f"skip_layers={self.cfg.skip_layers!r}); a stock config holds one width for every layer, so this "
-                f"model cannot be written yet (per-layer widths on disk: issue #12). Measure it on "
-                f"PruneLoop.masked_model, or use widths='uniform' and no skip_layers")
         if self.cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_disable()
         merged = merge_and_slice(self.pm, self.groups, self.masks)

@@ -5,6 +5,10 @@
 module attributes and the config (``num_attention_heads``, ``num_key_value_heads``,
 ``intermediate_size``, explicit ``head_dim``) updated. The merged model computes what the masked peft
 model computed (``tests/test_prune_core.py``).
+
+Masks that give layers different widths (``widths="adaptive"``, ``skip_layers``) give a model of the per-layer
+class of its architecture (:mod:`compressor.widths`: a stock subclass whose config lists every layer's widths),
+which saves as a remote-code folder; uniform masks keep the stock class and config.
 """
 from __future__ import annotations
 
@@ -93,9 +97,18 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
     dtype = dtype or (torch.float32 if getattr(base, "is_quantized", False) else _target_dtype(model))
     layers = decoder_layers(model)
     kept = [(lm.kept_heads(), lm.kept_channels()) for lm in masks.layers]
-    widths = {(len(h), len(c)) for h, c in kept}
-    if len(widths) != 1:
-        raise ValueError(f"layers would get different widths {sorted(widths)}; masks must keep the same counts")
+    heads_n = [len(h) for h, _ in kept]
+    kv_n = [lg.num_kv_heads if lg.gqa else len(h) for lg, (h, _) in zip(groups.layers, kept)]
+    inter_n = [len(c) for _, c in kept]
+    uniform = len(set(zip(heads_n, kv_n, inter_n))) == 1
+    if not uniform:
+        from .widths import per_layer_model_class
+
+        per_layer_model_class(base.config)  # raises for an architecture without a per-layer class
+    for i, (h, c) in enumerate(zip(heads_n, inter_n)):
+        if h < 1 or c < 1:
+            raise ValueError(f"layer {i} would keep {h} attention heads and {c} MLP channels; every layer needs "
+                             f">= 1 of each")
     arch = groups.architecture
     new_modules: list[dict[str, nn.Linear]] = []
     for i, (layer, lg, lm, (heads, _)) in enumerate(zip(layers, groups.layers, masks.layers, kept)):
@@ -116,15 +129,16 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
                 w = slice_cols(w, _kept(lg, lm, proj.parts[0]))
             mods[proj.name] = new_linear(w, b, dtype)
         new_modules.append(mods)
-    n_heads, n_inter = widths.pop()
-    n_kv = groups.layers[0].num_kv_heads if groups.layers[0].gqa else n_heads
-    updates = pruned_config_updates(groups, n_heads, n_inter)
-    check_pruned_config(base.config, updates)
+    # the scalar config fields hold the widest layer (per-layer widths: compressor.widths)
+    updates = pruned_config_updates(groups, max(heads_n), max(inter_n))
+    updates["num_key_value_heads"] = max(kv_n)
+    if uniform:
+        check_pruned_config(base.config, updates)
     # all checks passed: unwrap peft and install the new modules
     if base is not model:
         base = strip_peft(model)
     blocks = {p.name: p.block for p in arch.projections}
-    for layer, mods in zip(decoder_layers(base), new_modules):
+    for layer, mods, n_heads, n_kv, n_inter in zip(decoder_layers(base), new_modules, heads_n, kv_n, inter_n):
         for name, lin in mods.items():
             setattr(getattr(layer, blocks[name]), name, lin)
         attn = layer.self_attn
@@ -150,6 +164,10 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
                     setattr(base, attr, val)
                 except AttributeError:
                     pass
+    if not uniform:
+        from .widths import to_per_layer
+
+        base = to_per_layer(base, heads_n, kv_n, inter_n)
     # every prunable projection is now a plain float nn.Linear; bring the rest (embeddings, norms) to dtype
     nn.Module.to(base, dtype)
     return base

@@ -2,6 +2,10 @@
 
 Supported architectures are listed in :data:`SUPPORTED_MODEL_TYPES`; others get a clear
 :class:`UnsupportedArchitectureError` before any work starts.
+
+Folders with per-layer widths written by this project (``model_type`` ``lorapress_<type>``, see
+:mod:`compressor.widths`) hold remote code; they are loaded with this package's own copy of those classes,
+so no code from the folder runs and no ``trust_remote_code`` is needed. Other remote code is never run.
 """
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .architectures import get_architecture, supported
-from .errors import ModelLoadError
+from .errors import ModelLoadError, UnsupportedArchitectureError
+from .sizes import is_per_layer, stock_model_type
 
 #: model_type -> model class: a snapshot, at import, of the table in :mod:`compressor.architectures` (which
 #: :func:`check_architecture` reads). The pruning code reads every size from the config.
@@ -135,6 +140,8 @@ def check_no_remote_code(folder: str | os.PathLike, spec: str | None = None) -> 
                 raise ModelLoadError(f"{str(f)!r} is not readable JSON: {exc}") from exc
             continue
         auto_map = doc.get("auto_map") if isinstance(doc, dict) else None
+        if auto_map and name == "config.json" and is_per_layer(doc) and stock_model_type(doc) in SUPPORTED_MODEL_TYPES:
+            continue  # our own per-layer-widths folder: loaded with the in-package classes, its copy never runs
         if auto_map:
             entries = ", ".join(f"{k} -> {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else repr(auto_map)
             mt = doc.get("model_type") if name == "config.json" else None
@@ -163,12 +170,41 @@ def _remote_code_hint(exc: Exception) -> str:
     return "; pass --trust-remote-code if you trust its code" if "trust_remote_code" in str(exc) else ""
 
 
+def _per_layer_config_class(source: ModelSource):
+    """The in-package config class of a local per-layer-widths folder, or None for any other source."""
+    import json
+
+    from .sizes import is_per_layer, stock_model_type
+
+    path = Path(source.path) / "config.json"
+    if source.kind != "folder" or not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the config of model {source.spec!r}: {exc}") from exc
+    if not isinstance(d, dict) or not is_per_layer(d):
+        return None
+    from .remote_code.configuration_lorapress import CONFIGS
+
+    cls = CONFIGS.get(stock_model_type(d) or "")
+    if cls is None or cls.model_type != d.get("model_type"):
+        raise UnsupportedArchitectureError(
+            f"{source.spec!r} has model_type {d.get('model_type')!r}, which this version of lorapress does not know; "
+            f"per-layer model types: {', '.join(c.model_type for c in CONFIGS.values())}")
+    return cls
+
+
 def load_config(source: ModelSource, *, trust_remote_code: bool = False):
     """Load and check the config of ``source``; raises for unsupported architectures."""
     from transformers import AutoConfig
 
+    per_layer = _per_layer_config_class(source)
     try:
-        cfg = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **source.load_kwargs())
+        # a per-layer-widths folder of ours is built from the in-package class (its own copy is never run)
+        cfg = (per_layer.from_pretrained(source.path) if per_layer is not None
+               else AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code,
+                                               **source.load_kwargs()))
     except Exception as exc:
         if "trust_remote_code" in str(exc):
             raise ModelLoadError(f"model {source.spec!r} needs its own Python code to load (auto_map); it is only "
@@ -189,7 +225,8 @@ def is_onnx_folder(folder: str | os.PathLike) -> bool:
 
 def check_architecture(cfg, spec: str = "model") -> None:
     """Raise :class:`UnsupportedArchitectureError` unless ``cfg``'s model type is in
-    :mod:`compressor.architectures` (the message lists the supported ones)."""
+    :mod:`compressor.architectures` (the message lists the supported ones); a per-layer-widths
+    ``lorapress_<type>`` counts as its stock type."""
     get_architecture(cfg, spec)
 
 
@@ -241,8 +278,16 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         kwargs["dtype"] = torch.float32
     if not allow_pickle:
         kwargs["use_safetensors"] = None if source.kind == "gguf" or source.kind == "builtin" else True
+    loader: Any = AutoModelForCausalLM
+    from .sizes import is_per_layer
+
+    if is_per_layer(cfg):  # our own per-layer class, not the folder's copy of it
+        from .widths import per_layer_model_class
+
+        loader = per_layer_model_class(cfg)
+        kwargs["config"] = cfg
     try:
-        model: Any = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        model: Any = loader.from_pretrained(source.path, **kwargs)
     except Exception as exc:
         hint = ("; its weight files look corrupt or incomplete (re-download or re-save the model)"
                 if "safetensor" in type(exc).__name__.lower() or isinstance(exc, (EOFError, OSError))

@@ -106,13 +106,24 @@ def as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig) -> torch.Tensor:
     return pack_blocks(tokenizer, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed, add_bos=False)
 
 
-def check_writable(config: PruneConfig) -> None:
-    """Refuse, before any work, a config whose result a stock model folder cannot hold."""
-    if config.widths != "uniform" or config.skip_layers:
-        raise ConfigError(f"widths={config.widths!r} / skip_layers={config.skip_layers!r} give layers different widths, "
-                          f"which a stock model folder cannot hold yet (issue #12); measure them on the masked "
-                          f"model with compressor.loop.PruneLoop (benchmarks/screen.py does), or use "
-                          f"widths='uniform' and no skip_layers")
+def check_writable(config: PruneConfig, model_type: str | None = None) -> None:
+    """Refuse, before any work, a run that cannot start or whose result cannot be written: a source that already
+    has per-layer widths (``model_type`` ``lorapress_*``: the loop needs uniform layers), and per-layer widths
+    (``widths="adaptive"``, ``skip_layers``) for a ``model_type`` without a per-layer class (see
+    :mod:`compressor.widths`)."""
+    from .sizes import PER_LAYER_TYPE_PREFIX
+
+    if model_type is not None and model_type.startswith(PER_LAYER_TYPE_PREFIX):
+        raise ConfigError(f"the model has per-layer widths (model_type {model_type!r}); pruning it again is not "
+                          f"supported: prune the dense model instead (a higher ratio gives a smaller model)")
+    if model_type is None or (config.widths == "uniform" and not config.skip_layers):
+        return
+    from .remote_code.configuration_lorapress import CONFIGS
+
+    if model_type not in CONFIGS:
+        raise ConfigError(f"widths={config.widths!r} / skip_layers={config.skip_layers!r} give layers different "
+                          f"widths, which are written for model_type {', '.join(CONFIGS)} only, not "
+                          f"{model_type!r}; use widths='uniform' and no skip_layers")
 
 
 def _distributed():
@@ -165,7 +176,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     from .models import check_architecture
 
     check_architecture(model.config, model_id)
-    check_writable(config)
+    check_writable(config, model.config.model_type)
     if plan is not None:
         from .checkpoint import check_plan
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .loop import PruneLoop, kept_params
+from .sizes import layer_widths, model_sizes
 
 
 def count_params(model: nn.Module) -> int:
@@ -66,6 +67,10 @@ def build_report(loop: PruneLoop, merged: nn.Module, *, model_id: str, params_be
         "perplexity_after": ppl_after,
         "groups_verified_with": groups.verified_with,
     }
+    heads, kv, inter = layer_widths(merged.config)
+    if not model_sizes(merged.config).uniform:
+        report["widths_after"] = {"num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": lg0.head_dim,
+                                  "intermediate_size": inter, "per_layer": True}
     if loop.plan is not None:
         report["plan_source"] = loop.plan.get("source")
     return report

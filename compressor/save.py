@@ -70,11 +70,18 @@ def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: str | os.Path
                       extra: Any = None) -> Path:
     """``save_pretrained`` (safetensors) + tokenizer + report into ``out`` via a temporary folder.
 
-    ``extra(tmp_folder)`` may write more files before the folder is renamed into place. A full disk raises
+    ``extra(tmp_folder)`` may write more files before the folder is renamed into place. A model with per-layer
+    widths also gets its remote code (:func:`compressor.widths.write_remote_code`). A full disk raises
     :class:`~compressor.errors.DiskWriteError` with the bytes the weights need; ``out`` is left as it was.
     """
+    from .sizes import is_per_layer
+
     with atomic_output_dir(out, force=force, expected_bytes=weight_bytes(model)) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        if is_per_layer(model.config):
+            from .widths import write_remote_code
+
+            write_remote_code(tmp)
         save_tokenizer(tokenizer, tmp)
         if extra is not None:
             extra(tmp)

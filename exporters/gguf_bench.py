@@ -61,19 +61,28 @@ def gguf_dims(path: Path) -> tuple[dict[str, Any], str]:
         return f.contents() if f is not None else default
 
     arch = field("general.architecture")
-    if arch not in ("llama", "qwen2"):
-        raise ModelLoadError(f"{str(path)!r} has GGUF architecture {arch!r}; the benchmark counts llama and qwen2")
+    if arch not in ("llama", "qwen2", "deci"):
+        raise ModelLoadError(f"{str(path)!r} has GGUF architecture {arch!r}; the benchmark counts llama, qwen2 and "
+                             f"deci (per-layer widths)")
     names = {t.name for t in r.tensors}
-    heads = int(field(f"{arch}.attention.head_count"))
+    layers = int(field(f"{arch}.block_count"))
+
+    def per_layer(key: str, default: Any = None) -> list[int]:  # deci's widths are arrays, one entry a layer
+        v = field(key, default)
+        return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)] * layers
+
+    heads_l = per_layer(f"{arch}.attention.head_count")
+    kv_l = per_layer(f"{arch}.attention.head_count_kv", heads_l[0])
+    ff_l = per_layer(f"{arch}.feed_forward_length")
+    heads = max(heads_l)
     hidden = int(field(f"{arch}.embedding_length"))
     tokens = r.fields.get("tokenizer.ggml.tokens")
     dims = {
-        "model_type": arch, "layers": int(field(f"{arch}.block_count")), "hidden": hidden, "heads": heads,
-        "kv_heads": int(field(f"{arch}.attention.head_count_kv", heads)),
-        "head_dim": int(field(f"{arch}.attention.key_length", hidden // heads)),
-        "intermediate": int(field(f"{arch}.feed_forward_length")),
+        "model_type": arch, "layers": layers, "hidden": hidden, "heads": heads, "kv_heads": max(kv_l),
+        "head_dim": int(field(f"{arch}.attention.key_length", hidden // heads)), "intermediate": max(ff_l),
         "vocab": int(field(f"{arch}.vocab_size", len(tokens.data) if tokens is not None else 0)),
         "tied": "output.weight" not in names, "attention_bias": "blk.0.attn_q.bias" in names, "mlp_bias": False,
+        "layer_heads": heads_l, "layer_kv_heads": kv_l, "layer_intermediate": ff_l,
     }
     ft = field("general.file_type")
     try:

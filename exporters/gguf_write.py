@@ -26,9 +26,13 @@ Types (``--type``): ``f32`` (everything float32), ``f16`` (2-D weights float16, 
 ``q8_0`` (2-D weights Q8_0 with gguf-py's ``quants.quantize``, norms/biases float32; a matrix whose rows are
 not a multiple of the 32-value Q8_0 block is written f16 and listed in the report).
 
-Per-layer widths (different heads / MLP widths per layer) are refused: this exporter writes uniform models.
-TODO(issue #12): non-uniform models through llama.cpp's ``deci`` architecture (per-layer ``head_count``,
-``head_count_kv``, ``feed_forward_length`` arrays).
+Per-layer widths (:mod:`compressor.widths`: different heads / KV heads / MLP widths per layer) are written as
+llama.cpp's ``deci`` architecture, whose loader reads ``deci.attention.head_count``,
+``deci.attention.head_count_kv`` and ``deci.feed_forward_length`` as per-layer arrays (every other key as for
+``llama``; head size from ``key_length``). Its graph is llama's with each layer's own widths and the same
+adjacent-pairs rope, so Q/K rows are interleaved per layer with that layer's head counts. Every layer here has
+>= 1 head and >= 1 MLP channel (deci's special layers with 0 KV heads / 0 heads / 0 channels are not used).
+Qwen2 sources are written as ``deci`` with their q/k/v biases (:func:`gguf_arch`).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from compressor.errors import ConfigError, UnsupportedArchitectureError
-from compressor.sizes import ModelSizes, model_sizes
+from compressor.sizes import ModelSizes, model_sizes, stock_model_type
 
 from .gguf_vocab import GGUFVocab, write_vocab
 
@@ -46,8 +50,10 @@ from .gguf_vocab import GGUFVocab, write_vocab
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 #: ``--type`` values -> (2-D weight type name, gguf LlamaFileType name).
 GGUF_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
-#: config keys that would carry per-layer widths
-_PER_LAYER_KEYS = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim")
+#: llama.cpp architecture of models with per-layer widths
+PER_LAYER_ARCH = "deci"
+#: config keys that must not be lists (per-layer widths are read from the per-layer config's own keys)
+_SCALAR_KEYS = ("num_attention_heads", "num_key_value_heads", "intermediate_size", "head_dim")
 
 
 def check_gguf_type(gguf_type: str) -> str:
@@ -60,22 +66,22 @@ def check_exportable(config) -> tuple[str, ModelSizes]:
     """``(llama.cpp arch, sizes)`` of ``config``, or a clear error for what this exporter cannot write.
 
     Raises:
-        UnsupportedArchitectureError: model type not in :data:`GGUF_ARCH`; per-layer widths; MLP biases;
+        UnsupportedArchitectureError: model type not in :data:`GGUF_ARCH` (or its per-layer variant); widths given
+            as lists in a stock config; MLP biases;
             a rope scaling type llama.cpp's ``llama``/``qwen2`` cannot take from metadata.
     """
-    mt = getattr(config, "model_type", None)
+    mt = stock_model_type(config)
     if mt not in GGUF_ARCH:
         raise UnsupportedArchitectureError(
-            f"GGUF export does not support model_type {mt!r}; supported: "
-            + ", ".join(f"{k} (llama.cpp {v})" for k, v in GGUF_ARCH.items()))
+            f"GGUF export does not support model_type {getattr(config, 'model_type', None)!r}; supported: "
+            + ", ".join(f"{k} (llama.cpp {v})" for k, v in GGUF_ARCH.items())
+            + f", and their per-layer-widths variants (llama.cpp {PER_LAYER_ARCH})")
     d = config.to_dict() if hasattr(config, "to_dict") else dict(vars(config))
-    per_layer = [k for k in _PER_LAYER_KEYS if isinstance(d.get(k), (list, tuple))]
-    per_layer += [k for k in d if "per_layer" in k or k.startswith("layer_widths")]
-    if per_layer:
-        # TODO(issue #12): write these through llama.cpp's `deci` architecture (per-layer arrays).
+    lists = [k for k in _SCALAR_KEYS if isinstance(d.get(k), (list, tuple))]
+    if lists:
         raise UnsupportedArchitectureError(
-            f"the config has per-layer widths ({', '.join(per_layer)}); the GGUF exporter supports uniform models "
-            f"only (every layer with the same heads and MLP width) for now")
+            f"the config has lists in {', '.join(lists)}; per-layer widths are read from a lorapress per-layer "
+            f"config (model_type lorapress_*, see compressor.widths), whose scalars are numbers")
     sizes = model_sizes(config)
     if sizes.mlp_bias:
         raise UnsupportedArchitectureError("GGUF export does not support MLP biases (mlp_bias=True) yet")
@@ -91,6 +97,9 @@ def gguf_arch(model_type: str, sizes: ModelSizes) -> tuple[str, str | None]:
     (optional ``attn_q/k/v.bias``, explicit ``key_length``): it is written as ``llama``, Q/K rows (and biases)
     interleaved for llama's rope, and the note says so.
     """
+    if not sizes.uniform:
+        return PER_LAYER_ARCH, (f"per-layer widths: written as llama.cpp's {PER_LAYER_ARCH!r} architecture "
+                                f"(per-layer head_count, head_count_kv and feed_forward_length arrays)")
     arch = GGUF_ARCH[model_type]
     if arch == "qwen2" and sizes.heads * sizes.head_dim != sizes.hidden:
         return "llama", (f"written as llama.cpp's 'llama' architecture: its 'qwen2' needs heads*head_dim == hidden, "
@@ -171,12 +180,12 @@ def gguf_tensors(model, arch: str, sizes: ModelSizes) -> Iterator[tuple[str, Any
     rs = rope_scaling(model.config)
     if rs and rs["type"] == "llama3":
         yield _name("ROPE_FREQS") + ".weight", llama3_rope_factors(model.config, sizes.head_dim)
-    permute = arch == "llama"
+    permute = arch in ("llama", PER_LAYER_ARCH)
     for i in range(sizes.layers):
         p = f"model.layers.{i}."
         yield _name("ATTN_NORM", i) + ".weight", get(p + "input_layernorm.weight")
-        for key, proj, heads in (("ATTN_Q", "q_proj", sizes.heads), ("ATTN_K", "k_proj", sizes.kv_heads),
-                                 ("ATTN_V", "v_proj", None)):
+        for key, proj, heads in (("ATTN_Q", "q_proj", sizes.layer_heads[i]),
+                                 ("ATTN_K", "k_proj", sizes.layer_kv_heads[i]), ("ATTN_V", "v_proj", None)):
             for part in ("weight", "bias"):
                 k = p + f"self_attn.{proj}.{part}"
                 if k not in sd:
@@ -232,10 +241,14 @@ def write_gguf(model, vocab: GGUFVocab, path: str | os.PathLike, gguf_type: str,
     arch, s = check_exportable(cfg)
     weight_type, file_type = GGUF_TYPES[gguf_type]
     w = gguf.GGUFWriter(str(path), arch)
+    per_layer = arch == PER_LAYER_ARCH
+    ff: Any = list(s.layer_intermediate) if per_layer else s.intermediate
+    heads: Any = list(s.layer_heads) if per_layer else s.heads
+    kv: Any = list(s.layer_kv_heads) if per_layer else s.kv_heads
     meta: dict[str, Any] = {
         "block_count": s.layers, "context_length": int(getattr(cfg, "max_position_embeddings", 2048)),
-        "embedding_length": s.hidden, "feed_forward_length": s.intermediate, "attention.head_count": s.heads,
-        "attention.head_count_kv": s.kv_heads, "attention.key_length": s.head_dim,
+        "embedding_length": s.hidden, "feed_forward_length": ff, "attention.head_count": heads,
+        "attention.head_count_kv": kv, "attention.key_length": s.head_dim,
         "attention.value_length": s.head_dim, "rope.dimension_count": s.head_dim,
         "rope.freq_base": float(getattr(cfg, "rope_theta", 10000.0)),
         "attention.layer_norm_rms_epsilon": float(getattr(cfg, "rms_norm_eps", 1e-6)), "vocab_size": s.vocab,
@@ -245,9 +258,9 @@ def write_gguf(model, vocab: GGUFVocab, path: str | os.PathLike, gguf_type: str,
     w.add_block_count(meta["block_count"])
     w.add_context_length(meta["context_length"])
     w.add_embedding_length(s.hidden)
-    w.add_feed_forward_length(s.intermediate)
-    w.add_head_count(s.heads)
-    w.add_head_count_kv(s.kv_heads)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
     w.add_key_length(s.head_dim)
     w.add_value_length(s.head_dim)
     w.add_rope_dimension_count(s.head_dim)
@@ -256,7 +269,7 @@ def write_gguf(model, vocab: GGUFVocab, path: str | os.PathLike, gguf_type: str,
     w.add_vocab_size(s.vocab)
     w.add_file_type(int(getattr(gguf.LlamaFileType, file_type)))
     rs = rope_scaling(cfg)
-    notes = [n for n in (gguf_arch(cfg.model_type, s)[1],) if n]
+    notes = [n for n in (gguf_arch(s.model_type or "", s)[1],) if n]
     if rs and rs["type"] in ("linear", "yarn"):
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR if rs["type"] == "linear" else gguf.RopeScalingType.YARN)
         w.add_rope_scaling_factor(float(rs["factor"]))
@@ -267,7 +280,7 @@ def write_gguf(model, vocab: GGUFVocab, path: str | os.PathLike, gguf_type: str,
     elif rs:
         meta["rope_freqs"] = "llama3 factors as the rope_freqs tensor"
     window = getattr(cfg, "sliding_window", None)
-    if cfg.model_type == "mistral" and isinstance(window, int) and window < meta["context_length"]:
+    if s.model_type == "mistral" and isinstance(window, int) and window < meta["context_length"]:
         notes.append(f"sliding_window={window} is not written: llama.cpp's llama architecture attends to the whole "
                      f"context, so outputs differ from PyTorch beyond {window} tokens")
     write_vocab(w, vocab)

@@ -47,7 +47,7 @@ from compressor.save import drop_gguf_tokenizer_model, save_tokenizer
 
 from .int8 import INT8_CHECK_TEXT, INT8_EXCLUDE_DEFAULT, quantize_int8, validate_int8
 from .loading import load_for_export
-from .ort_config import CONFIG_KEY, adjust_config_for_ort, true_hidden_size
+from .ort_config import CONFIG_KEY, adjust_config_for_ort, per_layer_widths, true_hidden_size
 from .report import REPORT_FILE, ExportResult, list_files, model_summary, versions, write_report
 from .validation import DEFAULT_PROMPTS, validate_generate, validate_parity
 
@@ -133,9 +133,12 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
     model, tokenizer, spec = load_for_export(model_dir, tokenizer, allow_pickle=allow_pickle,
                                              trust_remote_code=trust_remote_code)
     check_onnx(model.config, str(spec))
+    per_layer = per_layer_widths(model.config)
     require("optimum.exporters.onnx", "ONNX export")
     require("onnx", "ONNX export")
     from optimum.exporters.onnx import onnx_export_from_model
+
+    from compressor.widths import as_stock
 
     report: dict[str, Any] = {
         "format": "onnx", "source": str(spec), "task": "text-generation-with-past",
@@ -149,8 +152,9 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         model.config._name_or_path = str(tmp)
         t0 = time.perf_counter()
         try:
-            onnx_export_from_model(model, tmp, task="text-generation-with-past", opset=opset,
-                                   do_validation=False, device="cpu")
+            with as_stock(model):  # optimum dispatches on the stock class; the graph keeps every layer's shapes
+                onnx_export_from_model(model, tmp, task="text-generation-with-past", opset=opset,
+                                       do_validation=False, device="cpu")
         except Exception as exc:
             if isinstance(exc, OSError) and exc.errno in WRITE_FAULT_ERRNOS:
                 raise  # atomic_output_dir names the output and the space needed
@@ -162,7 +166,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         if not onnx_path.is_file():
             raise ExportError(f"the exporter wrote no {ONNX_FILE} (files: {sorted(list_files(tmp))})")
         drop_gguf_tokenizer_model(tmp)
-        report["ort_config_adjustment"] = adjust_config_for_ort(tmp)
+        report["ort_config_adjustment"] = adjust_config_for_ort(tmp, per_layer=per_layer)
         import onnx
 
         proto = onnx.load(str(onnx_path), load_external_data=False)

@@ -19,6 +19,7 @@ from compressor.errors import ExportError
 from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
 from compressor.lock import locks_output
 from compressor.save import save_tokenizer
+from compressor.sizes import is_per_layer
 
 from .loading import load_for_export
 from .report import ExportResult, list_files, model_summary, versions, write_report
@@ -67,6 +68,10 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
             if isinstance(exc, OSError) and exc.errno in WRITE_FAULT_ERRNOS:
                 raise  # atomic_output_dir names the output and the space needed
             raise ExportError(f"saving the model failed: {type(exc).__name__}: {exc}") from exc
+        if is_per_layer(model.config):  # per-layer widths: the folder carries its remote code
+            from compressor.widths import write_remote_code
+
+            report["remote_code"] = write_remote_code(tmp)
         report["tokenizer"] = save_tokenizer(tokenizer, tmp)
         report["checks"] = _check_folder(model, tmp)
         write_report(tmp, report, t0)
@@ -80,7 +85,12 @@ def _check_folder(model, folder: Path) -> dict[str, Any]:
     from transformers import AutoConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(str(folder))
+        if is_per_layer(model.config):  # read with the in-package class: no code from the folder is run
+            from compressor.widths import per_layer_model_class
+
+            cfg = per_layer_model_class(model.config).config_class.from_pretrained(str(folder))
+        else:
+            cfg = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         raise ExportError(f"the saved config does not reload: {exc}") from exc
     if getattr(cfg, "quantization_config", None):
