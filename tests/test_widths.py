@@ -82,7 +82,7 @@ def _non_uniform(case: str, vocab: int = 96, lora: bool = True, **config):
 
 def _logits(model, ids=IDS):
     with torch.no_grad():
-        return model(torch.tensor(ids)).logits
+        return model(torch.as_tensor(ids)).logits
 
 
 @pytest.fixture(scope="module")
