@@ -290,7 +290,8 @@ class PruneLoop:
         # model, so it runs on a copy of those weights taken while they are still dense (swapped in, not copied)
         self.dense_base: dict[str, torch.Tensor] | None = (
             {k: w.detach().clone() for k, w in base_weights(self.pm, self.groups).items()}
-            if self.comp is not None and (config.distill > 0 or config.distill_hidden > 0) else None)
+            if self.comp is not None and config.teacher == "dense" and (config.distill > 0 or config.distill_hidden > 0)
+            else None)
         self.data = DataOrder(blocks, config.seed)
         self.per_step = config.batch_size * config.grad_accum * self.world
         if plan is not None:

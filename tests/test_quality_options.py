@@ -449,6 +449,18 @@ def test_distillation_teacher_stays_dense_after_compensation():
         after = loop.pm(input_ids=ids).logits
     assert torch.equal(before, after)
 
+    # teacher="compensated" (the earlier behaviour) keeps the edited W0 in the teacher pass
+    old = _loop("llama-mha", compensate=True, distill=0.5, steps=8, prune_every=2, head_policy="balanced",
+                criterion="activation", teacher="compensated")
+    assert old.dense_base is None
+    while not old.done:
+        old.step()
+    with torch.no_grad(), old.teacher():
+        drifted = old.pm(input_ids=ids).logits
+    assert not torch.allclose(before, drifted, atol=1e-4)
+    with pytest.raises(ConfigError, match="teacher"):
+        _cfg(teacher="student")
+
 
 def test_compensation_resumes_bit_exactly():
     a = _loop(compensate=True, steps=10, prune_every=2, criterion="activation")
