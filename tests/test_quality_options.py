@@ -431,10 +431,10 @@ def test_compensated_masked_model_equals_merged_model():
     assert torch.allclose(masked, out, atol=1e-4)
 
 
-def test_distillation_teacher_stays_dense_after_compensation():
-    """Compensation edits W0 in place; the teacher (LoRA and masks off) must still be the dense model."""
+def test_distillation_teacher_dense_or_compensated():
+    """Compensation edits W0 in place; teacher="dense" swaps the dense weights in for the teacher pass."""
     loop = _loop("llama-mha", compensate=True, distill=0.5, steps=8, prune_every=2, head_policy="balanced",
-                 criterion="activation")
+                 criterion="activation", teacher="dense")
     ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad(), loop.teacher():
         before = loop.pm(input_ids=ids).logits
@@ -449,9 +449,9 @@ def test_distillation_teacher_stays_dense_after_compensation():
         after = loop.pm(input_ids=ids).logits
     assert torch.equal(before, after)
 
-    # teacher="compensated" (the earlier behaviour) keeps the edited W0 in the teacher pass
+    # teacher="compensated" (the default) keeps the edited W0 in the teacher pass
     old = _loop("llama-mha", compensate=True, distill=0.5, steps=8, prune_every=2, head_policy="balanced",
-                criterion="activation", teacher="compensated")
+                criterion="activation")
     assert old.dense_base is None
     while not old.done:
         old.step()
