@@ -1,0 +1,102 @@
+"""Ratio -> perplexity curve of the default command (issue #11), drawn from measured ``compress eval`` reports.
+
+Runs nothing: it collects the WikiText-2 / PTB perplexities already measured (``benchmarks/results/eval-*.json``,
+each written by ``compress eval OUT --tasks wikitext2,ptb --seq-len 2048 --max-windows N``) into
+``benchmarks/results/ratio_curve.json`` and ``ratio_curve.png``. Two protocols are kept apart, never mixed in
+one line: the first 20 windows of 2048 tokens (this round's), and the first 8 (the earlier rounds', where the
+paper recipe was measured).
+
+    python benchmarks/ratio_curve.py
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plots import RESULTS, _plt, _save  # noqa: E402
+
+#: series -> {ratio: eval report (20 windows)}; a missing file is skipped and listed as not measured
+SERIES_20 = {
+    "default (activation, compensate, distill 0.5, 150 steps)": {
+        0.2: "eval-smollm2-20-v2.json", 0.3: "eval-smollm2-30-v2.json", 0.5: "eval-smollm2-50-v2.json"},
+}
+#: the 8-window protocol (first 8 x 2048 tokens, dense 19.13): summary file of earlier rounds
+EIGHT = "eval-smollm2-v2-8windows.json"
+DENSE_20 = {"wikitext2": 20.97, "source": "benchmarks/results/screen_50_60.json (dense, first 20 x 2048)"}
+
+
+def _ppl(path: Path, task: str) -> float | None:
+    if not path.is_file():
+        return None
+    return float(json.loads(path.read_text())["results"][task]["ppl"])
+
+
+def collect() -> dict:
+    out: dict = {"protocol_20": "first 20 non-overlapping 2048-token windows, no BOS",
+                 "dense_20": DENSE_20, "series_20": {}, "not_measured": []}
+    for name, files in SERIES_20.items():
+        pts = []
+        for ratio, f in sorted(files.items()):
+            w, p = _ppl(RESULTS / f, "wikitext2"), _ppl(RESULTS / f, "ptb")
+            if w is None:
+                out["not_measured"].append(f"{name} at {ratio}: {f} missing")
+                continue
+            pts.append({"ratio": ratio, "wikitext2": w, "ptb": p, "x_dense": round(w / DENSE_20["wikitext2"], 3),
+                        "file": f})
+        out["series_20"][name] = pts
+    e8 = RESULTS / EIGHT
+    if e8.is_file():
+        d = json.loads(e8.read_text())
+        out["protocol_8"] = d.get("protocol")
+        out["dense_8"] = d.get("dense")
+        out["series_8"] = {
+            "default": [{"ratio": r, "wikitext2": d[k]} for r, k in ((0.2, "smollm2-20-v2"), (0.3, "smollm2-30-v2"),
+                                                                     (0.5, "smollm2-50-v2")) if k in d],
+            "paper recipe (lora, no distillation, 200 steps)": [
+                {"ratio": r, "wikitext2": d["previous_defaults"][k]} for r, k in ((0.2, "smollm2-20"), (0.5, "smollm2-50"))
+                if k in d.get("previous_defaults", {})],
+        }
+    out["not_measured"].append("magnitude at the default budget (only on the 30-step grid of 2026-11-25)")
+    return out
+
+
+def plot(d: dict) -> Path | None:
+    plt = _plt()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ax = axes[0]
+    for name, pts in d["series_20"].items():
+        ax.plot([0] + [p["ratio"] for p in pts], [d["dense_20"]["wikitext2"]] + [p["wikitext2"] for p in pts], "o-",
+                label=name)
+    ax.axhline(d["dense_20"]["wikitext2"], color="k", lw=1, label="dense")
+    ax.plot([0, 0.5], [d["dense_20"]["wikitext2"] * 1.3, d["dense_20"]["wikitext2"] * 3], "g--", lw=1,
+            label="targets (1.3x at 20 %, 3x at 50 %)")
+    ax.set_title("WikiText-2, first 20 x 2048 tokens", fontsize=9)
+    if "series_8" in d:
+        bx = axes[1]
+        for name, pts in d["series_8"].items():
+            if pts:
+                bx.plot([0] + [p["ratio"] for p in pts], [d["dense_8"]] + [p["wikitext2"] for p in pts], "o-", label=name)
+        bx.axhline(d["dense_8"], color="k", lw=1, label="dense")
+        bx.set_title("WikiText-2, first 8 x 2048 tokens (earlier protocol)", fontsize=9)
+    for a in axes:
+        a.set_yscale("log")
+        a.set_xlabel("ratio of prunable parameters removed")
+        a.set_ylabel("perplexity")
+        a.legend(fontsize=7)
+    fig.suptitle("SmolLM2-135M, 2 CPU cores, <= 30 min a run", fontsize=10)
+    return _save(fig, "ratio_curve")
+
+
+def main() -> None:
+    d = collect()
+    (RESULTS / "ratio_curve.json").write_text(json.dumps(d, indent=1) + "\n")
+    print(json.dumps(d, indent=1))
+    plot(d)
+
+
+if __name__ == "__main__":
+    main()
