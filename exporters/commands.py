@@ -94,10 +94,14 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
     onnx_bytes = sum(v for k, v in res.files.items() if k.endswith(".onnx") or ".onnx" in k)
     click.echo(f"Exported {res.path}: model.onnx {_mib(onnx_bytes)}, opset {rep.get('opset')}, "
                f"{'int8' if int8 else 'fp32'}, {res.seconds:.1f} s")
-    if rep.get("ort_config_adjustment"):
-        adj = rep["ort_config_adjustment"]["hidden_size"]
+    adjustment = rep.get("ort_config_adjustment") or {}
+    if adjustment.get("hidden_size"):
+        adj = adjustment["hidden_size"]
         click.echo(f"  config.json hidden_size {adj['model']} -> {adj['onnx_config']} for ORTModelForCausalLM "
                    f"(head_dim != hidden_size // heads); real value kept as lorapress_export.model_hidden_size")
+    if adjustment.get("per_layer"):
+        click.echo("  per-layer widths: the graph holds every layer's shapes; config.json holds the widest layer's "
+                   "(for optimum's KV cache) and the real widths under lorapress_export.per_layer")
     val = rep.get("validation", {})
     if not val.get("enabled"):
         click.echo("  validation skipped (--no-validate)")

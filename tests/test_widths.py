@@ -295,6 +295,17 @@ def test_onnx_export_of_per_layer_model_parity_and_stock_optimum(folders, tmp_pa
     assert torch.allclose(got, folders["llama-gqa"][2], atol=1e-4)
 
 
+def test_cli_onnx_export_of_per_layer_model(folders, tmp_path):
+    """The command (not only the API) exports a per-layer folder and says what its config holds."""
+    pytest.importorskip("optimum.onnxruntime")
+    from compressor.cli import main
+
+    r = CliRunner().invoke(main, ["export", str(folders["llama-gqa"][0]), "--format", "onnx", "--out",
+                                  str(tmp_path / "o"), "--threads", "1"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "per-layer widths" in r.output and (tmp_path / "o" / "model.onnx").is_file()
+
+
 def test_onnx_refuses_different_kv_heads_per_layer(folders, tmp_path):
     from exporters import export_onnx
 
