@@ -288,8 +288,10 @@ class PruneLoop:
         self.comp: Compensator | None = Compensator(self.pm, self.groups) if config.compensate else None
         # compensation edits W0 of o_proj/down_proj in place; the distillation teacher must stay the dense
         # model, so it runs on a copy of those weights taken while they are still dense (swapped in, not copied)
+        #: the base weights compensation edits (o_proj, down_proj), by name
+        self._base: dict[str, Any] = base_weights(self.pm, self.groups) if self.comp is not None else {}
         self.dense_base: dict[str, torch.Tensor] | None = (
-            {k: w.detach().clone() for k, w in base_weights(self.pm, self.groups).items()}
+            {k: w.detach().clone() for k, w in self._base.items()}
             if self.comp is not None and config.teacher == "dense" and (config.distill > 0 or config.distill_hidden > 0)
             else None)
         self.data = DataOrder(blocks, config.seed)
@@ -329,7 +331,7 @@ class PruneLoop:
         stack.enter_context(self.pm.disable_adapter())
         stack.enter_context(self.masks.bypassed())
         if self.dense_base is not None:
-            stack.enter_context(_swapped(base_weights(self.pm, self.groups), self.dense_base))
+            stack.enter_context(_swapped(self._base, self.dense_base))
         return stack
 
     def step(self, batch: torch.Tensor | None = None) -> StepRecord:
@@ -446,7 +448,7 @@ class PruneLoop:
                 "ema": self.ema.state_dict(), "masks": self.masks.state_dict(), "gen": self.gen.get_state(),
                 "rng": rng_state(), "config": self.cfg.to_dict(),
                 **({"compensation": self.comp.state_dict(),
-                    "base": {k: w.detach().clone() for k, w in base_weights(self.pm, self.groups).items()}}
+                    "base": {k: w.detach().clone() for k, w in self._base.items()}}
                    if self.comp is not None else {})}
 
     def load_state_dict(self, st: dict[str, Any]) -> None:
@@ -467,7 +469,7 @@ class PruneLoop:
             if self.step_count >= self.last_event:
                 self.comp.release()
             with torch.no_grad():
-                for k, w in base_weights(self.pm, self.groups).items():
+                for k, w in self._base.items():
                     w.copy_(st["base"][k])
 
     # ---- results -------------------------------------------------------------------------------
@@ -491,7 +493,7 @@ class PruneLoop:
             self.scorer.remove()
         if self.comp is not None:
             self.comp.release()
-        self.dense_base = None
+        self.dense_base, self._base = None, {}
         if self.cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_disable()
         merged = merge_and_slice(self.pm, self.groups, self.masks)

@@ -81,7 +81,8 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor, *, chunk_tokens: int = 25
             distilling; the teacher shares the LM head.
         distill: weight of the distillation term: ``(1 - distill) · CE + distill · KL``, CE averaged over the
             ``batch × (seq − 1)`` targets, KL over all ``batch × seq`` positions.
-        teacher_layers: the teacher's per-layer hidden states (``decoder_hidden(..., all_layers=True)[1]``)
+        teacher_layers: the teacher's per-layer hidden states (each decoder layer's output, the last after the
+            final norm)
             for hidden-state distillation; ``distill_hidden`` is its weight (:func:`hidden_match`, added).
 
     Returns:
@@ -127,13 +128,10 @@ def _decoder_states(lm: Any, input_ids: torch.Tensor,
     return out.last_hidden_state, (tuple(out.hidden_states[1:]) if all_layers else None)
 
 
-def decoder_hidden(model: nn.Module, input_ids: torch.Tensor,
-                   all_layers: bool = False) -> Any:
-    """Final hidden states (after the last norm) of ``model``'s decoder, without gradients; with
-    ``all_layers``, ``(final, per-layer tuple)``."""
+def decoder_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Final hidden states (after the last norm) of ``model``'s decoder, without gradients."""
     with torch.no_grad():
-        last, layers = _decoder_states(unwrap(model), input_ids, all_layers)
-    return (last, layers) if all_layers else last
+        return _decoder_states(unwrap(model), input_ids)[0]
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -170,9 +168,8 @@ def training_loss(model: nn.Module, input_ids: torch.Tensor, *, distill: float =
     if chunk_tokens > 0:
         th, tl = None, None
         if distill > 0 or use_hidden:
-            with teacher():
-                th, tl = decoder_hidden(model, input_ids, all_layers=True) if use_hidden else \
-                    (decoder_hidden(model, input_ids), None)
+            with torch.no_grad(), teacher():
+                th, tl = _decoder_states(unwrap(model), input_ids, use_hidden)
         chunk_loss, ce = lm_loss(model, input_ids, chunk_tokens=chunk_tokens, teacher_hidden=th, distill=distill,
                                  teacher_layers=tl, distill_hidden=distill_hidden)
         return chunk_loss, float(ce)

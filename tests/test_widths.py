@@ -17,9 +17,15 @@ from compressor.groups import discover_groups
 from compressor.masking import MaskState, mask_lowest
 from compressor.merge import merge_and_slice
 from compressor.save import save_model_folder
-from compressor.scoring import LayerScores
 from compressor.widths import REMOTE_CODE_FILES, per_layer_config
-from tests.tiny import tiny_bpe_tokenizer, tiny_model, tiny_text, tiny_tokenizer
+from tests.tiny import (
+    lora_with_random_b,
+    random_scores,
+    tiny_bpe_tokenizer,
+    tiny_model,
+    tiny_text,
+    tiny_tokenizer,
+)
 
 #: tests/tiny.py cases; llama-mha gets different KV heads per layer (MHA: KV heads = heads)
 CASES = ("llama-gqa", "llama-mha", "qwen2-gqa", "mistral-mqa")
@@ -58,25 +64,13 @@ print("\nRESULT=" + json.dumps(out))
 def _non_uniform(case: str, vocab: int = 96, lora: bool = True, **config):
     """``(masked model, merged model)``: 3 layers; layer 0 dense, layers 1-2 with one query head per KV group
     fewer and 8 / 16 MLP channels; LoRA B non-zero."""
-    from compressor.config import PruneConfig
-    from compressor.loop import wrap_lora
-
     m = tiny_model(case, layers=3, vocab=vocab, **config)
     groups = discover_groups(m)
-    pm = m
-    if lora:
-        pm = wrap_lora(m, PruneConfig(ratio=0.5))
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0, 0.1)
+    pm = lora_with_random_b(m) if lora else m
     masks = MaskState.full(groups).install(pm, groups)
-    g = torch.Generator().manual_seed(1)
-    scores = [LayerScores(torch.rand(lg.num_heads, generator=g), torch.rand(lg.intermediate_size, generator=g))
-              for lg in groups.layers]
     lg0 = groups.layers[0]
     per = lg0.heads_per_kv if lg0.gqa else lg0.num_heads
-    mask_lowest(masks, scores, groups, [per, per - 1, per - 1], [lg0.intermediate_size, 8, 16])
+    mask_lowest(masks, random_scores(groups), groups, [per, per - 1, per - 1], [lg0.intermediate_size, 8, 16])
     return pm, masks, groups
 
 

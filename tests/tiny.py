@@ -56,27 +56,39 @@ def tiny_text(n_words: int = 4000, vocab: int = 96, seed: int = 0) -> str:
 def masked_lora(case: str = "llama-gqa"):
     """``(peft model, MaskState)``: :func:`tiny_model` with LoRA (B non-zero, so LoRA changes the output) and
     masks installed that remove one query head per KV group and half the MLP channels, chosen at random."""
-    from compressor.config import PruneConfig
     from compressor.groups import discover_groups
-    from compressor.loop import wrap_lora
     from compressor.masking import MaskState, mask_lowest
-    from compressor.scoring import LayerScores
 
     m = tiny_model(case)
     groups = discover_groups(m)
-    pm = wrap_lora(m, PruneConfig(ratio=0.5))
+    pm = lora_with_random_b(m)
+    masks = MaskState.full(groups).install(pm, groups)
+    lg0 = groups.layers[0]
+    per_kv = lg0.heads_per_kv if lg0.gqa else lg0.num_heads
+    mask_lowest(masks, random_scores(groups), groups, max(1, per_kv - 1), lg0.intermediate_size // 2)
+    return pm, masks
+
+
+def lora_with_random_b(model):
+    """``model`` wrapped with LoRA whose B factors are random (so LoRA changes the output)."""
+    from compressor.config import PruneConfig
+    from compressor.loop import wrap_lora
+
+    pm = wrap_lora(model, PruneConfig(ratio=0.5))
     with torch.no_grad():
         for n, p in pm.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
-    masks = MaskState.full(groups).install(pm, groups)
-    g = torch.Generator().manual_seed(1)
-    scores = [LayerScores(torch.rand(lg.num_heads, generator=g), torch.rand(lg.intermediate_size, generator=g))
-              for lg in groups.layers]
-    lg0 = groups.layers[0]
-    per_kv = lg0.heads_per_kv if lg0.gqa else lg0.num_heads
-    mask_lowest(masks, scores, groups, max(1, per_kv - 1), lg0.intermediate_size // 2)
-    return pm, masks
+    return pm
+
+
+def random_scores(groups, seed: int = 1):
+    """Random head / channel scores for every layer of ``groups`` (one seeded generator, layer by layer)."""
+    from compressor.scoring import LayerScores
+
+    g = torch.Generator().manual_seed(seed)
+    return [LayerScores(torch.rand(lg.num_heads, generator=g), torch.rand(lg.intermediate_size, generator=g))
+            for lg in groups.layers]
 
 
 #: text the tiny BPE tokenizer is trained on (English words, digits, punctuation, code)
