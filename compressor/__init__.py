@@ -24,10 +24,18 @@ from .errors import (
     ResumeError,
     UnsupportedArchitectureError,
 )
+from .quiet import drop_messages as _drop_messages
 
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional 4-bit kernel package is missing;
 # we never use 4-bit CPU kernels, so keep that line out of every command's output.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
+
+# transformers prints a paragraph on every tokenizer built from a GGUF file (every built-in model) about the
+# `legacy` flag of LlamaTokenizer, which says itself it can be ignored for GGUF tokenizers; only that message
+# is dropped, every other warning of those loggers stays.
+for _name in ("transformers.models.llama.tokenization_llama_fast", "transformers.models.llama.tokenization_llama"):
+    _drop_messages(_name, "You are using the default legacy behaviour")
 
 __all__ = [
     "PruneConfig", "PruneResult", "prune", "load_model", "discover_groups", "merge_and_slice", "evaluate", "perplexity", "EvalReport",

@@ -43,6 +43,7 @@ from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_di
 from compressor.lock import locks_output
 from compressor.models import is_onnx_folder
 from compressor.optional import require
+from compressor.quiet import quiet_onnx_export
 from compressor.save import drop_gguf_tokenizer_model, save_tokenizer
 
 from .int8 import INT8_CHECK_TEXT, INT8_EXCLUDE_DEFAULT, quantize_int8, validate_int8
@@ -152,7 +153,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         model.config._name_or_path = str(tmp)
         t0 = time.perf_counter()
         try:
-            with as_stock(model):  # optimum dispatches on the stock class; the graph keeps every layer's shapes
+            with as_stock(model), quiet_onnx_export():  # optimum dispatches on the stock class; the graph keeps every layer's shapes
                 onnx_export_from_model(model, tmp, task="text-generation-with-past", opset=opset,
                                        do_validation=False, device="cpu")
         except Exception as exc:
