@@ -186,21 +186,24 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
                     "widths_after": rep.get("widths_after"),
                     "report_perplexity": {k: rep.get(k) for k in ("perplexity_before", "perplexity_after", "eval")
                                           if k in rep}}
-    # stock reload: logits of a reload equal the first load's, and it generates
+    # stock reload (no lorapress code): logits equal the project loader's, finite; it generates
+    from compressor.models import load_model
+
     m1 = AutoModelForCausalLM.from_pretrained(out).eval()
-    m2 = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)
+    m2, _, _ = load_model(str(out))
     ids = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
-        l1, l2 = m1(**ids).logits, m2(**ids).logits
+        l1, l2 = m1(**ids).logits, m2.eval()(**ids).logits
         gen = m1.generate(**ids, max_new_tokens=8, do_sample=False)
-    res["reload"] = {"stock_from_pretrained": True, "logits_identical": bool(torch.equal(l1, l2)),
+    res["reload"] = {"stock_from_pretrained": True, "logits_identical_to_lorapress_loader": bool(torch.equal(l1, l2)),
                      "finite": bool(torch.isfinite(l1).all()), "generated": tok.decode(gen[0, ids["input_ids"].shape[1]:]),
                      "config": {k: getattr(m1.config, k, None) for k in ("num_attention_heads", "num_key_value_heads",
                                                                          "head_dim", "intermediate_size")}}
-    r = perplexity(m1, tok, _wiki(), seq_len=seq_len, max_windows=windows, add_bos=name.startswith("gemma"))
-    res["ppl_wikitext2_after"] = {k: r[k] for k in ("ppl", "windows", "seq_len", "tokens", "add_bos")}
     del m2
+    for add_bos in (False, True):
+        r = perplexity(m1, tok, _wiki(), seq_len=seq_len, max_windows=windows, add_bos=add_bos)
+        res[f"ppl_wikitext2_after{'_bos' if add_bos else ''}"] = {k: r[k] for k in ("ppl", "windows", "seq_len", "tokens")}
     cmd = [py, "-m", "compressor.cli", "export", str(out), "--format", "onnx", "--out", str(onnx), "--force"]
     wall, rss, log = _run(cmd)
     rep_file = next(iter(sorted(onnx.glob("*report*.json"))), None)

@@ -31,16 +31,18 @@ from typing import Any
 USER_DEFINED = 4
 
 
-def gguf_tokenizer_facts(path: str | os.PathLike) -> tuple[str | None, list[int]]:
-    """The GGUF's ``tokenizer.ggml.model`` (``llama``, ``gpt2``, ``t5``, ...; None if absent) and the ids of its
-    user-defined pieces."""
+def gguf_tokenizer_facts(path: str | os.PathLike) -> tuple[str | None, list[int], list[str]]:
+    """The GGUF's ``tokenizer.ggml.model`` (``llama``, ``gpt2``, ``t5``, ...; None if absent), the ids of its
+    user-defined pieces and its token texts."""
     from gguf import GGUFReader
 
     fields = GGUFReader(os.fspath(path)).fields
     model = fields.get("tokenizer.ggml.model")
     types = fields.get("tokenizer.ggml.token_type")
+    tokens = fields.get("tokenizer.ggml.tokens")
     user = [i for i, t in enumerate(types.contents()) if t == USER_DEFINED] if types is not None else []
-    return (str(model.contents()) if model is not None else None), user
+    return (str(model.contents()) if model is not None else None), user, \
+        ([str(t) for t in tokens.contents()] if tokens is not None else [])
 
 
 def score_merges(vocab: list[tuple[str, float]]) -> list[tuple[str, str]]:
@@ -81,10 +83,16 @@ def fix_gguf_tokenizer(tokenizer: Any, gguf_path: str | os.PathLike) -> bool:
     model = json.loads(backend.to_str())["model"]
     if model.get("type") != "Unigram":
         return False
-    kind, user_defined = gguf_tokenizer_facts(gguf_path)
+    kind, user_defined, texts = gguf_tokenizer_facts(gguf_path)
     if kind != "llama":
         return False
     vocab = [(str(p), float(s)) for p, s in model["vocab"]]
+    # the converter maps <0x09> to a tab that Gemma also has as a piece of its own: one id would be lost (a
+    # "hole" in the saved vocabulary); such an id keeps its GGUF text
+    last = {p: i for i, (p, _) in enumerate(vocab)}
+    for i, (p, sc) in enumerate(vocab):
+        if last[p] != i and i < len(texts) and texts[i] not in last:
+            vocab[i] = (texts[i], sc)
     unk_id = model.get("unk_id")
     backend.model = BPE({p: i for i, (p, _) in enumerate(vocab)}, score_merges(vocab),
                         unk_token=vocab[unk_id][0] if unk_id is not None else None,
