@@ -147,7 +147,7 @@ def check(name: str, windows: int, seq_len: int) -> None:
                                        "Q4_K_M GGUF (quantized matmuls)", "prompts": rows}
     res["tokenizer"] = tokres
     text = _wiki()
-    for add_bos in (False, True):
+    for add_bos in (False, True) if tok.bos_token_id is not None else (False,):
         r = perplexity(model, tok, text, seq_len=seq_len, max_windows=windows, add_bos=add_bos)
         res[f"ppl_wikitext2{'_bos' if add_bos else ''}"] = {k: r[k] for k in ("ppl", "windows", "seq_len", "tokens")}
     res["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
@@ -201,7 +201,7 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
                      "config": {k: getattr(m1.config, k, None) for k in ("num_attention_heads", "num_key_value_heads",
                                                                          "head_dim", "intermediate_size")}}
     del m2
-    for add_bos in (False, True):
+    for add_bos in (False, True) if tok.bos_token_id is not None else (False,):
         r = perplexity(m1, tok, _wiki(), seq_len=seq_len, max_windows=windows, add_bos=add_bos)
         res[f"ppl_wikitext2_after{'_bos' if add_bos else ''}"] = {k: r[k] for k in ("ppl", "windows", "seq_len", "tokens")}
     cmd = [py, "-m", "compressor.cli", "export", str(out), "--format", "onnx", "--out", str(onnx), "--force"]
@@ -234,8 +234,10 @@ def main() -> None:
     ch.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lorapress-real")
     ch.add_argument("--windows", type=int, default=4)
     ch.add_argument("--seq-len", type=int, default=512)
-    ch.add_argument("extra", nargs="*", help="more prune options after --")
-    a = ap.parse_args()
+    a, extra = ap.parse_known_args()  # chain: unknown options (after --) go to compress prune
+    if extra and a.cmd != "chain":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    a.extra = [e for e in extra if e != "--"]
     if a.cmd == "check":
         check(a.name, a.windows, a.seq_len)
     else:

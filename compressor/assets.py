@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import AssetError
+
+log = logging.getLogger("compressor")
 
 
 @dataclass(frozen=True)
@@ -284,7 +287,13 @@ def _fetch_split(asset: SplitAsset, target: Path) -> Path:
 
     stack = contextlib.ExitStack()
     try:  # waits for a concurrent fetch; once taken, removes the .NAME.tmp-* of a killed assembly
-        stack.enter_context(output_lock(target, wait_s=ASSEMBLY_WAIT_S))
+        try:
+            stack.enter_context(output_lock(target))
+        except OutputLockedError:
+            info = read_lock_info(target) or {}
+            log.warning("asset %r is being assembled by another process (pid %s); waiting for it (at most %g s)",
+                        asset.name, info.get("pid"), ASSEMBLY_WAIT_S)
+            stack.enter_context(output_lock(target, wait_s=ASSEMBLY_WAIT_S))
     except OutputLockedError as exc:
         info = read_lock_info(target) or {}
         raise AssetError(f"asset {asset.name!r} is still being assembled by another process (pid {info.get('pid')}, "

