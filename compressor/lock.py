@@ -89,16 +89,22 @@ def _busy(out: str | os.PathLike, fd: int) -> OutputLockedError:
         f"(a killed run releases it at once), or choose another output (lock file {str(lock_path(out))!r})")
 
 
-def _acquire(out: str | os.PathLike, path: Path) -> int | None:
+def _acquire(out: str | os.PathLike, path: Path, wait_s: float = 0.0) -> int | None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # under a file, or not writable: nothing can be written there, and the path checks say so
         return None
-    for _ in range(50):
+    deadline = time.monotonic() + wait_s
+    replaced = 0
+    while replaced < 50:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if time.monotonic() < deadline:  # a waiting caller polls: the holder may be done soon
+                os.close(fd)
+                time.sleep(0.1)
+                continue
             exc = _busy(out, fd)
             os.close(fd)
             raise exc from None
@@ -123,16 +129,19 @@ def _acquire(out: str | os.PathLike, path: Path) -> int | None:
             os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
             return fd
         os.close(fd)
+        replaced += 1
     raise OutputLockedError(f"could not take the lock {str(path)!r} of {str(out)!r}: it keeps being replaced")
 
 
 @contextlib.contextmanager
-def output_lock(out: str | os.PathLike, *, recover: bool = True) -> Iterator[list[str]]:
+def output_lock(out: str | os.PathLike, *, recover: bool = True, wait_s: float = 0.0) -> Iterator[list[str]]:
     """Hold the exclusive lock of the output ``out`` for the ``with`` block.
 
     Args:
         out: the output (folder) path; the lock file is ``.NAME.lock`` beside it (its folder is created).
         recover: when the lock is newly taken, run :func:`recover_temporaries` first (default True).
+        wait_s: seconds to wait for another process to release the lock before failing (default 0: fail at
+            once). The asset cache waits, so that a second process uses the file the first one assembles.
 
     Yields:
         What the recovery did, one line each (also logged as warnings).
@@ -150,7 +159,7 @@ def output_lock(out: str | os.PathLike, *, recover: bool = True) -> Iterator[lis
             _held[key][1] += 1
             fd = None
         else:
-            fd = _acquire(out, path)
+            fd = _acquire(out, path, wait_s)
             if fd is not None:
                 _held[key] = [fd, 1]
     if fd is None and key not in _held:  # no lock support, or no folder to write in: carry on without

@@ -26,7 +26,7 @@ SUPPORTED_MODEL_TYPES = supported()
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
 
 #: built-in model names -> asset name (see :mod:`compressor.assets`).
-BUILTIN_MODELS = {"smollm2-135m": "smollm2-135m"}
+BUILTIN_MODELS = {"smollm2-135m": "smollm2-135m", "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b", "gemma3-270m": "gemma3-270m"}
 DEFAULT_MODEL = "smollm2-135m"
 
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -235,7 +235,7 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
     """Load a causal LM and its tokenizer.
 
     Args:
-        spec: built-in name (default ``smollm2-135m``), HF folder, ``.gguf`` file, or hub id.
+        spec: built-in name (default ``smollm2-135m``; see :data:`BUILTIN_MODELS`), HF folder, ``.gguf`` file, or hub id.
         dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         base_bits: ``8`` or ``4`` to load the linear weights quantized with bitsandbytes, else None.
         allow_pickle: allow ``pytorch_model.bin``-style weights (they can execute code when loaded).
@@ -298,6 +298,10 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
                                                   **source.load_kwargs())
     except Exception as exc:
         raise ModelLoadError(f"cannot load the tokenizer of model {source.spec!r}: {exc}{_remote_code_hint(exc)}") from exc
+    if source.gguf_file:  # transformers' Gemma GGUF tokenizer splits words apart: tokenize as llama.cpp does
+        from .gguf_tokenizer import fix_gguf_tokenizer
+
+        fix_gguf_tokenizer(tokenizer, Path(source.path) / source.gguf_file)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if source.gguf_file and base_bits is None:

@@ -105,7 +105,8 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
               config_file, allow_pickle, trust_remote_code, force, quiet, **opts):
     """Prune MODEL (default: the built-in smollm2-135m) with LoRAPrune and save a smaller HF model.
 
-    MODEL is a built-in name (smollm2-135m), a Hugging Face folder, a .gguf file or a hub id.
+    MODEL is a built-in name (smollm2-135m, qwen2.5-coder-0.5b, gemma3-270m), a Hugging Face folder, a .gguf file
+    or a hub id.
     Writes OUT/ (safetensors, config, tokenizer), OUT/compression_report.json, OUT/pruning.png and
     OUT/pruning_plan.safetensors, through a temporary folder renamed into place.
 

@@ -1,0 +1,249 @@
+"""Real models beyond SmolLM2 (issue #13): load checks and the user's CLI chain at a tiny budget.
+
+``check NAME``: load the built-in GGUF model with transformers (fp32, dequantized), compare its tokenizer's
+ids with llama.cpp's own tokenization of the GGUF (before and after ``save_pretrained`` → reload), compare
+next-token log-probabilities with llama.cpp on the original GGUF (``xllamacpp``, if installed), and measure
+dense WikiText-2 perplexity on a few windows.
+
+``chain NAME RATIO``: the README's commands, each as a subprocess so its peak RSS is its own:
+``python -m compressor.cli prune NAME --ratio R`` (tiny budget) → stock ``AutoModelForCausalLM.from_pretrained``
+→ identical logits to the in-process merged model's → ``generate`` → ``python -m compressor.cli export OUT
+--format onnx`` (parity + stock ``ORTModelForCausalLM`` greedy) → perplexity after.
+
+Every figure goes into ``benchmarks/results/real_models.json`` under ``NAME`` (merged with what is there).
+A tiny-budget chain proves the code path on the real architecture, nothing about quality.
+
+Usage (one job at a time, on one core)::
+
+    python benchmarks/real_models.py check gemma3-270m
+    python benchmarks/real_models.py chain gemma3-270m 0.3 --steps 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from common import ROOT, git_rev, machine  # noqa: E402
+
+RESULT = ROOT / "benchmarks" / "results" / "real_models.json"
+WIKI = ROOT.parent / "shared" / "data" / "wikitext2" / "test.txt"
+PROBES = ["The capital of France is", "def fibonacci(n):\n    return", "  Hello,   world!\n\n\tTabs and  spaces 1234567",
+          "Ünïcödé — “quotes” 日本語 🙂", "= Robert Boulter =\n\nRobert Boulter is an English film , television"]
+
+
+def _wiki() -> str:
+    path = WIKI if WIKI.is_file() else Path("/work/shared/data/wikitext2/test.txt")
+    return path.read_text()
+
+
+def _update(name: str, key: str, value: dict) -> None:
+    from compressor.io import write_json
+
+    doc = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
+    doc.setdefault(name, {})[key] = value
+    doc["_about"] = ("issue #13: the real models through the user's commands at a tiny budget (a smoke chain: it says "
+                     "nothing about quality); written by benchmarks/real_models.py")
+    write_json(RESULT, doc)
+    print(f"wrote {RESULT} [{name}][{key}]")
+
+
+class LlamaCpp:
+    """The original GGUF in llama.cpp (xllamacpp): its tokenizer and its next-token log-probabilities."""
+
+    def __init__(self, gguf: str, n_ctx: int = 512) -> None:
+        import xllamacpp
+
+        p = xllamacpp.CommonParams()
+        p.model.path = gguf
+        p.n_ctx = n_ctx
+        p.n_parallel = 1
+        p.cpuparams.n_threads = 1
+        p.cpuparams_batch.n_threads = 1
+        p.warmup = False
+        self.server = xllamacpp.Server(p)
+        self.url = f"http://{self.server.listening_address}".replace("http://http://", "http://")
+
+    def tokenize(self, text: str) -> list[int]:
+        req = urllib.request.Request(self.url + "/tokenize", data=json.dumps({"content": text, "add_special": False}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return list(json.loads(r.read())["tokens"])
+
+    def logprobs(self, ids: list[int], vocab: int):
+        import torch
+
+        r = self.server.handle_completions({"prompt": ids, "max_tokens": 1, "temperature": 0.0, "n_probs": vocab,
+                                            "cache_prompt": False})
+        top = r["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        out = torch.full((vocab,), float("-inf"), dtype=torch.float64)
+        for t in top:
+            out[t["id"]] = t["logprob"]
+        return out
+
+
+def check(name: str, windows: int, seq_len: int) -> None:
+    import torch
+
+    from compressor.eval_perplexity import perplexity
+    from compressor.models import load_model
+    from compressor.save import save_model_folder
+
+    t0 = time.time()
+    model, tok, source = load_model(name)
+    model.eval()
+    cfg = model.config
+    gguf = str(Path(source.path) / source.gguf_file)
+    res: dict = {"gguf": gguf, "gguf_bytes": os.path.getsize(gguf), "load_s": round(time.time() - t0, 1),
+                 "model_type": cfg.model_type, "class": type(model).__name__,
+                 "params": sum(p.numel() for p in model.parameters()),
+                 "config": {k: getattr(cfg, k, None) for k in (
+                     "num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                     "intermediate_size", "vocab_size", "tie_word_embeddings", "sliding_window", "layer_types",
+                     "query_pre_attn_scalar", "rope_theta", "max_position_embeddings")},
+                 "machine": machine(), "git": git_rev()}
+    # the tokenizer: rebuilt from the GGUF, and saved then reloaded (the Qwen regex warning)
+    with tempfile.TemporaryDirectory() as tmp:
+        from transformers import AutoTokenizer
+
+        save_model_folder(model, tok, Path(tmp) / "m", force=True)
+        tok2 = AutoTokenizer.from_pretrained(Path(tmp) / "m")
+        texts = PROBES + [_wiki()[:20000]]
+        ids_gguf = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        ids_saved = [tok2(t, add_special_tokens=False)["input_ids"] for t in texts]
+    tokres: dict = {"texts": len(texts), "chars": sum(len(t) for t in texts),
+                    "saved_equals_gguf_tokenizer": ids_saved == ids_gguf}
+    cpp = None
+    try:
+        cpp = LlamaCpp(gguf)
+    except ImportError:
+        tokres["llama_cpp"] = "xllamacpp not installed"
+    if cpp is not None:
+        ids_cpp = [cpp.tokenize(t) for t in texts]
+        tokres["equals_llama_cpp"] = ids_cpp == ids_gguf
+        tokres["mismatching_texts"] = [i for i, (a, b) in enumerate(zip(ids_cpp, ids_gguf)) if a != b]
+        # logits: the same token ids in both (BOS first where the GGUF adds one)
+        bos = [tok.bos_token_id] if getattr(tok, "bos_token_id", None) is not None else []
+        prompts = [bos + ids_gguf[-1][:n] for n in (16, 127)] + [bos + ids_gguf[0]]
+        rows = []
+        for ids in prompts:
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0, -1].double()
+            ours = torch.log_softmax(logits, -1)
+            theirs = cpp.logprobs(ids, logits.numel())
+            top = torch.topk(ours, 10).indices
+            rows.append({"prompt_tokens": len(ids), "top1_equal": int(ours.argmax()) == int(theirs.argmax()),
+                         "top10_overlap": len(set(top.tolist()) & set(torch.topk(theirs, 10).indices.tolist())),
+                         "max_abs_logprob_diff_top10": float((ours[top] - theirs[top]).abs().max()),
+                         "max_abs_logprob_diff_all": float((ours - theirs).abs().max())})
+        res["vs_llama_cpp"] = {"what": "next-token log-softmax, transformers fp32 (dequantized) vs llama.cpp on the "
+                                       "Q4_K_M GGUF (quantized matmuls)", "prompts": rows}
+    res["tokenizer"] = tokres
+    text = _wiki()
+    for add_bos in (False, True) if tok.bos_token_id is not None else (False,):
+        r = perplexity(model, tok, text, seq_len=seq_len, max_windows=windows, add_bos=add_bos)
+        res[f"ppl_wikitext2{'_bos' if add_bos else ''}"] = {k: r[k] for k in ("ppl", "windows", "seq_len", "tokens")}
+    res["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    print(json.dumps(res, indent=1, default=str))
+    _update(name, "check", res)
+
+
+def _run(cmd: list[str]) -> tuple[float, float, str]:
+    """Run ``cmd``; returns (wall s, peak RSS GiB of the child, output)."""
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    wall = time.time() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest child so far
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall, rss, proc.stdout + proc.stderr
+
+
+def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], windows: int, seq_len: int) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compressor.eval_perplexity import perplexity
+
+    py = sys.executable
+    out = work / f"{name}-{int(ratio * 100)}"
+    onnx = work / f"{name}-{int(ratio * 100)}-onnx"
+    res: dict = {"ratio_asked": ratio, "steps": steps, "machine": machine(), "git": git_rev()}
+    cmd = [py, "-m", "compressor.cli", "prune", name, "--ratio", str(ratio), "--steps", str(steps), "--prune-every", "1",
+           *extra, "--out", str(out), "--force", "--quiet"]
+    wall, rss, _ = _run(cmd)
+    rep = json.loads((out / "compression_report.json").read_text())
+    res["prune"] = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib": round(rss, 2),
+                    "ratio_achieved": rep.get("ratio_achieved"), "params_before": rep.get("params_before"),
+                    "params_after": rep.get("params_after"), "widths_before": rep.get("widths_before"),
+                    "widths_after": rep.get("widths_after"),
+                    "report_perplexity": {k: rep.get(k) for k in ("perplexity_before", "perplexity_after", "eval")
+                                          if k in rep}}
+    # stock reload (no lorapress code): logits equal the project loader's, finite; it generates
+    from compressor.models import load_model
+
+    m1 = AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    m2, _, _ = load_model(str(out))
+    ids = tok("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        l1, l2 = m1(**ids).logits, m2.eval()(**ids).logits
+        gen = m1.generate(**ids, max_new_tokens=8, do_sample=False)
+    res["reload"] = {"stock_from_pretrained": True, "logits_identical_to_lorapress_loader": bool(torch.equal(l1, l2)),
+                     "finite": bool(torch.isfinite(l1).all()), "generated": tok.decode(gen[0, ids["input_ids"].shape[1]:]),
+                     "config": {k: getattr(m1.config, k, None) for k in ("num_attention_heads", "num_key_value_heads",
+                                                                         "head_dim", "intermediate_size")}}
+    del m2
+    for add_bos in (False, True) if tok.bos_token_id is not None else (False,):
+        r = perplexity(m1, tok, _wiki(), seq_len=seq_len, max_windows=windows, add_bos=add_bos)
+        res[f"ppl_wikitext2_after{'_bos' if add_bos else ''}"] = {k: r[k] for k in ("ppl", "windows", "seq_len", "tokens")}
+    cmd = [py, "-m", "compressor.cli", "export", str(out), "--format", "onnx", "--out", str(onnx), "--force"]
+    wall, rss, log = _run(cmd)
+    rep_file = next(iter(sorted(onnx.glob("*report*.json"))), None)
+    res["export_onnx"] = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib_max_child": round(rss, 2),
+                          "report": json.loads(rep_file.read_text()) if rep_file else None, "log_tail": log[-1500:]}
+    # stock ORTModelForCausalLM, greedy next tokens vs PyTorch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    ort = ORTModelForCausalLM.from_pretrained(onnx)
+    g_ort = ort.generate(**ids, max_new_tokens=8, do_sample=False)
+    res["ort_greedy_equals_torch"] = bool(torch.equal(g_ort, gen))
+    res["ort_generated"] = tok.decode(g_ort[0, ids["input_ids"].shape[1]:])
+    print(json.dumps(res, indent=1, default=str))
+    _update(name, f"chain_{int(ratio * 100)}", res)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check")
+    c.add_argument("name")
+    c.add_argument("--windows", type=int, default=4)
+    c.add_argument("--seq-len", type=int, default=512)
+    ch = sub.add_parser("chain")
+    ch.add_argument("name")
+    ch.add_argument("ratio", type=float)
+    ch.add_argument("--steps", type=int, default=4)
+    ch.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lorapress-real")
+    ch.add_argument("--windows", type=int, default=4)
+    ch.add_argument("--seq-len", type=int, default=512)
+    a, extra = ap.parse_known_args()  # chain: unknown options (after --) go to compress prune
+    if extra and a.cmd != "chain":
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    a.extra = [e for e in extra if e != "--"]
+    if a.cmd == "check":
+        check(a.name, a.windows, a.seq_len)
+    else:
+        a.work.mkdir(parents=True, exist_ok=True)
+        chain(a.name, a.ratio, a.steps, a.work, a.extra, a.windows, a.seq_len)
+
+
+if __name__ == "__main__":
+    main()
