@@ -50,7 +50,9 @@ def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True,
     try:
         q.quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"], per_channel=per_channel,
                            weight_type=q.QuantType.QInt8, nodes_to_exclude=excluded,
-                           use_external_data_format=external)
+                           use_external_data_format=external,
+                           # a graph fused by --optimize holds com.microsoft ops ONNX shape inference cannot type
+                           extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     except Exception as exc:
         raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
     return {"method": "onnxruntime.quantization.quantize_dynamic", "op_types": ["MatMul"], "weight_type": "QInt8",
