@@ -20,7 +20,12 @@ from typing import Any
 
 from .config import PruneConfig
 from .errors import ConfigError, DiskWriteError, OutputExistsError, ResumeError
+from .io import write_json
 from .lock import output_lock
+from .memory import MemoryTrace
+
+#: the report inside the output folder
+REPORT_NAME = "compression_report.json"
 
 
 def checkpoint_path(out: str | os.PathLike, checkpoint_dir: str | os.PathLike | None = None) -> Path:
@@ -130,16 +135,21 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     check_writable(config, model_config.model_type)
     from calibration import check_seq_len, load_texts, pack_blocks
 
-    texts = load_texts(data, text_field=text_field)
-    plan = load_plan(from_plan) if from_plan else None
-    if plan is not None:
-        check_plan(plan, model_config, source.spec)
-    eval_text = eval_text_for(eval_data)
+    trace = MemoryTrace()  # per-phase RSS into the report (memory_phases)
+    with trace.phase("texts"):
+        texts = load_texts(data, text_field=text_field)
+        plan = load_plan(from_plan) if from_plan else None
+        if plan is not None:
+            check_plan(plan, model_config, source.spec)
+        eval_text = eval_text_for(eval_data)
     say(f"Loading {source.spec} ...")
-    mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits, allow_pickle=allow_pickle,
-                             trust_remote_code=trust_remote_code)
+    with trace.phase("load"):
+        mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits,
+                                 allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     check_seq_len(config.seq_len, mdl.config)
-    blocks = pack_blocks(tok, texts, config.seq_len, max_blocks=config.max_blocks, seed=config.seed, add_bos=False)
+    with trace.phase("tokenize"):
+        blocks = pack_blocks(tok, texts, config.seq_len, max_blocks=config.max_blocks, seed=config.seed,
+                             add_bos=False)
     say(f"Calibration: {blocks.shape[0]} sequences of {blocks.shape[1]} tokens; criterion={config.criterion}, "
         f"ratio={config.ratio}, steps={config.steps}")
     if not resume and ckpt.is_dir():
@@ -147,7 +157,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     mdl.config._name_or_path = source.spec
     try:
         res = prune(mdl, config, blocks, tokenizer=tok, eval_text=eval_text, checkpoint_dir=ckpt, resume=resume,
-                    plan=plan, progress=progress)
+                    plan=plan, progress=progress, memory=trace)
     except KeyboardInterrupt as exc:
         raise KeyboardInterrupt(str(ckpt) if has_checkpoint(ckpt) else "") from exc
     res.report["model"] = source.spec
@@ -164,7 +174,9 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
 
     merged: Any = res.model
     try:
-        save_model_folder(merged, tok, out, force=force or resume, report=res.report, extra=extra)
+        with trace.phase("save"):
+            save_model_folder(merged, tok, out, force=force or resume, report=res.report, extra=extra,
+                              report_name=REPORT_NAME)
     except DiskWriteError as exc:
         step = checkpoint_step(ckpt)
         if step is None:
@@ -172,4 +184,8 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
         raise DiskWriteError(f"{exc}; the checkpoint of step {step} is kept in {str(ckpt)!r}: run the same command "
                              f"plus --resume once there is space", exc.errno, exc.path) from exc
     shutil.rmtree(ckpt, ignore_errors=True)
+    # the save phase ends after the report was written: add it (and the peak it may set) to the saved report
+    res.report["memory_phases"] = trace.as_list()
+    res.report["peak_rss_mb"] = round(trace.overall_peak_mb, 1)
+    write_json(Path(out) / REPORT_NAME, res.report)
     return res

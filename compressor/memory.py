@@ -45,3 +45,61 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+class MemoryTrace:
+    """Resident memory per phase of a job (load, calibration, perplexity, pruning loop, merge, save).
+
+    Each :meth:`phase` resets the process's peak (``VmHWM``, :func:`reset_peak_rss`) at its start and records
+    the RSS at its start and end and the peak within it, so the phase that sets the job's peak can be named.
+    Resetting loses the process peak, so the trace keeps the running maximum itself: use
+    :attr:`overall_peak_mb` (not :func:`peak_rss_mb`) for the job's peak once a trace is active. Where the
+    peak cannot be reset (no ``/proc``), a phase's ``peak_mb`` is the process peak so far
+    (``"peak_is_process_peak": true``).
+
+    Example:
+        >>> trace = MemoryTrace()
+        >>> with trace.phase("load"):
+        ...     pass
+        >>> trace.as_list()[0]["phase"]
+        'load'
+    """
+
+    def __init__(self) -> None:
+        self.phases: list[dict] = []
+        self._overall = peak_rss_mb()
+
+    @property
+    def overall_peak_mb(self) -> float:
+        """Peak RSS of the process since it started (MiB), across resets."""
+        return max(self._overall, peak_rss_mb())
+
+    def phase(self, name: str):
+        """Context manager measuring the phase ``name`` (appended to :attr:`phases` when it ends, also on error)."""
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def _measure():
+            self._overall = max(self._overall, peak_rss_mb())
+            reset = reset_peak_rss()
+            start, t0 = current_rss_mb(), time.perf_counter()
+            try:
+                yield
+            finally:
+                peak = peak_rss_mb()
+                self._overall = max(self._overall, peak)
+                end = current_rss_mb()
+                rec = {"phase": name, "seconds": round(time.perf_counter() - t0, 2),
+                       "rss_start_mb": None if start is None else round(start, 1),
+                       "rss_end_mb": None if end is None else round(end, 1), "peak_mb": round(peak, 1),
+                       "peak_above_start_mb": None if start is None else round(peak - start, 1)}
+                if not reset:
+                    rec["peak_is_process_peak"] = True
+                self.phases.append(rec)
+
+        return _measure()
+
+    def as_list(self) -> list[dict]:
+        """The phases measured so far, in order (copies)."""
+        return [dict(p) for p in self.phases]

@@ -33,7 +33,7 @@ from .lock import output_lock
 from .loop import DataOrder, PruneLoop, StepRecord, wrap_lora
 from .loss import distill_loss
 from .masking import MaskState
-from .memory import peak_rss_mb
+from .memory import MemoryTrace, peak_rss_mb
 from .report import build_report, count_params
 from .scoring import LayerScores
 
@@ -136,7 +136,8 @@ def _distributed():
 
 def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, eval_text: str | None = None,
           checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
-          plan: dict[str, Any] | None = None, progress: ProgressFn | None = None) -> PruneResult:
+          plan: dict[str, Any] | None = None, progress: ProgressFn | None = None,
+          memory: MemoryTrace | None = None) -> PruneResult:
     """Prune ``model`` with LoRAPrune and return the merged, smaller model.
 
     Args:
@@ -154,6 +155,9 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         plan: saved pruning plan (``{"heads": [...], "channels": [...]}`` from :func:`load_plan`): mask at
             once from these scores, no scoring, then fine-tune.
         progress: called after every optimizer step with ``{"step", "loss", "sparsity", "lr", ...}``.
+        memory: a :class:`compressor.memory.MemoryTrace` to record the phases into (``load`` when ``model`` is a
+            spec, ``calibration``, ``perplexity_before``, ``loop``, ``merge``, ``perplexity_after``); default a new
+            one. The report gets them as ``memory_phases`` and its ``peak_rss_mb`` is the trace's overall peak.
 
     Returns:
         :class:`PruneResult`.
@@ -165,11 +169,13 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         >>> res.model.save_pretrained("pruned")                             # doctest: +SKIP
     """
     t_start = time.time()
+    trace = memory if memory is not None else MemoryTrace()
     if not isinstance(model, nn.Module):
         from .models import load_model
 
         model_id = str(model)
-        model, tok, _ = load_model(model, dtype=config.dtype, base_bits=config.base_bits)
+        with trace.phase("load"):
+            model, tok, _ = load_model(model, dtype=config.dtype, base_bits=config.base_bits)
         tokenizer = tokenizer or tok
     else:
         model_id = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
@@ -181,7 +187,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         from .checkpoint import check_plan
 
         check_plan(plan, model.config, model_id)
-    blocks = as_blocks(data, tokenizer, config)
+    with trace.phase("calibration"):
+        blocks = as_blocks(data, tokenizer, config)
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and blocks.shape[1] > max_pos:
         raise ConfigError(f"seq_len {blocks.shape[1]} is above the model's limit max_position_embeddings={max_pos}")
@@ -193,10 +200,12 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     device = acc.device if acc is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if model.device != device and not getattr(model, "is_quantized", False):
         model.to(device)
-    ppl_before = _perplexity(model, tokenizer, eval_text, config) if is_main else None
+    with trace.phase("perplexity_before"):
+        ppl_before = _perplexity(model, tokenizer, eval_text, config) if is_main else None
 
     # one run per checkpoint folder: a second prune() on it fails at once (OutputLockedError)
-    with _Stop() as stop, output_lock(checkpoint_dir) if checkpoint_dir is not None else contextlib.nullcontext():
+    with _Stop() as stop, output_lock(checkpoint_dir) if checkpoint_dir is not None else contextlib.nullcontext(), \
+            trace.phase("loop"):
         loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id)
         if resume:
             _resume(loop, checkpoint_dir)
@@ -216,11 +225,14 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     ranks_agree = loop.masks_agree_across_ranks()
     if ranks_agree is False:
         raise RuntimeError("data-parallel ranks chose different masks; this is a bug, please report it")
-    merged = loop.finish()
-    ppl_after = _perplexity(merged, tokenizer, eval_text, config) if is_main else None
+    with trace.phase("merge"):
+        merged = loop.finish()
+    with trace.phase("perplexity_after"):
+        ppl_after = _perplexity(merged, tokenizer, eval_text, config) if is_main else None
     report = build_report(loop, merged, model_id=model_id, params_before=params_before, ppl_before=ppl_before,
-                          ppl_after=ppl_after, wall_time_s=time.time() - t_start, peak_rss_mb=peak_rss_mb(),
+                          ppl_after=ppl_after, wall_time_s=time.time() - t_start, peak_rss_mb=trace.overall_peak_mb,
                           ranks_agree=ranks_agree)
+    report["memory_phases"] = trace.as_list()
     return PruneResult(merged, report, loop.ema.value, loop.masks, loop.groups, loop.history)
 
 

@@ -68,7 +68,7 @@ from .bench_memory import measure_peak_rss
 from .bench_report import BENCH_REPORT_FILE, BenchReport, ModelBench, compare
 
 __all__ = ["BENCH_REPORT_FILE", "PROVIDERS", "BenchReport", "ModelBench", "bench", "count_params", "find_onnx_file",
-           "flops_per_token", "make_feed", "measure_peak_rss", "model_dims"]
+           "flops_per_token", "kv_bytes_per_sequence", "make_feed", "measure_peak_rss", "model_dims"]
 
 
 def _stats(times: Sequence[float], tokens: int) -> dict[str, Any]:
@@ -99,20 +99,33 @@ def _load(folder, provider, threads, context, file_name=None, spinning=False) ->
                       if p.is_file() and p.name.startswith(onnx_path.name))
     folder_bytes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     fl = flops_per_token(dims, context)
-    quantized = _is_quantized(onnx_path)
+    fmt, precision = _export_kind(onnx_path)
     info = ModelBench(path=str(folder), onnx_file=onnx_path.name, config=dims, file_bytes=graph_bytes,
                       folder_bytes=folder_bytes, params=count_params(dims), flops_per_token=fl["total"], flops=fl,
-                      quantized=quantized, load_seconds=load, providers=list(sess.get_providers()))
+                      quantized=None if precision is None else precision != "fp32", load_seconds=load,
+                      providers=list(sess.get_providers()), format=fmt, precision=precision)
     return _Loaded(info, sess, dims)
 
 
-def _is_quantized(onnx_path: Path) -> bool | None:
-    """Whether the folder's export report says ``int8``; None when there is no readable report."""
+def _export_kind(onnx_path: Path) -> tuple[str | None, str | None]:
+    """``(format, precision)`` from the folder's export report: format ``onnx``, ``onnx-optimized`` (``--optimize``)
+    or ``onnx-genai``; precision ``fp32``, ``int8`` or ``int4``. ``(None, None)`` without a readable report."""
     report = onnx_path.parent / "export_report.json"
     try:
-        return bool(json.loads(report.read_text()).get("int8"))
+        rep = json.loads(report.read_text())
     except (OSError, ValueError):
-        return None
+        return None, None
+    fmt = str(rep.get("format") or "onnx")
+    if fmt == "onnx" and rep.get("optimized"):
+        fmt = "onnx-optimized"
+    precision = rep.get("precision") or ("int8" if rep.get("int8") else "fp32")
+    return fmt, str(precision)
+
+
+def kv_bytes_per_sequence(dims: dict[str, Any], context: int, dtype_bytes: int = 4) -> int:
+    """Bytes of KV cache one sequence reads per decode step at ``context`` cached positions (keys and values of
+    every layer, fp32 by default)."""
+    return int(2 * dims["layers"] * dims["kv_heads"] * dims["head_dim"] * context * dtype_bytes)
 
 
 def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None = None, *, provider: str = "cpu",
@@ -197,6 +210,9 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
             lm.info.latency[name] = _stats(t, batch * new)
             # FLOPs of this case per token: mean attention context of its new tokens (prefill: (n+1)/2)
             lm.info.latency[name]["flops_per_token"] = flops_per_token(lm.dims, past + (new + 1) / 2)["total"]
+            if new == 1:  # decode is memory-bound: weights once per step (shared by the batch) + each sequence's KV
+                lm.info.latency[name]["bytes_per_token"] = (lm.info.file_bytes / batch
+                                                            + kv_bytes_per_sequence(lm.dims, past))
         del feeds
     timing_seconds = time.perf_counter() - t_start
 

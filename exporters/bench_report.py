@@ -23,7 +23,11 @@ class ModelBench:
             attention context of its new tokens (``past + (new + 1) / 2``).
         peak_rss_mb / peak_rss_delta_mb: see module docstring (None if the memory probe was skipped).
         load_seconds: session creation time; ``providers``: the session's execution providers.
-        quantized: True/False from the folder's ``export_report.json`` (``int8``), None without a report.
+        quantized: True for an int8 / int4 export, False for fp32 (from the folder's ``export_report.json``),
+            None without a report.
+        format / precision: ``onnx``, ``onnx-optimized`` or ``onnx-genai``; ``fp32``, ``int8`` or ``int4``
+            (None without a report). Decode cases also hold ``bytes_per_token``: the graph's bytes over the
+            batch plus one sequence's fp32 KV cache at the decode context (what a memory-bound step reads).
         notes: problems that did not stop the benchmark (e.g. a failed memory probe).
     """
 
@@ -42,6 +46,8 @@ class ModelBench:
     load_seconds: float = 0.0
     providers: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    format: str | None = None
+    precision: str | None = None
 
 
 @dataclass
@@ -51,7 +57,8 @@ class BenchReport:
     Attributes:
         model: the measured folder; ``baseline`` the baseline (or None).
         ratios: with a baseline, model/baseline for every latency median (``latency.<case>``), the case's FLOPs
-            (``flops.<case>``) and latency over FLOP ratio (``latency_over_flops.<case>``), ``flops_per_token``,
+            (``flops.<case>``) and latency over FLOP ratio (``latency_over_flops.<case>``), for decode cases the
+            bytes-per-token ratio (``bytes.<case>``) and latency over it (``latency_over_bytes.<case>``), ``flops_per_token``,
             ``params``, ``file_bytes`` and ``peak_rss_mb``; else None.
         settings: provider, threads, runs, warmup, prompt lengths, decode batches, context, machine.
         json_path: where ``bench_report.json`` was written (None if not written).
@@ -91,6 +98,10 @@ class BenchReport:
             if b and self.ratios and self.ratios.get(f"flops.{case}"):
                 rows.append((f"{case} FLOP ratio", "", "", f"{self.ratios[f'flops.{case}']:.3f}"))
                 rows.append((f"{case} latency/FLOP ratio", "", "", f"{self.ratios[f'latency_over_flops.{case}']:.3f}"))
+            if b and self.ratios and self.ratios.get(f"bytes.{case}"):
+                rows.append((f"{case} bytes/token ratio", "", "", f"{self.ratios[f'bytes.{case}']:.3f}"))
+                rows.append((f"{case} latency/bytes ratio", "", "", f"{self.ratios[f'latency_over_bytes.{case}']:.3f}"))
+            add(f"{case} tokens/s", ml.get("tokens_per_s"), bl.get("tokens_per_s") if bl else None)
         add("params", m.params, b.params if b else None, "params")
         add("GFLOPs/token", m.flops_per_token / 1e9, b.flops_per_token / 1e9 if b else None, "flops_per_token")
         add("file size", m.file_bytes / 2**20, b.file_bytes / 2**20 if b else None, "file_bytes", " MiB")
@@ -101,9 +112,12 @@ class BenchReport:
                  for r in [head] + rows]
         lines.insert(1, "-" * len(lines[0]))
         s = self.settings
-        intro = [f"model:    {m.path}" + (" (int8)" if m.quantized else "")]
+        def kind(x: ModelBench) -> str:
+            return f" ({x.format}, {x.precision})" if x.format else (" (int8)" if x.quantized else "")
+
+        intro = [f"model:    {m.path}" + kind(m)]
         if b:
-            intro.append(f"baseline: {b.path}" + (" (int8)" if b.quantized else ""))
+            intro.append(f"baseline: {b.path}" + kind(b))
         intro.append(f"{s['provider']}, {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, "
                      f"decode context {s['context']}; GFLOPs/token at T={s['context']}, per-case FLOP ratios at each case's context")
         return "\n".join(intro + [""] + lines)
@@ -123,6 +137,10 @@ def compare(m: ModelBench, b: ModelBench) -> dict[str, float | None]:
         if fr:
             out[f"flops.{case}"] = fr
             out[f"latency_over_flops.{case}"] = out[f"latency.{case}"] / fr if out[f"latency.{case}"] else None
+        br = r(st.get("bytes_per_token"), b.latency[case].get("bytes_per_token"))
+        if br:
+            out[f"bytes.{case}"] = br
+            out[f"latency_over_bytes.{case}"] = out[f"latency.{case}"] / br if out[f"latency.{case}"] else None
     out["flops_per_token"] = r(m.flops_per_token, b.flops_per_token)
     out["params"] = r(m.params, b.params)
     out["file_bytes"] = r(m.file_bytes, b.file_bytes)

@@ -27,10 +27,14 @@ def _mib(n: int) -> str:
 
 @click.command("export")
 @click.argument("model_dir")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "safetensors", "gguf"]), default="onnx", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["onnx", "onnx-genai", "safetensors", "gguf"]), default="onnx",
+              show_default=True,
               help="onnx: one decoder graph with KV cache (task text-generation-with-past), loadable with "
-                   "optimum's ORTModelForCausalLM; safetensors: plain Hugging Face folder; gguf: model.gguf for "
-                   "llama.cpp, validated in llama.cpp (needs pip install \"lorapress[gguf]\").")
+                   "optimum's ORTModelForCausalLM; onnx-genai: fused graph (GroupQueryAttention, "
+                   "SkipSimplifiedLayerNormalization) from onnxruntime-genai's model builder, run with the "
+                   "onnxruntime_genai generator (needs pip install \"lorapress[genai]\"); safetensors: plain Hugging "
+                   "Face folder; gguf: model.gguf for llama.cpp, validated in llama.cpp (needs pip install "
+                   "\"lorapress[gguf]\").")
 @click.option("--out", required=True, type=click.Path(), help="Output folder (written atomically).")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--no-validate", is_flag=True,
@@ -43,6 +47,13 @@ def _mib(n: int) -> str:
 @click.option("--int8", is_flag=True,
               help="ONNX: dynamic int8 quantization of the MatMul weights (MLP down_proj kept fp32), validated "
                    "with a looser tolerance: relative NLL increase <= 5%, next-token agreement >= 80% where the fp32 top-2 margin is >= 0.25.")
+@click.option("--optimize", is_flag=True,
+              help="ONNX: fuse the graph with ONNX Runtime's transformer optimizer (RotaryEmbedding, "
+                   "SkipSimplifiedLayerNormalization; attention stays unfused), validated as usual.")
+@click.option("--int4", is_flag=True,
+              help="ONNX-genai: 4-bit MatMulNBits weights (block 32), validated with a looser tolerance: relative "
+                   "NLL increase <= 10%, next-token agreement >= 70% where the fp32 top-2 margin is >= 0.25; the "
+                   "fp32 build of the same graph gets the exact check first.")
 @click.option("--opset", type=int, default=None, help="ONNX opset (default: optimum's default).")
 @click.option("--atol", type=float, default=1e-4, show_default=True,
               help="ONNX fp32: absolute tolerance on max |ORT - PyTorch| of logits and KV cache.")
@@ -55,13 +66,15 @@ def _mib(n: int) -> str:
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle weights (pytorch_model.bin); they can run code.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
-def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre, int8, opset, atol, rtol,
-               noise_factor, threads, allow_pickle, trust_remote_code):
+def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre, int8, optimize, int4, opset, atol,
+               rtol, noise_factor, threads, allow_pickle, trust_remote_code):
     """Export MODEL_DIR (HF folder, .gguf file or built-in name) to ONNX, safetensors or GGUF.
 
     \b
     compress export pruned/ --format onnx --out pruned_onnx
     compress export pruned/ --format onnx --int8 --out pruned_onnx_int8
+    compress export pruned/ --format onnx --optimize --out pruned_onnx_fused
+    compress export pruned/ --format onnx-genai [--int4] --out pruned_genai
     compress export model.gguf --format safetensors --out model_hf
     compress export pruned/ --format gguf --type q8_0 --out pruned_gguf
 
@@ -70,6 +83,17 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
     """
     if fmt != "gguf" and (gguf_type != "f32" or tokenizer_pre):
         raise ConfigError("--type and --tokenizer-pre only apply to --format gguf")
+    if optimize and fmt != "onnx":
+        raise ConfigError(f"--optimize only applies to --format onnx (got --format {fmt}; onnx-genai graphs are fused "
+                          f"already)")
+    if int4 and fmt != "onnx-genai":
+        raise ConfigError(f"--int4 only applies to --format onnx-genai (got --format {fmt}; --format onnx has --int8)")
+    if fmt == "onnx-genai":
+        if int8 or opset is not None:
+            raise ConfigError("--int8 and --opset only apply to --format onnx; use --int4 for a quantized onnx-genai graph")
+        _export_genai(model_dir, out, force, not no_validate, int4, atol, rtol, noise_factor, threads, allow_pickle,
+                      trust_remote_code)
+        return
     if fmt == "gguf":
         if int8 or opset is not None:
             raise ConfigError("--int8 and --opset only apply to --format onnx; use --type q8_0 for an 8-bit GGUF")
@@ -89,11 +113,15 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
 
     res = export_onnx(model_dir, out, force=force, validate=not no_validate, int8=int8, atol=atol, rtol=rtol,
                       noise_factor=noise_factor, opset=opset, threads=threads, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code)
+                      trust_remote_code=trust_remote_code, optimize=optimize)
     rep = res.report
     onnx_bytes = sum(v for k, v in res.files.items() if k.endswith(".onnx") or ".onnx" in k)
     click.echo(f"Exported {res.path}: model.onnx {_mib(onnx_bytes)}, opset {rep.get('opset')}, "
                f"{'int8' if int8 else 'fp32'}, {res.seconds:.1f} s")
+    if rep.get("optimize"):
+        before, after = rep["optimize"]["before"]["ort_optimized"], rep["optimize"]["after"]["ort_optimized"]
+        click.echo(f"  fused by ONNX Runtime's transformer optimizer: {before['nodes']} -> {after['nodes']} nodes run by "
+                   f"ONNX Runtime ({_fused(after)})")
     adjustment = rep.get("ort_config_adjustment") or {}
     if adjustment.get("hidden_size"):
         adj = adjustment["hidden_size"]
@@ -125,6 +153,42 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
         n = len(gen["results"])
         eq = sum(r["equal"] for r in gen["results"])
         click.echo(f"  greedy generate via ORTModelForCausalLM: {eq}/{n} prompts identical to PyTorch")
+
+
+def _fused(counts) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts["fused"].items()) or "no fused ops"
+
+
+def _echo_parity(par) -> None:
+    click.echo(f"  fp32 parity (prefill + {par['decode_steps']} decode steps): max |diff| "
+               f"{par['max_abs_diff']:.2e} (atol {par['atol']:g}, rtol {par['rtol']:g}) OK")
+
+
+def _export_genai(model_dir, out, force, validate, int4, atol, rtol, noise_factor, threads, allow_pickle,
+                  trust_remote_code):
+    from .genai import export_onnx_genai
+
+    res = export_onnx_genai(model_dir, out, precision="int4" if int4 else "fp32", force=force, validate=validate,
+                            atol=atol, rtol=rtol, noise_factor=noise_factor, threads=threads,
+                            allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    rep = res.report
+    onnx_bytes = sum(v for k, v in res.files.items() if ".onnx" in k)
+    g = rep["graph"]["ort_optimized"]
+    click.echo(f"Exported {res.path}: model.onnx {_mib(onnx_bytes)} ({rep['precision']}), onnxruntime-genai builder, "
+               f"{res.seconds:.1f} s")
+    click.echo(f"  {g['nodes']} nodes run by ONNX Runtime ({_fused(g)})")
+    val = rep["validation"]
+    if not val.get("enabled"):
+        click.echo("  validation skipped (--no-validate)")
+        return
+    _echo_parity(val["parity"])
+    i4 = val.get("int4")
+    if i4:
+        click.echo(f"  int4: NLL {i4['nll_fp32']:.3f} -> {i4['nll_int4']:.3f} ({i4['rel_nll_increase']:+.2%}), "
+                   f"next-token agreement {i4['top1_agreement']:.2f} OK")
+    gen = val["generate"]
+    click.echo(f"  greedy generation via onnxruntime_genai: {sum(r['equal'] for r in gen['results'])}/"
+               f"{len(gen['results'])} prompts identical to PyTorch")
 
 
 def _export_gguf(model_dir, out, force, validate, gguf_type, tokenizer_pre, threads, allow_pickle, trust_remote_code):

@@ -70,7 +70,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
                 int8_max_rel_nll_increase: float = 0.05, int8_min_top1_agreement: float = 0.8,
                 int8_per_channel: bool = True, int8_exclude: Sequence[str] = INT8_EXCLUDE_DEFAULT,
                 threads: int | None = None, allow_pickle: bool = False,
-                trust_remote_code: bool = False) -> ExportResult:
+                trust_remote_code: bool = False, optimize: bool = False) -> ExportResult:
     """Export a causal LM to an ONNX folder (decoder with KV cache) and validate it against PyTorch.
 
     Args:
@@ -101,6 +101,10 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         threads: ONNX Runtime intra-op threads for validation (default: ORT's choice).
         allow_pickle / trust_remote_code: load pickle weights / run the model folder's own code (default
             off, see :func:`compressor.models.load_model`).
+        optimize: fuse the graph with ONNX Runtime's transformer optimizer before validation (default False;
+            ``RotaryEmbedding`` and ``SkipSimplifiedLayerNormalization``, see :mod:`exporters.fusion`); the
+            report's ``"optimize"`` holds the op counts before and after. With ``int8`` the fused graph is
+            quantized.
 
     One export per output: ``out``'s lock is held throughout (:func:`compressor.lock.output_lock`); a second
     export to it fails at once with :class:`~compressor.errors.OutputLockedError`.
@@ -143,7 +147,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
 
     report: dict[str, Any] = {
         "format": "onnx", "source": str(spec), "task": "text-generation-with-past",
-        "model": model_summary(model.config), "int8": int8, "versions": versions(),
+        "model": model_summary(model.config), "int8": int8, "optimized": bool(optimize), "versions": versions(),
     }
     with atomic_output_dir(out, force) as tmp:
         report["tokenizer"] = save_tokenizer(tokenizer, tmp)
@@ -175,6 +179,12 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         report["inputs"] = [i.name for i in proto.graph.input]
         report["outputs"] = [o.name for o in proto.graph.output]
         del proto
+        if optimize:
+            from .fusion import optimize_onnx_graph
+
+            t0 = time.perf_counter()
+            report["optimize"] = optimize_onnx_graph(onnx_path, model.config)
+            report["optimize"]["seconds"] = time.perf_counter() - t0
         validation: dict[str, Any] = {"enabled": bool(validate)}
         t0 = time.perf_counter()
         if validate:

@@ -48,11 +48,12 @@ def _sliding_window(config) -> int | None:
 def validate_parity(model, onnx_path: Path, *, atol: float = 1e-4, rtol: float = 1e-5, decode_steps: int = 4,
                     batch: int = 2, prompt_len: int = 12, seed: int = 0, threads: int | None = None,
                     noise_factor: float = 8.0, fp64_fallback: bool = True,
-                    raise_on_fail: bool = True) -> dict[str, Any]:
+                    raise_on_fail: bool = True, left_pad: bool = True) -> dict[str, Any]:
     """Compare ONNX Runtime and PyTorch logits and KV cache for a prefill and ``decode_steps`` decode steps.
 
     The prefill is a batch of ``batch`` random sequences of ``prompt_len`` tokens, the second one
-    left-padded by 3 tokens (only unpadded positions are compared). Each decode step feeds both models the
+    left-padded by 3 tokens (only unpadded positions are compared; ``left_pad=False`` keeps every row whole,
+    for graphs whose attention takes no padding inside a sequence, e.g. ``GroupQueryAttention``). Each decode step feeds both models the
     PyTorch greedy token; each side keeps its own cache. A graph with no ``position_ids`` input (gemma family)
     numbers positions by index, padding included; the PyTorch reference then does the same.
 
@@ -78,6 +79,7 @@ def validate_parity(model, onnx_path: Path, *, atol: float = 1e-4, rtol: float =
         noise_factor: allowed ratio to PyTorch fp32's own error in the fallback (default 8.0; 0 disables it).
         fp64_fallback: allow the float64 fallback (default True).
         raise_on_fail: raise :class:`ValidationError` if an output is outside its tolerance.
+        left_pad: left-pad the second row (default True).
 
     Returns:
         ``{"atol", "rtol", "max_abs_diff", "judged_by", "per_output": {name: {"max_abs_diff", "max_abs_ref",
@@ -102,7 +104,7 @@ def validate_parity(model, onnx_path: Path, *, atol: float = 1e-4, rtol: float =
     rng = np.random.default_rng(seed)
     ids = rng.integers(0, sizes.vocab, size=(batch, prompt_len), dtype=np.int64)
     mask = np.ones_like(ids)
-    if batch > 1:
+    if batch > 1 and left_pad:
         npad = min(3, prompt_len - 1)
         mask[1, :npad] = 0
         pad = model.config.pad_token_id
@@ -147,7 +149,7 @@ def validate_parity(model, onnx_path: Path, *, atol: float = 1e-4, rtol: float =
     res = {"atol": atol, "rtol": rtol, "noise_factor": noise_factor, "judged_by": judged_by,
            "max_abs_diff": max(v["max_abs_diff"] for v in per.values()), "per_output": per,
            "passed": all(v["passed"] for v in per.values()), "batch": batch, "prompt_len": prompt_len,
-           "decode_steps": decode_steps}
+           "decode_steps": decode_steps, "left_padded_row": bool(batch > 1 and left_pad)}
     if note:
         res["note"] = note
     if raise_on_fail and not res["passed"]:

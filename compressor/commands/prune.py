@@ -140,6 +140,11 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
         _say(quiet, f"Perplexity ({eval_data}, {r['perplexity_after']['windows']} windows): "
                     f"{r['perplexity_before']['ppl']:.2f} -> {r['perplexity_after']['ppl']:.2f}")
     _say(quiet, f"Wall time {r['wall_time_s']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MiB")
+    phases = r.get("memory_phases") or []
+    if phases:
+        top = max(phases, key=lambda p: p["peak_mb"])
+        _say(quiet, "Peak RSS per phase (MiB): " + ", ".join(f"{p['phase']} {p['peak_mb']:.0f}" for p in phases)
+             + f" (highest: {top['phase']}; compression_report.json memory_phases)")
 
 
 def _say(quiet: bool, msg: str) -> None:

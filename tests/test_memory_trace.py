@@ -1,0 +1,51 @@
+"""Per-phase memory trace of a pruning job (``memory_phases`` in compression_report.json)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compressor.memory import MemoryTrace, current_rss_mb, peak_rss_mb, reset_peak_rss
+from compressor.save import save_model_folder
+from tests.test_quality_options import _cfg
+from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
+
+needs_proc = pytest.mark.skipif(current_rss_mb() is None or not reset_peak_rss(), reason="needs Linux /proc")
+
+
+@needs_proc
+def test_trace_names_the_phase_that_peaks():
+    import numpy as np
+
+    trace = MemoryTrace()
+    with trace.phase("small"):
+        pass
+    with trace.phase("big"):
+        a = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        del a
+    with trace.phase("after"):
+        pass
+    small, big, after = trace.as_list()
+    assert [p["phase"] for p in (small, big, after)] == ["small", "big", "after"]
+    assert big["peak_above_start_mb"] >= 50 and small["peak_above_start_mb"] < 20
+    assert after["peak_mb"] < big["peak_mb"], "each phase starts from a reset peak"
+    assert trace.overall_peak_mb >= big["peak_mb"] and trace.overall_peak_mb >= peak_rss_mb()
+    assert all(p["seconds"] >= 0 and "peak_is_process_peak" not in p for p in trace.as_list())
+
+
+@needs_proc
+def test_prune_job_reports_every_phase(tmp_path):
+    from compressor.job import prune_job
+
+    src = tmp_path / "src"
+    save_model_folder(tiny_model("llama-gqa"), tiny_tokenizer(), src)
+    data = tmp_path / "cal.txt"
+    data.write_text(tiny_text(3000))
+    out = tmp_path / "out"
+    res = prune_job(str(src), out, _cfg(steps=4), data=str(data), eval_data="none")
+    rep = json.loads((out / "compression_report.json").read_text())
+    names = [p["phase"] for p in rep["memory_phases"]]
+    assert names == ["texts", "load", "tokenize", "calibration", "perplexity_before", "loop", "merge",
+                     "perplexity_after", "save"]
+    assert rep["peak_rss_mb"] >= max(p["peak_mb"] for p in rep["memory_phases"]) - 0.1
+    assert res.report["memory_phases"] == rep["memory_phases"]
