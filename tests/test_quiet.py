@@ -36,8 +36,8 @@ def test_quiet_onnx_export_scope():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with quiet_onnx_export():
-            warnings.warn("Exporting aten::index operator of advanced indexing in opset 18 ...", UserWarning)
-            warnings.warn("another warning", UserWarning)
+            warnings.warn("Exporting aten::index operator of advanced indexing in opset 18 ...", UserWarning, stacklevel=1)
+            warnings.warn("another warning", UserWarning, stacklevel=1)
             assert any(isinstance(f, logging.Filter) for f in log.filters)
     assert [str(w.message) for w in seen] == ["another warning"]
     assert not log.filters  # removed on exit
