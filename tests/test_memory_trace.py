@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from compressor.memory import MemoryTrace, current_rss_mb, peak_rss_mb, reset_peak_rss
+from compressor.memory import MemoryTrace, current_rss_mb, reset_peak_rss
 from compressor.save import save_model_folder
 from tests.test_quality_options import _cfg
 from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
@@ -29,7 +29,8 @@ def test_trace_names_the_phase_that_peaks():
     assert [p["phase"] for p in (small, big, after)] == ["small", "big", "after"]
     assert big["peak_above_start_mb"] >= 50 and small["peak_above_start_mb"] < 20
     assert after["peak_mb"] < big["peak_mb"], "each phase starts from a reset peak"
-    assert trace.overall_peak_mb >= big["peak_mb"] and trace.overall_peak_mb >= peak_rss_mb()
+    # (not compared with peak_rss_mb(): in a long test process the peak before the trace existed can be higher)
+    assert trace.overall_peak_mb >= big["peak_mb"] - 0.05  # phases are rounded to 0.1 MiB
     assert all(p["seconds"] >= 0 and "peak_is_process_peak" not in p for p in trace.as_list())
 
 
