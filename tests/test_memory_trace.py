@@ -6,9 +6,8 @@ import json
 import pytest
 
 from compressor.memory import MemoryTrace, current_rss_mb, reset_peak_rss
-from compressor.save import save_model_folder
 from tests.test_quality_options import _cfg
-from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
+from tests.tiny import tiny_job_inputs
 
 needs_proc = pytest.mark.skipif(current_rss_mb() is None or not reset_peak_rss(), reason="needs Linux /proc")
 
@@ -38,10 +37,7 @@ def test_trace_names_the_phase_that_peaks():
 def test_prune_job_reports_every_phase(tmp_path):
     from compressor.job import prune_job
 
-    src = tmp_path / "src"
-    save_model_folder(tiny_model("llama-gqa"), tiny_tokenizer(), src)
-    data = tmp_path / "cal.txt"
-    data.write_text(tiny_text(3000))
+    src, data = tiny_job_inputs(tmp_path)
     out = tmp_path / "out"
     res = prune_job(str(src), out, _cfg(steps=4), data=str(data), eval_data="none")
     rep = json.loads((out / "compression_report.json").read_text())

@@ -17,7 +17,7 @@ from compressor.masking import MaskState, mask_lowest
 from compressor.pruning import as_blocks, prune
 from compressor.schedule import progress_at, prune_events, solve_widths, widths_at
 from compressor.scoring import LayerScores, MovingAverage, layer_scores, projection_tensors
-from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
+from tests.tiny import tiny_job_inputs, tiny_model, tiny_text, tiny_tokenizer
 
 
 def _cfg(**kw):
@@ -343,12 +343,8 @@ def test_prune_job_writes_folder_plan_report_and_picture(tmp_path):
 
     from compressor.errors import OutputExistsError
     from compressor.job import prune_job
-    from compressor.save import save_model_folder
 
-    src = tmp_path / "src"
-    save_model_folder(tiny_model("llama-gqa"), tiny_tokenizer(), src)
-    data = tmp_path / "cal.txt"
-    data.write_text(tiny_text(3000))
+    src, data = tiny_job_inputs(tmp_path)
     out = tmp_path / "out"
     res = prune_job(str(src), out, _cfg(steps=4), data=str(data), eval_data="none")
     assert (out / "model.safetensors").is_file() and (out / "pruning_plan.safetensors").is_file()

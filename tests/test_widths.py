@@ -22,6 +22,7 @@ from tests.tiny import (
     lora_with_random_b,
     random_scores,
     tiny_bpe_tokenizer,
+    tiny_job_inputs,
     tiny_model,
     tiny_text,
     tiny_tokenizer,
@@ -229,10 +230,7 @@ def test_cli_prune_adaptive_writes_a_loadable_folder(tmp_path):
     from compressor.cli import main
     from compressor.models import load_model
 
-    src = tmp_path / "src"
-    save_model_folder(tiny_model("qwen2-gqa", layers=3), tiny_tokenizer(), src)
-    data = tmp_path / "cal.txt"
-    data.write_text(tiny_text(3000))
+    src, data = tiny_job_inputs(tmp_path, "qwen2-gqa", layers=3)
     out = tmp_path / "out"
     r = CliRunner().invoke(main, ["prune", str(src), "--out", str(out), "--data", str(data), "--eval-data", "none",
                                   "--ratio", "0.4", "--widths", "adaptive", "--skip-layers", "0", "--steps", "4",

@@ -53,6 +53,18 @@ def tiny_text(n_words: int = 4000, vocab: int = 96, seed: int = 0) -> str:
     return "\n\n".join(lines)
 
 
+def tiny_job_inputs(tmp_path, case: str = "llama-gqa", layers: int = 2, n_words: int = 3000):
+    """What a prune job reads from disk: a saved tiny model folder ``src`` and a calibration text file ``cal.txt``
+    under ``tmp_path``; returns ``(src, data)``."""
+    from compressor.save import save_model_folder
+
+    src = tmp_path / "src"
+    save_model_folder(tiny_model(case, layers=layers), tiny_tokenizer(), src)
+    data = tmp_path / "cal.txt"
+    data.write_text(tiny_text(n_words))
+    return src, data
+
+
 def masked_lora(case: str = "llama-gqa"):
     """``(peft model, MaskState)``: :func:`tiny_model` with LoRA (B non-zero, so LoRA changes the output) and
     masks installed that remove one query head per KV group and half the MLP channels, chosen at random."""
