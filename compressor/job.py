@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .architectures import needs_bos
 from .config import PruneConfig
 from .errors import ConfigError, DiskWriteError, OutputExistsError, ResumeError
 from .io import write_json
@@ -149,7 +150,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     check_seq_len(config.seq_len, mdl.config)
     with trace.phase("tokenize"):
         blocks = pack_blocks(tok, texts, config.seq_len, max_blocks=config.max_blocks, seed=config.seed,
-                             add_bos=False)
+                             add_bos=needs_bos(mdl.config))
     say(f"Calibration: {blocks.shape[0]} sequences of {blocks.shape[1]} tokens; criterion={config.criterion}, "
         f"ratio={config.ratio}, steps={config.steps}")
     if not resume and ckpt.is_dir():

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .architectures import needs_bos
 from .checkpoint import PLAN_FILE, has_checkpoint, load_checkpoint, load_plan, save_checkpoint, save_plan
 from .config import PruneConfig
 from .errors import CalibrationError, ConfigError, NonFiniteError, ResumeError
@@ -87,8 +88,11 @@ class _Stop:
             signal.signal(signal.SIGINT, self._old)
 
 
-def as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig) -> torch.Tensor:
-    """Calibration data (token blocks, a list of strings, or a path / built-in name) as ``[blocks, seq_len]``."""
+def as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig, *, add_bos: bool = False) -> torch.Tensor:
+    """Calibration data (token blocks, a list of strings, or a path / built-in name) as ``[blocks, seq_len]``.
+
+    ``add_bos``: start every block of text with BOS (for models that need it, see
+    :func:`compressor.architectures.needs_bos`); token blocks are used as given."""
     if isinstance(data, torch.Tensor):
         if data.dim() != 2 or data.shape[0] < 1 or data.shape[1] < 2:
             raise CalibrationError(f"calibration tensor must be [num_blocks >= 1, seq_len >= 2], got {tuple(data.shape)}")
@@ -103,7 +107,7 @@ def as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig) -> torch.Tensor:
         raise CalibrationError(f"calibration data must be token blocks, a list of strings or a path; got {type(data).__name__}")
     if tokenizer is None:
         raise CalibrationError("text calibration data needs a tokenizer")
-    return pack_blocks(tokenizer, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed, add_bos=False)
+    return pack_blocks(tokenizer, texts, cfg.seq_len, max_blocks=cfg.max_blocks, seed=cfg.seed, add_bos=add_bos)
 
 
 def check_writable(config: PruneConfig, model_type: str | None = None) -> None:
@@ -188,7 +192,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
 
         check_plan(plan, model.config, model_id)
     with trace.phase("calibration"):
-        blocks = as_blocks(data, tokenizer, config)
+        blocks = as_blocks(data, tokenizer, config, add_bos=needs_bos(model.config))
     max_pos = getattr(model.config, "max_position_embeddings", None)
     if max_pos and blocks.shape[1] > max_pos:
         raise ConfigError(f"seq_len {blocks.shape[1]} is above the model's limit max_position_embeddings={max_pos}")
@@ -267,8 +271,9 @@ def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneCo
     was = model.training
     model.eval()
     seq = min(cfg.eval_seq_len, getattr(model.config, "max_position_embeddings", cfg.eval_seq_len))
+    bos = needs_bos(model.config) and getattr(tokenizer, "bos_token_id", None) is not None
     try:
-        r = perplexity(unwrap(model), tokenizer, text, seq_len=seq, max_windows=cfg.eval_windows)
+        r = perplexity(unwrap(model), tokenizer, text, seq_len=seq, max_windows=cfg.eval_windows, add_bos=bos)
     finally:
         model.train(was)
     return r

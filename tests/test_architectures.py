@@ -361,3 +361,30 @@ def test_bench_counts_the_pruned_export(case, tmp_path):
     rep = bench(tmp_path / "onnx", runs=2, warmup=1, prompt_lengths=(16,), decode_batches=(1,), context=8, threads=1,
                 write=False, measure_memory=False)
     assert rep.model.params == sum(p.numel() for p in merged.parameters())
+
+
+def test_gemma_calibration_and_report_perplexity_start_with_bos():
+    """Gemma needs BOS (an architecture fact): its calibration blocks and the report's perplexity windows start
+    with it; LLaMA keeps the papers' no-BOS protocol."""
+    from compressor.architectures import needs_bos
+    from compressor.config import PruneConfig
+    from compressor.pruning import as_blocks, prune
+    from tests.tiny import tiny_text, tiny_tokenizer
+
+    assert needs_bos("gemma3_text") and needs_bos({"model_type": "gemma"}) and needs_bos("lorapress_gemma2")
+    assert not needs_bos("llama") and not needs_bos("qwen2") and not needs_bos("no-such-type")
+    tok = tiny_tokenizer(VOCAB)
+    text = tiny_text(1500, vocab=VOCAB)
+    cfg = PruneConfig(ratio=0.4, steps=2, prune_every=1, seq_len=24, batch_size=2, eval_windows=2, eval_seq_len=24)
+    assert (as_blocks([text], tok, cfg, add_bos=True)[:, 0] == tok.bos_token_id).all()
+    assert not (as_blocks([text], tok, cfg)[:, 0] == tok.bos_token_id).any()
+    seen = []
+    m = arch_model("gemma3-gqa")
+    hook = m.get_input_embeddings().register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 0].clone()))
+    r = prune(m, cfg, [text], tokenizer=tok, eval_text=text).report
+    hook.remove()
+    assert r["perplexity_before"]["add_bos"] and r["perplexity_after"]["add_bos"]
+    batches = [s for s in seen if s.numel() == cfg.batch_size]  # the training steps (not the 1-row graph trace)
+    assert batches and all((s == tok.bos_token_id).all() for s in batches)
+    r = prune(arch_model("llama3-rope-untied-mha"), cfg, [text], tokenizer=tok, eval_text=text).report
+    assert not r["perplexity_before"]["add_bos"]
