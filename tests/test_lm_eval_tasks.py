@@ -247,3 +247,12 @@ def test_smollm2_zero_shot_and_mmlu_few_items():
     r = ev.evaluate(model, "piqa,mmlu", tokenizer=tok, limit={"piqa": 40, "mmlu": 1})
     assert r.details["piqa"]["n"] == 40 and 0.5 <= r.results["piqa"]["acc"] <= 0.9
     assert r.details["mmlu"]["n"] == 57 and len(r.details["mmlu"]["topics"]) == 57
+
+
+@pytest.mark.slow
+def test_real_task_files_have_the_documented_sizes():
+    sizes = {"piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "boolq": 3270, "winogrande": 1267,
+             "openbookqa": 500, "hellaswag": 1000}
+    assert {t: len(tasks_mod.load_task_rows(t)) for t in sizes} == sizes
+    split = mmlu_mod.split_shots(mmlu_mod.load_mmlu_rows())
+    assert len(split) == 57 and sum(len(s) for _, s in split.values()) == 14042 - 57 * 5

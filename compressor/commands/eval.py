@@ -39,7 +39,7 @@ def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int |
         except ValueError:
             n = 0
         if n < 1:
-            raise ConfigError(f"--limit {raw!r} is not valid; use N or TASK=N with N a positive integer")
+            raise ConfigError(f"--limit {raw} is not valid; use N or TASK=N with N a positive integer")
         if name:
             if name not in tasks:
                 raise ConfigError(f"--limit {raw!r}: task {name!r} is not among the tasks run: {', '.join(tasks)}")

@@ -8,9 +8,10 @@ optional extra ``lorapress[eval]`` (``lm-eval==0.4.13``); without it these funct
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import ConfigError
@@ -18,6 +19,32 @@ from .model import max_positions, torch_module
 
 LM_EVAL_VERSION = "0.4.13"
 INSTALL = f'"lorapress[eval]" (or: pip install lm-eval=={LM_EVAL_VERSION})'
+
+
+@contextlib.contextmanager
+def quiet_lm_eval(enabled: bool = True) -> Iterator[None]:
+    """Keep lm-eval's expected warnings (a model instance passed as ``pretrained``, default aggregations) and
+    the datasets progress bars off the terminal; restored afterwards. No-op when ``enabled`` is False."""
+    if not enabled:
+        yield
+        return
+    lm_log = logging.getLogger("lm_eval")
+    old = lm_log.level
+    lm_log.setLevel(logging.ERROR)
+    ds_utils = None
+    try:
+        import datasets.utils as ds_utils
+
+        was_disabled = ds_utils.are_progress_bars_disabled()
+        ds_utils.disable_progress_bars()
+    except (ImportError, AttributeError):  # pragma: no cover - datasets comes with lm-eval
+        ds_utils = None
+    try:
+        yield
+    finally:
+        lm_log.setLevel(old)
+        if ds_utils is not None and not was_disabled:
+            ds_utils.enable_progress_bars()
 
 
 def require_lm_eval():
@@ -59,7 +86,8 @@ def make_lm(model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int 
         mp = max_positions(model)
         max_length = min(2048, mp) if mp else 2048
     model.eval()
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    with quiet_lm_eval():  # it warns that a model instance ignores the string-only options: expected here
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
 
 
 def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]], *, batch_size: int = 8,
@@ -81,12 +109,13 @@ def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str
     return [float(ll) for ll, _ in lm.loglikelihood(insts, disable_tqdm=True)]
 
 
-def build_tasks(configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def build_tasks(configs: dict[str, dict[str, Any]], *, progress: bool = False) -> dict[str, Any]:
     """name -> lm-eval ``ConfigurableTask`` (the datasets are read from the configs' local files)."""
     require_lm_eval()
     from lm_eval.api.task import ConfigurableTask
 
-    return {name: ConfigurableTask(config=cfg) for name, cfg in configs.items()}
+    with quiet_lm_eval(not progress):
+        return {name: ConfigurableTask(config=cfg) for name, cfg in configs.items()}
 
 
 def run_tasks(lm: Any, tasks: dict[str, Any], *, limit: int | None = None, progress: bool = False) -> dict[str, dict]:
@@ -100,15 +129,9 @@ def run_tasks(lm: Any, tasks: dict[str, Any], *, limit: int | None = None, progr
 
     if not progress and not isinstance(getattr(lm, "loglikelihood", None), functools.partial):
         lm.loglikelihood = functools.partial(lm.loglikelihood, disable_tqdm=True)  # lm-eval's request bar
-    lm_log = logging.getLogger("lm_eval")
-    old = lm_log.level
-    if not progress:
-        lm_log.setLevel(logging.ERROR)
-    try:
+    with quiet_lm_eval(not progress):
         out = evaluator.evaluate(lm=lm, task_dict=tasks, limit=limit, log_samples=True, bootstrap_iters=1000,
                                  verbosity="ERROR" if not progress else "INFO")
-    finally:
-        lm_log.setLevel(old)
     result = {}
     for name, task in tasks.items():
         res = out["results"][name]

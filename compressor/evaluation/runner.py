@@ -152,7 +152,8 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
                 from .tasks import zero_shot_config
 
                 spec = ZERO_SHOT_TASKS[task]
-                out = run_tasks(lm, build_tasks({task: zero_shot_config(task)}), limit=lim, progress=progress)[task]
+                out = run_tasks(lm, build_tasks({task: zero_shot_config(task)}, progress=progress), limit=lim,
+                                progress=progress)[task]
                 results[task] = out["metrics"]
                 details[task] = {
                     "n": out["n"],
@@ -164,7 +165,7 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
             else:
                 from .mmlu import N_SHOTS, mmlu_configs
 
-                outs = run_tasks(lm, build_tasks(mmlu_configs()), limit=lim, progress=progress)
+                outs = run_tasks(lm, build_tasks(mmlu_configs(), progress=progress), limit=lim, progress=progress)
                 topics = {name.removeprefix("mmlu_"): {**o["metrics"], "n": o["n"]} for name, o in outs.items()}
                 results[task] = macro_average(topics)
                 details[task] = {
