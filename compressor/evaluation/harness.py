@@ -31,20 +31,22 @@ def quiet_lm_eval(enabled: bool = True) -> Iterator[None]:
     lm_log = logging.getLogger("lm_eval")
     old = lm_log.level
     lm_log.setLevel(logging.ERROR)
-    ds_utils = None
+    bars: Any = None
+    was_disabled = True
     try:
-        import datasets.utils as ds_utils
+        import datasets.utils
 
-        was_disabled = ds_utils.are_progress_bars_disabled()
-        ds_utils.disable_progress_bars()
+        bars = datasets.utils
+        was_disabled = bars.are_progress_bars_disabled()
+        bars.disable_progress_bars()
     except (ImportError, AttributeError):  # pragma: no cover - datasets comes with lm-eval
-        ds_utils = None
+        bars = None
     try:
         yield
     finally:
         lm_log.setLevel(old)
-        if ds_utils is not None and not was_disabled:
-            ds_utils.enable_progress_bars()
+        if bars is not None and not was_disabled:
+            bars.enable_progress_bars()
 
 
 def require_lm_eval():
