@@ -240,13 +240,13 @@ def test_onnx_model_zero_shot_is_a_clear_error():
 
 
 @pytest.mark.slow
-def test_smollm2_zero_shot_and_mmlu_few_items():
+def test_smollm2_piqa_few_items():
+    """The real model on 40 PIQA items (the dense run: acc_norm 0.66 on 200); MMLU is left out: one question a topic takes ~10 min."""
     from compressor.models import load_model
 
     model, tok, _ = load_model("smollm2-135m")
-    r = ev.evaluate(model, "piqa,mmlu", tokenizer=tok, limit={"piqa": 40, "mmlu": 1})
-    assert r.details["piqa"]["n"] == 40 and 0.5 <= r.results["piqa"]["acc"] <= 0.9
-    assert r.details["mmlu"]["n"] == 57 and len(r.details["mmlu"]["topics"]) == 57
+    r = ev.evaluate(model, "piqa", tokenizer=tok, limit=40)
+    assert r.details["piqa"]["n"] == 40 and 0.5 <= r.results["piqa"]["acc_norm"] <= 0.9
 
 
 @pytest.mark.slow
