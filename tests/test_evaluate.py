@@ -1,6 +1,7 @@
-"""compressor.evaluation: perplexity against a hand computation, lm-eval style multiple choice, evaluate(), CLI."""
+"""compressor.evaluation: perplexity against a hand computation, evaluate(), CLI (lm-eval tasks: test_lm_eval_tasks.py)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -10,7 +11,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from compressor import assets as assets_mod
 from compressor import evaluation as ev
 from compressor.errors import CalibrationError, ConfigError, NonFiniteError
 
@@ -148,140 +148,6 @@ def test_perplexity_restores_training_mode():
     assert model.training
 
 
-# ---------------------------------------------------------------------------------------------- loglikelihood
-
-def test_loglikelihoods_match_hand_computation_and_batching():
-    tok = make_tokenizer()
-    model = make_llama(len(tok))
-    reqs = [("the cat sat on", " a mat ."), ("dog ran", " far"), ("my cat ", "sat on my mat"), ("", " the dog")]
-    got1 = ev.loglikelihoods(model, tok, reqs, batch_size=1)
-    got3 = ev.loglikelihoods(model, tok, reqs, batch_size=3)
-    for (ctx, cont), a, b in zip(reqs, got1, got3):
-        if ctx.endswith(" "):  # lm-eval moves trailing context spaces to the continuation
-            ctx, cont = ctx.rstrip(), " " + cont
-        c = tok(ctx, add_special_tokens=False)["input_ids"] if ctx else [tok.bos_token_id]
-        k = tok(cont, add_special_tokens=False)["input_ids"]
-        x = torch.tensor([c + k])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(x).logits[0].double(), -1)
-        want = sum(logp[len(c) - 1 + j, t].item() for j, t in enumerate(k))
-        assert a == pytest.approx(want, abs=1e-4) and b == pytest.approx(want, abs=1e-4)
-
-
-def test_loglikelihood_left_truncation():
-    tok = make_tokenizer()
-    model = make_llama(len(tok), max_pos=8)
-    ctx = "the cat sat on a mat . the dog ran far"
-    got = ev.loglikelihoods(model, tok, [(ctx, " away")], max_length=8)[0]
-    ids = tok(ctx + " away", add_special_tokens=False)["input_ids"][-9:]
-    with torch.no_grad():
-        logp = torch.log_softmax(model(torch.tensor([ids[:-1]])).logits[0].double(), -1)
-    assert got == pytest.approx(logp[-1, ids[-1]].item(), abs=1e-4)
-
-
-# ---------------------------------------------------------------------------------------------- prompts
-
-def test_build_doc_prompts():
-    piqa = ev.build_doc("piqa", {"goal": "Open a jar", "choices": ["twist", "smash"], "labels": ["A", "B"],
-                                 "answer": "B"})
-    assert piqa.contexts == ["Question: Open a jar\nAnswer:"] * 2
-    assert piqa.continuations == [" twist", " smash"] and piqa.gold == 1
-    arc = ev.build_doc("arc_challenge", {"question": "Q?", "choices": ["a", "b", "c"], "labels": ["A", "B", "C"],
-                                         "answer": "C"})
-    assert arc.contexts[0] == "Question: Q?\nAnswer:" and arc.gold == 2
-    obqa = ev.build_doc("openbookqa", {"question": "Fog is near", "choices": ["a marsh", "b"],
-                                       "labels": ["A", "B"], "answer": "A"})
-    assert obqa.contexts[0] == "Fog is near" and obqa.continuations[0] == " a marsh" and obqa.gold == 0
-    boolq = ev.build_doc("boolq", {"passage": "P -- text.", "question": "is it", "answer": "yes"})
-    assert boolq.contexts[0] == "P -- text.\nQuestion: is it?\nAnswer:"
-    assert boolq.continuations == [" no", " yes"] and boolq.gold == 1
-    hs = ev.build_doc("hellaswag", {"question": "Man on roof [title] he", "choices": [" pulls  it [x]up. ", "b"],
-                                    "labels": ["A", "B"], "answer": "A"})
-    assert hs.contexts[0] == "Man on roof.  he".replace("  ", " ") and hs.continuations[0] == " pulls it up."
-    hs2 = ev.build_doc("hellaswag", {"question": "A man is on a roof. the man", "choices": ["a", "b"],
-                                     "labels": ["A", "B"], "answer": "B"})
-    assert hs2.contexts[0] == "A man is on a roof. The man" and hs2.gold == 1
-    wg = ev.build_doc("winogrande", {"sentence": "Sarah beat Maria so _ won the cup.", "choices": ["Sarah", "Maria"],
-                                     "labels": ["A", "B"], "answer": "A"})
-    assert wg.contexts == ["Sarah beat Maria so Sarah", "Sarah beat Maria so Maria"]
-    assert wg.continuations == [" won the cup."] * 2 and wg.gold == 0
-    with pytest.raises(CalibrationError, match="answer 'E' is not one of its labels"):
-        ev.build_doc("piqa", {"goal": "g", "choices": ["a"], "labels": ["A"], "answer": "E"})
-    with pytest.raises(CalibrationError, match="no field 'goal'"):
-        ev.build_doc("piqa", {"question": "g", "choices": ["a"], "labels": ["A"], "answer": "A"})
-
-
-# ---------------------------------------------------------------------------------------------- zero-shot
-
-def test_shared_context_cache_matches_plain_scoring():
-    tok = make_tokenizer()
-    model = make_llama(len(tok))
-    docs = [
-        ev.build_doc("piqa", {"goal": "the cat sat", "choices": ["on a mat .", "far away and then slept"],
-                              "labels": ["A", "B"], "answer": "A"}),
-        ev.build_doc("boolq", {"passage": "the dog ran far", "question": "is it", "answer": "no"}),  # 1-token choices
-        ev.build_doc("arc_challenge", {"question": "my cat ?", "choices": ["sat", "ran far away", "slept in the sun", "x"],
-                                       "labels": ["A", "B", "C", "D"], "answer": "C"}),
-        ev.build_doc("winogrande", {"sentence": "Sarah saw Maria so _ ran far .", "choices": ["Sarah", "Maria"],
-                                    "labels": ["A", "B"], "answer": "A"}),
-        ev.MCDoc(["the cat "] * 2, ["sat", "ran away"], ["sat", "ran away"], 0),  # trailing space in the context
-    ]
-    shared = ev.multiple_choice_loglikelihoods(model, tok, docs, share_context=True)
-    plain = ev.multiple_choice_loglikelihoods(model, tok, docs, share_context=False)
-    assert [len(x) for x in shared] == [2, 2, 4, 2, 2]
-    for a, b in zip(shared, plain):
-        assert a == pytest.approx(b, abs=1e-4)
-    assert ev.score_multiple_choice(model, tok, docs) == ev.score_multiple_choice(model, tok, docs, share_context=False)
-
-
-
-def _rows_fixture(tmp_path, monkeypatch, rows_by_task):
-    files = {}
-    for task, rows in rows_by_task.items():
-        p = tmp_path / f"{task}.jsonl"
-        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        files[f"benchkit-{task}"] = p
-    monkeypatch.setattr(assets_mod, "fetch_asset", lambda name, **kw: files[name])
-
-
-def test_zero_shot_picks_known_answer(tmp_path, monkeypatch):
-    tok = make_tokenizer()
-    v = tok.convert_tokens_to_ids
-    # after ":" the model wants "good", then "good" again; after "Sarah" it wants "likes", after "Maria" "hates"
-    model = TableModel(len(tok), {v(":"): v("good"), v("good"): v("good"), v("Sarah"): v("likes"),
-                                  v("Maria"): v("hates"), v("likes"): v("cats"), v("hates"): v("cats")})
-    _rows_fixture(tmp_path, monkeypatch, {
-        "piqa": [
-            {"goal": "the cat", "choices": ["good good", "bad thing"], "labels": ["A", "B"], "answer": "A"},
-            {"goal": "a dog", "choices": ["bad bad", "good good"], "labels": ["A", "B"], "answer": "B"},
-            {"goal": "my sun", "choices": ["very bad", "thing", "good"], "labels": ["A", "B", "C"], "answer": "C"},
-        ],
-        "winogrande": [
-            {"sentence": "x said _ likes cats .", "choices": ["Sarah", "Maria"], "labels": ["A", "B"], "answer": "A"},
-            {"sentence": "y said _ hates cats .", "choices": ["Sarah", "Maria"], "labels": ["A", "B"], "answer": "B"},
-        ],
-    })
-    report = ev.evaluate(model, "piqa,winogrande", tokenizer=tok)
-    assert report.results["piqa"]["acc"] == 1.0 and report.results["piqa"]["acc_norm"] == 1.0
-    assert report.results["winogrande"] == {"acc": 1.0, "acc_stderr": 0.0}
-    assert report.details["piqa"]["n"] == 3 and "Question:" in report.details["piqa"]["protocol"]
-    # a model that prefers the wrong tokens scores 0
-    bad = TableModel(len(tok), {v(":"): v("bad"), v("bad"): v("bad")})
-    assert ev.evaluate(bad, ["piqa"], tokenizer=tok, limit=2).results["piqa"]["acc"] == 0.0
-
-
-def test_acc_norm_divides_by_characters():
-    tok = make_tokenizer()
-    model = TableModel(len(tok))  # uniform: every token costs log(V)
-    # choice 0: 1 token / 1 char; choice 1: 2 tokens / 8 chars -> acc picks 0, acc_norm picks 1
-    doc = ev.MCDoc(["the cat"] * 2, [" a", " very bad"], ["a", "very bad"], gold=1)
-    r = ev.score_multiple_choice(model, tok, [doc])
-    assert r["acc"] == 0.0 and r["acc_norm"] == 1.0
-    doc0 = ev.MCDoc(["the cat"] * 2, [" a", " very bad"], ["a", "very bad"], gold=0)
-    r = ev.score_multiple_choice(model, tok, [doc, doc0])
-    assert r["acc"] == 0.5 and r["acc_norm"] == 0.5 and r["acc_stderr"] == pytest.approx(0.5)
-
-
 # ---------------------------------------------------------------------------------------------- evaluate()
 
 @pytest.fixture
@@ -310,12 +176,15 @@ def test_evaluate_errors():
     tok = make_tokenizer()
     model = make_llama(len(tok))
     with pytest.raises(ConfigError) as ei:
-        ev.evaluate(model, "wikitext2,mmlu", tokenizer=tok)
-    assert "'mmlu'" in str(ei.value) and "piqa" in str(ei.value) and "hellaswag" in str(ei.value)
+        ev.evaluate(model, "wikitext2,mmlux", tokenizer=tok)
+    msg = str(ei.value)
+    assert "'mmlux'" in msg and all(t in msg for t in ("piqa", "arc_easy", "hellaswag", "mmlu", "zeroshot"))
     with pytest.raises(ConfigError, match="tokenizer"):
-        ev.evaluate(model, "piqa")
+        ev.evaluate(model, "wikitext2")
     with pytest.raises(ConfigError, match="limit"):
-        ev.evaluate(model, "piqa", tokenizer=tok, limit=0)
+        ev.evaluate(model, "wikitext2", tokenizer=tok, limit=0)
+    with pytest.raises(ConfigError, match="not among the tasks run"):
+        ev.evaluate(model, "wikitext2", tokenizer=tok, limit={"piqa": 3})
     with pytest.raises(ConfigError, match="max_position_embeddings"):
         ev.evaluate(model, "wikitext2", tokenizer=tok, seq_len=4096)
     assert ev.resolve_tasks("zeroshot,wikitext2") == ev.TASK_GROUPS["zeroshot"] + ["wikitext2"]
@@ -388,10 +257,9 @@ def test_ort_model_gives_the_same_numbers(tmp_path):
     ort = ORTModelForCausalLM.from_pretrained(tmp_path / "m", export=True)
     assert ev.perplexity(ort, tok, TEXT, seq_len=16)["nll"] == pytest.approx(
         ev.perplexity(model, tok, TEXT, seq_len=16)["nll"], rel=1e-4)
-    docs = [ev.build_doc("piqa", {"goal": "the cat sat", "choices": ["on a mat .", "far away"], "labels": ["A", "B"],
-                                  "answer": "A"})]
-    assert ev.multiple_choice_loglikelihoods(ort, tok, docs)[0] == pytest.approx(
-        ev.multiple_choice_loglikelihoods(model, tok, docs)[0], abs=1e-4)
+    if importlib.util.find_spec("lm_eval") is not None:  # lm-eval's HFLM takes PyTorch models only: a clear error
+        with pytest.raises(ConfigError, match="ORTModelForCausalLM.*model folder it was exported from"):
+            ev.evaluate(ort, "piqa", tokenizer=tok)
 
 
 def test_evaluate_onnx_folder_and_own_text_file(tmp_path):

@@ -20,12 +20,48 @@ def default_report_path(model: str) -> Path:
     return Path("eval_report.json")
 
 
+def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int | dict[str, int] | None:
+    """``--limit`` values -> one int for every task, or task -> int (a plain N sets every task not named).
+
+    Raises:
+        ConfigError: a value that is neither N nor TASK=N with N a positive integer, or a task not run.
+    """
+    from ..errors import ConfigError
+
+    every: int | None = None
+    per: dict[str, int] = {}
+    for raw in (p.strip() for v in values for p in v.split(",")):
+        if not raw:
+            continue
+        name, _, num = raw.rpartition("=")
+        try:
+            n = int(num)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"--limit {raw} is not valid; use N or TASK=N with N a positive integer")
+        if name:
+            if name not in tasks:
+                raise ConfigError(f"--limit {raw!r}: task {name!r} is not among the tasks run: {', '.join(tasks)}")
+            per[name] = n
+        else:
+            every = n
+    if not per:
+        return every
+    if every is not None:
+        per = {t: per.get(t, every) for t in tasks}
+    return per
+
+
 @click.command("eval")
 @click.argument("model_dir", metavar="MODEL_DIR")
 @click.option("--tasks", "-t", default="wikitext2", show_default=True,
-              help="Comma-separated tasks: wikitext2, ptb (perplexity); piqa, arc_challenge, boolq, winogrande, "
-                   "openbookqa, hellaswag (zero-shot, lm-eval prompts); groups: zeroshot, ppl.")
-@click.option("--limit", type=int, default=None, help="Score only the first N items of each zero-shot task.")
+              help="Comma-separated tasks: wikitext2, ptb (perplexity); piqa, arc_easy, arc_challenge, boolq, winogrande, "
+                   "openbookqa, hellaswag (zero-shot), mmlu (5-shot) — these through lm-evaluation-harness, "
+                   "pip install \"lorapress[eval]\"; groups: zeroshot, ppl.")
+@click.option("--limit", multiple=True,
+              help="Score only the first N items of each zero-shot task (mmlu: of each topic): N for all tasks, or "
+                   "TASK=N for one (repeat or comma-separate, e.g. --limit 500 --limit mmlu=2).")
 @click.option("--seq-len", type=int, default=None,
               help="Perplexity window in tokens [default: min(2048, max_position_embeddings)].")
 @click.option("--max-windows", type=int, default=None, help="Score only the first N perplexity windows.")
@@ -51,12 +87,14 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
     Examples:
       compress eval pruned/ --tasks wikitext2,ptb --max-windows 8
       compress eval pruned/ --tasks piqa,boolq --limit 200 --out reports/pruned.json
+      compress eval smollm2-135m --tasks zeroshot,mmlu --limit 500 --limit mmlu=2
     """
     from ..errors import ConfigError
     from ..evaluation import evaluate, resolve_tasks
     from ..io import write_json
 
-    resolve_tasks(tasks)  # fail on a bad task name before loading the model
+    task_list = resolve_tasks(tasks)  # fail on a bad task name before loading the model
+    limits = parse_limits(limit, task_list)
     out_path = Path(out) if out else default_report_path(model_dir)
     if out_path.exists() and out_path.is_dir():
         raise ConfigError(f"--out {str(out_path)!r} is a folder; give a file path")
@@ -68,7 +106,7 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
         click.echo(line, err=True)
 
     texts = {k: v for k, v in (("wikitext2", wikitext2_file), ("ptb", ptb_file)) if v}
-    report = evaluate(model_dir, tasks, seq_len=seq_len, limit=limit, max_windows=max_windows,
+    report = evaluate(model_dir, tasks, seq_len=seq_len, limit=limits, max_windows=max_windows,
                       batch_size=batch_size, add_bos=add_bos, dtype=dtype, progress=not quiet, log=log, texts=texts,
                       allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     write_json(out_path, report.to_dict())

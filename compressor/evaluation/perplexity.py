@@ -10,8 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import CalibrationError, ConfigError, NonFiniteError
-from .eval_model import EvalMode, forward_logits, max_positions, model_device, progress_bar, torch_module
+from ..errors import CalibrationError, ConfigError, NonFiniteError
+from .model import EvalMode, forward_logits, max_positions, model_device, progress_bar, torch_module
 
 
 def perplexity(model: Any, tokenizer: Any, text: str | Sequence[str] | Any, *, seq_len: int | None = None,
