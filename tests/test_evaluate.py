@@ -172,6 +172,24 @@ def test_evaluate_perplexity_task(shared_text):
     assert "wikitext2" in table and "ppl" in table
 
 
+def test_evaluate_adds_bos_by_default_only_for_models_that_need_it(shared_text):
+    """BOS default follows the architecture table: a Gemma model gets BOS windows, LLaMA the no-BOS protocol;
+    an explicit add_bos wins either way."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = make_tokenizer()
+    llama = make_llama(len(tok))
+    torch.manual_seed(0)
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
+                                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                               head_dim=8, max_position_embeddings=64)).eval()
+    kw = dict(tokenizer=tok, seq_len=16, max_windows=2)
+    assert ev.evaluate(gemma, ["wikitext2"], **kw).details["wikitext2"]["add_bos"] is True
+    assert ev.evaluate(gemma, ["wikitext2"], add_bos=False, **kw).details["wikitext2"]["add_bos"] is False
+    assert ev.evaluate(llama, ["wikitext2"], **kw).details["wikitext2"]["add_bos"] is False
+    assert ev.evaluate(llama, ["wikitext2"], add_bos=True, **kw).details["wikitext2"]["add_bos"] is True
+
+
 def test_evaluate_errors():
     tok = make_tokenizer()
     model = make_llama(len(tok))

@@ -68,7 +68,9 @@ def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int |
 @click.option("--batch-size", type=int, default=None,
               help="Windows per forward (perplexity, default 1) / sequences per forward (zero-shot, default 8).")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--add-bos", is_flag=True, help="Start each perplexity window with BOS (off: the papers' protocol).")
+@click.option("--add-bos/--no-add-bos", default=None,
+              help="Start each perplexity window with BOS. Default: only for models that need it (Gemma); others keep "
+                   "the papers' no-BOS protocol.")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Report path [default: MODEL_DIR/eval_report.json].")
 @click.option("--wikitext2-file", type=click.Path(dir_okay=False), default=None,

@@ -39,7 +39,7 @@ def task_limits(limit: int | Mapping[str, int] | None, tasks: Sequence[str]) -> 
 
 def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, seq_len: int | None = None,
              limit: int | Mapping[str, int] | None = None, max_windows: int | None = None,
-             batch_size: int | None = None, add_bos: bool = False, dtype: str = "float32", progress: bool = False,
+             batch_size: int | None = None, add_bos: bool | None = None, dtype: str = "float32", progress: bool = False,
              log: Callable[[str], None] | None = None,
              texts: dict[str, str | os.PathLike] | None = None, allow_pickle: bool = False,
              trust_remote_code: bool = False) -> EvalReport:
@@ -64,7 +64,8 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         max_windows: score only the first ``max_windows`` perplexity windows (default: all).
         batch_size: windows per forward for perplexity (default 1) and sequences per forward for lm-eval
             (default 8).
-        add_bos: start perplexity windows with BOS (default False, the papers' protocol).
+        add_bos: start perplexity windows with BOS. None (default): only for models that need it (Gemma, see
+            :func:`compressor.architectures.needs_bos`); others keep the papers' no-BOS protocol.
         dtype: used only when ``model`` is a path (``float32``, ``bfloat16``, ``float16``).
         progress: show progress bars on stderr.
         log: called with one line per finished task (e.g. ``print``).
@@ -118,6 +119,10 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         tokenizer = tokenizer or loaded_tok
     if tokenizer is None:
         raise ConfigError("evaluate() needs tokenizer= when model is a loaded model")
+    if add_bos is None:
+        from ..architectures import needs_bos
+
+        add_bos = needs_bos(getattr(model, "config", {}) or {}) and getattr(tokenizer, "bos_token_id", None) is not None
     max_pos = max_positions(model)
     if seq_len is None:
         seq_len = min(2048, max_pos) if max_pos else 2048
