@@ -2,9 +2,7 @@
 run in ONNX Runtime itself, so int4 / int8 graphs get a quality figure next to fp32 (issue #14).
 
 Each window is one teacher-forced prefill through the graph (``exporters.decode.OrtDecoder``, empty KV cache),
-with the same protocol as ``compress eval``: the text tokenized whole without special tokens (BOS for models
-that need it), the first ``--windows`` non-overlapping windows of ``--seq-len`` tokens, every token but each
-window's first scored, ppl = exp(mean NLL). Writes ``benchmarks/results/onnx_perplexity_<name>.json``::
+scored by ``compress eval``'s own :func:`compressor.evaluation.perplexity` (same windows, BOS rule and NLL). Writes ``benchmarks/results/onnx_perplexity_<name>.json``::
 
     python benchmarks/onnx_perplexity.py /tmp/fused/p50_onnx-genai /tmp/fused/p50_onnx-genai-int4 --name smollm2-p50
 """
@@ -12,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,40 +20,42 @@ from common import git_rev, machine, write_result  # noqa: E402
 WIKI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2" / "test.txt"
 
 
+class _Graph:
+    """An exported graph as the callable :func:`compressor.evaluation.perplexity` takes: ``(input_ids,
+    attention_mask) -> (logits,)``, each call one prefill with an empty KV cache; ``config`` from the folder."""
+
+    def __init__(self, folder: Path, threads: int) -> None:
+        from types import SimpleNamespace
+
+        from compressor.ort import ort_session
+
+        cfg = json.loads((folder / "config.json").read_text())
+        self.config = SimpleNamespace(**cfg)
+        self.onnx = next(p for p in (folder / "model.onnx", *sorted(folder.glob("*.onnx"))) if p.is_file())
+        self.sess = ort_session(self.onnx, threads=threads, what="perplexity")
+        self.kv = cfg["num_key_value_heads"]
+        self.head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+    def __call__(self, input_ids, attention_mask):
+        import torch
+
+        from exporters.decode import OrtDecoder
+
+        logits, _ = OrtDecoder(self.sess, self.kv, self.head_dim).step(input_ids.numpy(), attention_mask.numpy())
+        return (torch.from_numpy(logits),)
+
+
 def folder_perplexity(folder: Path, text: str, windows: int, seq_len: int, threads: int) -> dict:
-    import numpy as np
     from transformers import AutoTokenizer
 
-    from compressor.architectures import needs_bos
-    from compressor.ort import ort_session
-    from exporters.decode import OrtDecoder
+    from compressor.evaluation.perplexity import default_add_bos, perplexity
 
-    cfg = json.loads((folder / "config.json").read_text())
+    graph = _Graph(folder, threads)
     tok = AutoTokenizer.from_pretrained(folder)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    bos = tok.bos_token_id if needs_bos(cfg) else None
-    step = seq_len - (bos is not None)
-    n = min(windows, len(ids) // step)
-    if n < 1:
-        raise SystemExit(f"{folder}: the text has {len(ids)} tokens, fewer than one window of {step}")
-    onnx = next(p for p in (folder / "model.onnx", *sorted(folder.glob("*.onnx"))) if p.is_file())
-    sess = ort_session(onnx, threads=threads, what="perplexity")
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    total, count, t0 = 0.0, 0, time.perf_counter()
-    for w in range(n):
-        x = ids[w * step:(w + 1) * step]
-        x = np.array([([bos] if bos is not None else []) + x], dtype=np.int64)
-        logits, _ = OrtDecoder(sess, cfg["num_key_value_heads"], head_dim).step(x, np.ones_like(x))
-        lg = logits[0, :-1].astype(np.float64)
-        m = lg.max(-1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(lg - m).sum(-1))
-        tgt = x[0, 1:]
-        nll = lse - lg[np.arange(len(tgt)), tgt]  # with BOS, its prediction of the first text token counts too
-        total += float(nll.sum())
-        count += len(nll)
-    mean = total / count
-    return {"ppl": math.exp(mean), "nll": mean, "windows": n, "seq_len": seq_len, "tokens": count,
-            "add_bos": bos is not None, "seconds": round(time.perf_counter() - t0, 1), "onnx": str(onnx)}
+    t0 = time.perf_counter()
+    r = perplexity(graph, tok, text, seq_len=seq_len, max_windows=windows, add_bos=default_add_bos(graph, tok))
+    return {**{k: r[k] for k in ("ppl", "nll", "windows", "seq_len", "tokens", "add_bos", "protocol")},
+            "seconds": round(time.perf_counter() - t0, 1), "onnx": str(graph.onnx)}
 
 
 def main() -> None:

@@ -169,13 +169,11 @@ def find_architecture(model_type: str | None) -> Architecture | None:
     return _REGISTRY.get(str(model_type)) if model_type is not None else None
 
 
-def get_architecture(config: Any, spec: str = "model") -> Architecture:
-    """The :class:`Architecture` of ``config`` (a config, a ``config.json`` dict, or a ``model_type`` string).
+def _type_and_classes(config: Any) -> tuple[Any, list[str]]:
+    """``(model_type, architectures)`` of a config, a ``config.json`` dict or a ``model_type`` string; a
+    per-layer-widths ``lorapress_<type>`` gives its stock type (its table entry)."""
+    from .sizes import PER_LAYER_TYPE_PREFIX
 
-    Raises:
-        UnsupportedArchitectureError: the model type is not in the table; the message names it (with the
-            reason for known ones such as MoE or Mamba hybrids) and lists the supported ones.
-    """
     mt: Any
     archs: list[str]
     if isinstance(config, str):
@@ -184,10 +182,19 @@ def get_architecture(config: Any, spec: str = "model") -> Architecture:
         mt, archs = config.get("model_type"), config.get("architectures") or []
     else:
         mt, archs = getattr(config, "model_type", None), getattr(config, "architectures", None) or []
-    from .sizes import PER_LAYER_TYPE_PREFIX
-
-    if isinstance(mt, str) and mt.startswith(PER_LAYER_TYPE_PREFIX):  # per-layer widths: the stock type's entry
+    if isinstance(mt, str) and mt.startswith(PER_LAYER_TYPE_PREFIX):
         mt = mt[len(PER_LAYER_TYPE_PREFIX):]
+    return mt, list(archs)
+
+
+def get_architecture(config: Any, spec: str = "model") -> Architecture:
+    """The :class:`Architecture` of ``config`` (a config, a ``config.json`` dict, or a ``model_type`` string).
+
+    Raises:
+        UnsupportedArchitectureError: the model type is not in the table; the message names it (with the
+            reason for known ones such as MoE or Mamba hybrids) and lists the supported ones.
+    """
+    mt, archs = _type_and_classes(config)
     arch = find_architecture(mt)
     if arch is None:
         reason = UNSUPPORTED_REASONS.get(str(mt))
@@ -201,13 +208,7 @@ def get_architecture(config: Any, spec: str = "model") -> Architecture:
 def needs_bos(config: Any) -> bool:
     """True if sequences of this model should start with BOS (see ``Architecture.needs_bos``); False for a
     model type that is not in the table."""
-    mt = config if isinstance(config, str) else (config.get("model_type") if isinstance(config, dict)
-                                                  else getattr(config, "model_type", None))
-    from .sizes import PER_LAYER_TYPE_PREFIX
-
-    if isinstance(mt, str) and mt.startswith(PER_LAYER_TYPE_PREFIX):
-        mt = mt[len(PER_LAYER_TYPE_PREFIX):]
-    arch = find_architecture(mt)
+    arch = find_architecture(_type_and_classes(config)[0])
     return bool(arch and arch.needs_bos)
 
 

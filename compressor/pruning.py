@@ -266,14 +266,14 @@ def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneCo
     if not text or cfg.eval_windows <= 0 or tokenizer is None:
         return None
     from .adapters import unwrap
-    from .evaluation.perplexity import perplexity
+    from .evaluation.perplexity import default_add_bos, perplexity
 
     was = model.training
     model.eval()
     seq = min(cfg.eval_seq_len, getattr(model.config, "max_position_embeddings", cfg.eval_seq_len))
-    bos = needs_bos(model.config) and getattr(tokenizer, "bos_token_id", None) is not None
     try:
-        r = perplexity(unwrap(model), tokenizer, text, seq_len=seq, max_windows=cfg.eval_windows, add_bos=bos)
+        r = perplexity(unwrap(model), tokenizer, text, seq_len=seq, max_windows=cfg.eval_windows,
+                       add_bos=default_add_bos(model, tokenizer))
     finally:
         model.train(was)
     return r

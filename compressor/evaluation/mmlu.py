@@ -10,6 +10,7 @@ the choices ``" A"``..``" D"``, shots in file order (``sampler: first_n``) joine
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ def to_lm_eval(row: dict, i: int = 0) -> dict:
                 "choices": [row[f"answer_{c}"] for c in "abcd"], "answer": ANSWERS.index(row["correct_answer"])}
     except KeyError as exc:
         raise CalibrationError(f"mmlu row {i} has no field {exc}; its fields are: {', '.join(row)}") from exc
+
+
+def _converted(rows: Sequence[dict]) -> list[dict]:
+    return [to_lm_eval(r) for r in rows]
 
 
 def topic_key(topic: str) -> str:
@@ -91,8 +96,8 @@ def mmlu_configs(rows: Sequence[dict] | None = None, *, source: Path | None = No
     configs = {}
     for topic, (shots, scored) in split_shots(rows).items():
         name = f"mmlu_{topic}"
-        files = {"dev": str(derived_file(f"mmlu/{topic}/dev", source, [to_lm_eval(r) for r in shots])),
-                 "test": str(derived_file(f"mmlu/{topic}/test", source, [to_lm_eval(r) for r in scored]))}
+        files = {split: str(derived_file(f"mmlu/{topic}/{split}", source, functools.partial(_converted, rs)))
+                 for split, rs in (("dev", shots), ("test", scored))}
         try:
             base = lm_eval_yaml(f"mmlu/default/{name}.yaml")
         except ConfigError as exc:

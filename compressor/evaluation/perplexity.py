@@ -14,6 +14,15 @@ from ..errors import CalibrationError, ConfigError, NonFiniteError
 from .model import EvalMode, forward_logits, max_positions, model_device, progress_bar, torch_module
 
 
+def default_add_bos(model: Any, tokenizer: Any) -> bool:
+    """Whether perplexity windows of ``model`` start with BOS by default: for models that need it (Gemma, see
+    :func:`compressor.architectures.needs_bos`) whose tokenizer has one; the papers' no-BOS protocol otherwise."""
+    from ..architectures import needs_bos
+
+    config = getattr(model, "config", None) or {}
+    return needs_bos(config) and getattr(tokenizer, "bos_token_id", None) is not None
+
+
 def perplexity(model: Any, tokenizer: Any, text: str | Sequence[str] | Any, *, seq_len: int | None = None,
                max_windows: int | None = None, add_bos: bool = False, batch_size: int = 1,
                drop_last: bool = True, progress: bool = False) -> dict[str, Any]:

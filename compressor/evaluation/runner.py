@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from .model import max_positions
-from .perplexity import perplexity
+from .perplexity import default_add_bos, perplexity
 from .report import EvalReport, _fmt, macro_average, run_config
 from .tasks import DEFAULT_MC_BATCH, FEWSHOT_TASKS, PERPLEXITY_TASKS, ZERO_SHOT_TASKS, resolve_tasks
 
@@ -120,9 +120,7 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
     if tokenizer is None:
         raise ConfigError("evaluate() needs tokenizer= when model is a loaded model")
     if add_bos is None:
-        from ..architectures import needs_bos
-
-        add_bos = needs_bos(getattr(model, "config", {}) or {}) and getattr(tokenizer, "bos_token_id", None) is not None
+        add_bos = default_add_bos(model, tokenizer)
     max_pos = max_positions(model)
     if seq_len is None:
         seq_len = min(2048, max_pos) if max_pos else 2048

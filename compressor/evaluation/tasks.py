@@ -214,27 +214,22 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _atomic_write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def derived_file(kind: str, source: Path, rows: Callable[[], list[dict]], version: str = "1") -> Path:
+    """Write ``rows()`` as jsonl into the asset cache under a name derived from ``source``'s path and size, once.
 
-
-def derived_file(kind: str, source: Path, rows: list[dict], version: str = "1") -> Path:
-    """Write ``rows`` as jsonl into the asset cache under a name derived from ``source``'s path and size, once.
-
-    The file is re-used while ``source`` (a cached asset, sha256-checked on fetch) is unchanged.
+    The file is re-used while ``source`` (a cached asset, sha256-checked on fetch) is unchanged; ``rows`` is
+    called only when the file has to be written.
     """
     from .. import assets
+    from ..io import atomic_write_text
 
     st = source.stat()
     key = hashlib.sha256(f"{version}|{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     path = assets.cache_dir() / "lm-eval-data" / kind / f"{key}.jsonl"
     if not path.is_file():
-        _atomic_write_jsonl(path, rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows()),
+                          what="lm-eval data file")
     return path
 
 
@@ -263,7 +258,7 @@ def task_data_file(task: str) -> Path:
 
     spec = ZERO_SHOT_TASKS[task]
     source = Path(assets.fetch_asset(spec.asset))
-    return derived_file(task, source, load_task_rows(task))
+    return derived_file(task, source, lambda: load_task_rows(task))
 
 
 def lm_eval_yaml(rel: str) -> dict[str, Any]:
