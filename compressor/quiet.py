@@ -42,3 +42,16 @@ def quiet_onnx_export() -> Iterator[None]:
             yield
     finally:
         logging.getLogger("optimum").removeFilter(filt)
+
+
+def no_progress_bars() -> None:
+    """Turn off the progress bars of transformers (e.g. its GGUF de-quantization bar) and datasets for the rest
+    of the process: what ``--quiet`` promises."""
+    with contextlib.suppress(ImportError):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    with contextlib.suppress(ImportError, AttributeError):
+        import datasets.utils
+
+        datasets.utils.disable_progress_bars()

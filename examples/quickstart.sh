@@ -15,4 +15,4 @@ fi
 compress prune smollm2-135m --ratio "$RATIO" ${STEPS:+--steps "$STEPS"} --out "$OUT/$TAG" --force
 compress export "$OUT/$TAG" --format onnx --out "$OUT/$TAG-onnx" --force
 [ -f "$OUT/dense-onnx/model.onnx" ] || compress export smollm2-135m --format onnx --out "$OUT/dense-onnx" --force
-compress bench "$OUT/$TAG-onnx" --baseline "$OUT/dense-onnx" --out "$OUT/bench-$TAG"
+compress bench "$OUT/$TAG-onnx" --baseline "$OUT/dense-onnx" --out "$OUT/bench-$TAG" --force

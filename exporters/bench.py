@@ -65,7 +65,7 @@ from compressor.ort import PROVIDERS, import_ort, ort_session, providers_for
 
 from .bench_inputs import count_params, find_onnx_file, flops_per_token, make_feed, model_dims, read_config
 from .bench_memory import measure_peak_rss
-from .bench_report import BENCH_REPORT_FILE, BenchReport, ModelBench, compare
+from .bench_report import BENCH_REPORT_FILE, BenchReport, ModelBench, check_report_free, compare
 
 __all__ = ["BENCH_REPORT_FILE", "PROVIDERS", "BenchReport", "ModelBench", "bench", "count_params", "find_onnx_file",
            "flops_per_token", "kv_bytes_per_sequence", "make_feed", "measure_peak_rss", "model_dims"]
@@ -132,7 +132,7 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
           threads: int | None = None, runs: int = 20, warmup: int = 3, prompt_lengths: Sequence[int] = (128, 512),
           decode_batches: Sequence[int] = (1, 8), context: int = 128, out: str | os.PathLike | None = None,
           write: bool = True, measure_memory: bool = True, file_name: str | None = None,
-          spinning: bool = False) -> BenchReport:
+          spinning: bool = False, force: bool = False) -> BenchReport:
     """Benchmark an exported ONNX folder with ONNX Runtime, optionally against a baseline folder.
 
     Args:
@@ -148,6 +148,7 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
         context: KV-cache positions before the decode step, also the ``T`` of the FLOP count (default 128).
         out: folder for ``bench_report.json`` (created if needed); default ``model_dir`` itself.
         write: write ``bench_report.json`` (default True).
+        force: replace an existing ``bench_report.json`` there (default False: refused before any timing).
         measure_memory: run the peak-RSS probe in a child process per model (default True).
         file_name: graph file inside the folders (default ``model.onnx`` or the only ``*.onnx``).
         spinning: let idle ORT intra-op threads spin-wait (ORT's default; default here False). With spinning,
@@ -159,7 +160,8 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
         :class:`BenchReport` (``.table()`` for the terminal table, ``.to_dict()`` as written to JSON).
 
     Raises:
-        ModelLoadError, UnsupportedArchitectureError, ConfigError, DependencyMissingError.
+        ModelLoadError, UnsupportedArchitectureError, ConfigError, DependencyMissingError;
+        OutputExistsError: ``bench_report.json`` exists where it would be written and ``force`` is False.
 
     Example:
         >>> rep = bench("pruned_onnx", "dense_onnx", runs=5, prompt_lengths=(128,))   # doctest: +SKIP
@@ -183,6 +185,8 @@ def bench(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike | None =
         find_onnx_file(baseline_dir, file_name)
     if write and out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"--out {str(out)!r} is an existing file; give a folder")  # before minutes of timing
+    if write:
+        check_report_free(Path(out) if out is not None else Path(model_dir), force)
     ort = import_ort("benchmarking")
     providers_for(ort, provider)  # a missing CUDA provider fails before any session is loaded
 

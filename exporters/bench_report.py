@@ -9,6 +9,19 @@ from typing import Any
 BENCH_REPORT_FILE = "bench_report.json"
 
 
+def check_report_free(folder: Path, force: bool) -> None:
+    """Refuse (before any timing) to replace ``folder/bench_report.json`` unless ``force``.
+
+    Raises:
+        OutputExistsError: the report exists and ``force`` is False.
+    """
+    from compressor.errors import OutputExistsError
+
+    path = Path(folder) / BENCH_REPORT_FILE
+    if path.exists() and not force:
+        raise OutputExistsError(f"{str(path)!r} exists; pass --force (force=True) to replace it, or --out another folder")
+
+
 @dataclass
 class ModelBench:
     """Measurements of one exported folder.

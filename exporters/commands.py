@@ -235,8 +235,9 @@ def _export_gguf(model_dir, out, force, validate, gguf_type, tokenizer_pre, thre
 @click.option("--out", type=click.Path(), default=None,
               help="Folder for bench_report.json (default: inside ONNX_DIR).")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probe (a child process per model).")
+@click.option("--force", is_flag=True, help="Replace an existing bench_report.json.")
 def bench_cmd(onnx_dir, baseline, provider, threads, runs, warmup, prompt_lengths, decode_batches, context, out,
-              no_memory):
+              no_memory, force):
     """ONNX Runtime latency of an exported ONNX_DIR (optionally vs --baseline); llama.cpp latency of a GGUF.
 
     A folder written by `compress export --format gguf` (or a .gguf file) is timed in llama.cpp instead:
@@ -250,7 +251,7 @@ def bench_cmd(onnx_dir, baseline, provider, threads, runs, warmup, prompt_length
     Measures: prefill latency (batch 1, --prompt-lengths), one-token decode latency with a KV cache of
     --context positions (--decode-batches): median and p90 of --runs runs after --warmup; peak RSS;
     file size; parameter count; FLOPs/token = 2*(linear params incl. lm_head) + 4*L*H*d*T.
-    Writes bench_report.json into --out (default ONNX_DIR) and prints a table.
+    Writes bench_report.json into --out (default ONNX_DIR; an existing one only with --force) and prints a table.
     """
     from .gguf_bench import bench_gguf, find_gguf_file
 
@@ -259,7 +260,8 @@ def bench_cmd(onnx_dir, baseline, provider, threads, runs, warmup, prompt_length
             raise ConfigError("a GGUF file is benchmarked in llama.cpp on the CPU; --provider cuda applies to ONNX")
         rep = bench_gguf(onnx_dir, baseline, threads=threads, runs=runs, warmup=warmup,
                          prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"),
-                         decode_batches=_int_list(decode_batches, "--decode-batches"), context=context, out=out)
+                         decode_batches=_int_list(decode_batches, "--decode-batches"), context=context, out=out,
+                         force=force)
         click.echo(rep.table())
         for note in sorted(set(rep.model.notes + (rep.baseline.notes if rep.baseline else []))):
             click.echo(f"note: {note}", err=True)
@@ -270,7 +272,7 @@ def bench_cmd(onnx_dir, baseline, provider, threads, runs, warmup, prompt_length
     rep = bench(onnx_dir, baseline, provider=provider, threads=threads, runs=runs, warmup=warmup,
                 prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"),
                 decode_batches=_int_list(decode_batches, "--decode-batches"), context=context, out=out,
-                measure_memory=not no_memory)
+                measure_memory=not no_memory, force=force)
     click.echo(rep.table())
     for note in rep.model.notes + (rep.baseline.notes if rep.baseline else []):
         click.echo(f"note: {note}", err=True)

@@ -28,7 +28,7 @@ from compressor.flops import FLOPS_FORMULA
 from compressor.io import write_json
 
 from .bench_inputs import count_params, flops_per_token
-from .bench_report import BENCH_REPORT_FILE, BenchReport, ModelBench, compare
+from .bench_report import BENCH_REPORT_FILE, BenchReport, ModelBench, check_report_free, compare
 from .llamacpp import LlamaCpp, import_llamacpp
 
 
@@ -104,7 +104,7 @@ def _stats(times_ms: Sequence[float], tokens: int) -> dict[str, Any]:
 def bench_gguf(model_path: str | os.PathLike, baseline_path: str | os.PathLike | None = None, *,
                threads: int | None = None, runs: int = 5, warmup: int = 1, prompt_lengths: Sequence[int] = (128, 512),
                decode_batches: Sequence[int] = (1,), context: int = 128, decode_tokens: int = 16,
-               out: str | os.PathLike | None = None, write: bool = True) -> BenchReport:
+               out: str | os.PathLike | None = None, write: bool = True, force: bool = False) -> BenchReport:
     """Benchmark a GGUF export in llama.cpp, optionally against a baseline GGUF.
 
     Args:
@@ -117,12 +117,14 @@ def bench_gguf(model_path: str | os.PathLike, baseline_path: str | os.PathLike |
         context: prompt length before the decode tokens (default 128).
         decode_tokens: tokens generated per decode run (default 16).
         out: folder for ``bench_report.json`` (default: the model's folder); write: write it (default True).
+        force: replace an existing ``bench_report.json`` there (default False: refused before any timing).
 
     Returns:
         :class:`BenchReport` (``provider`` ``"llama.cpp-cpu"``).
 
     Raises:
-        ModelLoadError (no GGUF file), ConfigError, DependencyMissingError (no xllamacpp).
+        ModelLoadError (no GGUF file), ConfigError, DependencyMissingError (no xllamacpp), OutputExistsError
+        (``bench_report.json`` exists where it would be written and ``force`` is False).
 
     Example:
         >>> print(bench_gguf("pruned_gguf", "dense_gguf", runs=3).table())     # doctest: +SKIP
@@ -143,6 +145,8 @@ def bench_gguf(model_path: str | os.PathLike, baseline_path: str | os.PathLike |
             raise ModelLoadError(f"{str(p)!r} is not a .gguf file or a folder with one (model.gguf); export it with "
                                  f"`compress export MODEL --format gguf --out DIR`")
         paths.append(f)
+    if write:
+        check_report_free(Path(out) if out is not None else paths[0].parent, force)
     import_llamacpp("GGUF benchmarking")
     notes = [f"decode batch {b} not measured: llama.cpp is timed through one server slot (batch 1)"
              for b in decode_batches if int(b) != 1]

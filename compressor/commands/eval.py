@@ -81,9 +81,11 @@ def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int |
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--force", is_flag=True, help="Replace an existing report file.")
 def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, add_bos, out, wikitext2_file, ptb_file,
-             allow_pickle, trust_remote_code, quiet):
-    """Evaluate MODEL_DIR (HF folder, exported ONNX folder, .gguf file or built-in name); write eval_report.json.
+             allow_pickle, trust_remote_code, quiet, force):
+    """Evaluate MODEL_DIR (HF folder, exported ONNX folder, .gguf file or built-in name); write eval_report.json
+    (an existing report only with --force).
 
     \b
     Examples:
@@ -103,6 +105,10 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
     parent = out_path.absolute().parent
     if not parent.is_dir():
         raise ConfigError(f"--out folder {str(parent)!r} does not exist")
+    if out_path.exists() and not force:  # before minutes of evaluation
+        from ..errors import OutputExistsError
+
+        raise OutputExistsError(f"report {str(out_path)!r} exists; pass --force to replace it, or --out another file")
 
     def log(line: str) -> None:
         click.echo(line, err=True)

@@ -117,6 +117,10 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
     from compressor.job import prune_job
 
     cfg = config_from_cli(ctx, opts, separate=separate, config_file=config_file, recipe=recipe)
+    if quiet:
+        from compressor.quiet import no_progress_bars
+
+        no_progress_bars()
     progress = None if quiet else _Progress(cfg.steps)
     try:
         res = prune_job(model, out, cfg, data=data, text_field=text_field, eval_data=eval_data,

@@ -57,17 +57,40 @@ def require_lm_eval():
                    hint="perplexity tasks (wikitext2, ptb) run without it")
 
 
+def is_ort_model(model: Any) -> bool:
+    """True for an optimum ``ORTModelForCausalLM`` (an exported ONNX folder loaded for ONNX Runtime)."""
+    return any(c.__name__ == "ORTModelForCausalLM" and c.__module__.startswith("optimum.")
+               for c in type(model).__mro__)
+
+
+@functools.lru_cache(maxsize=1)
+def _ort_lm_class():
+    """``HFLM`` for an ``ORTModelForCausalLM``: the same requests, batching and scoring, one forward through ONNX
+    Runtime. HFLM calls a PyTorch model without an attention mask (all ones; its batches are right-padded, so
+    padding never precedes a scored token); the exported graph takes the mask as an input, so it gets all ones."""
+    from lm_eval.models.huggingface import HFLM
+
+    from .model import forward_logits
+
+    class ORTHFLM(HFLM):
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            return forward_logits(self.model, inps)
+
+    return ORTHFLM
+
+
 def make_lm(model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int | None = None):
-    """lm-eval's ``HFLM`` around an already-loaded Hugging Face causal LM.
+    """lm-eval's ``HFLM`` around an already-loaded causal LM.
 
     Args:
-        model: a ``transformers.PreTrainedModel`` (dense or pruned and merged), left on its device.
+        model: a ``transformers.PreTrainedModel`` (dense or pruned and merged), left on its device, or an
+            optimum ``ORTModelForCausalLM`` (an exported ONNX folder; scored through ONNX Runtime).
         tokenizer: its tokenizer.
         batch_size: sequences per forward pass (default 8).
         max_length: longest input in tokens; default ``min(2048, max_position_embeddings)``.
 
     Raises:
-        ConfigError: ``model`` is not a PyTorch ``PreTrainedModel`` (e.g. an ONNX Runtime model), or a bad
+        ConfigError: ``model`` is neither a PyTorch ``PreTrainedModel`` nor an ``ORTModelForCausalLM``, or a bad
             batch size.
         DependencyMissingError: lm-eval is not installed.
     """
@@ -77,19 +100,22 @@ def make_lm(model: Any, tokenizer: Any, *, batch_size: int = 8, max_length: int 
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size {batch_size!r} is not valid; use a positive integer")
-    if not isinstance(model, PreTrainedModel) or not isinstance(model, torch.nn.Module):
+    ort = is_ort_model(model)
+    if not ort and (not isinstance(model, PreTrainedModel) or not isinstance(model, torch.nn.Module)):
         raise ConfigError(
-            f"zero-shot and MMLU tasks run lm-eval's HFLM on a PyTorch Hugging Face model; got {type(model).__name__}. "
-            "For an exported ONNX folder, evaluate the model folder it was exported from (perplexity tasks do run on ONNX)"
+            "zero-shot and MMLU tasks run lm-eval's HFLM on a PyTorch Hugging Face model (PreTrainedModel) or an "
+            f"ONNX Runtime ORTModelForCausalLM (an exported ONNX folder); got {type(model).__name__}"
         )
     from lm_eval.models.huggingface import HFLM
 
     if max_length is None:
         mp = max_positions(model)
         max_length = min(2048, mp) if mp else 2048
-    model.eval()
+    if not ort:
+        model.eval()
+    cls = _ort_lm_class() if ort else HFLM
     with quiet_lm_eval():  # it warns that a model instance ignores the string-only options: expected here
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+        return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
 
 
 def loglikelihoods(model: Any, tokenizer: Any, requests: Sequence[tuple[str, str]], *, batch_size: int = 8,

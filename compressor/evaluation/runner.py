@@ -50,8 +50,8 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
     standard error (``<metric>_stderr``) and ``details[task]["n"]``, the number of items scored.
 
     Args:
-        model: a loaded causal LM (a ``PreTrainedModel``; an ``ORTModelForCausalLM`` for perplexity only), an
-            exported ONNX folder (perplexity only), or anything :func:`compressor.models.load_model` accepts
+        model: a loaded causal LM (a ``PreTrainedModel`` or an ``ORTModelForCausalLM``), an exported ONNX
+            folder (every task, scored through ONNX Runtime), or anything :func:`compressor.models.load_model` accepts
             (HF folder, ``.gguf`` file, built-in name) — then the tokenizer is loaded with it.
         tasks: task names or a comma-separated string: ``wikitext2``, ``ptb`` (perplexity, metric ``ppl``);
             ``piqa``, ``arc_easy``, ``arc_challenge``, ``boolq``, ``winogrande``, ``openbookqa``, ``hellaswag``
