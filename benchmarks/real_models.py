@@ -10,6 +10,10 @@ dense WikiText-2 perplexity on a few windows.
 → identical logits to the in-process merged model's → ``generate`` → ``python -m compressor.cli export OUT
 --format onnx`` (parity + stock ``ORTModelForCausalLM`` greedy) → perplexity after.
 
+``bench NAME RATIO``: ``python -m compressor.cli export NAME --format onnx`` (the dense model, once) and
+``python -m compressor.cli bench PRUNED-ONNX --baseline DENSE-ONNX`` on the chain's ONNX export: ONNX Runtime
+latency of pruned vs dense, alternating in one run (run it on an idle machine: nothing else may run).
+
 Every figure goes into ``benchmarks/results/real_models.json`` under ``NAME`` (merged with what is there).
 A tiny-budget chain proves the code path on the real architecture, nothing about quality.
 
@@ -17,6 +21,7 @@ Usage (one job at a time, on one core)::
 
     python benchmarks/real_models.py check gemma3-270m
     python benchmarks/real_models.py chain gemma3-270m 0.3 --steps 4
+    python benchmarks/real_models.py bench gemma3-270m 0.3 --threads 2 --runs 10
 """
 from __future__ import annotations
 
@@ -222,6 +227,37 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
     _update(name, f"chain_{int(ratio * 100)}", res)
 
 
+def export_dense(name: str, work: Path) -> tuple[Path, dict]:
+    """The dense built-in model exported to ONNX under ``work`` (validated); reused when already there."""
+    dense = work / f"{name}-dense-onnx"
+    if (dense / "model.onnx").is_file():
+        return dense, {"reused": str(dense)}
+    cmd = [sys.executable, "-m", "compressor.cli", "export", name, "--format", "onnx", "--out", str(dense), "--force"]
+    wall, rss, log = _run(cmd)
+    return dense, {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib_max_child": round(rss, 2),
+                   "log_tail": log[-800:]}
+
+
+def bench(name: str, ratio: float, work: Path, threads: int, runs: int) -> None:
+    pruned = work / f"{name}-{int(ratio * 100)}-onnx"
+    if not (pruned / "model.onnx").is_file():
+        raise SystemExit(f"{pruned} has no model.onnx: run `python benchmarks/real_models.py chain {name} {ratio}` first")
+    dense, dense_info = export_dense(name, work)
+    out = work / f"bench-{name}-{int(ratio * 100)}"
+    cmd = [sys.executable, "-m", "compressor.cli", "bench", str(pruned), "--baseline", str(dense), "--threads",
+           str(threads), "--runs", str(runs), "--out", str(out), "--force"]
+    wall, _, log = _run(cmd)
+    rep = json.loads((out / "bench_report.json").read_text())
+    res = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "dense_export": dense_info, "machine": machine(),
+           "git": git_rev(), "ratios": rep.get("ratios"), "settings": rep.get("settings"),
+           "model": {k: rep["model"].get(k) for k in ("latency", "flops_per_token", "params", "file_bytes", "peak_rss_mb")},
+           "baseline": {k: rep["baseline"].get(k) for k in ("latency", "flops_per_token", "params", "file_bytes",
+                                                            "peak_rss_mb")},
+           "table": log[-2500:]}
+    print(log[-2500:])
+    _update(name, f"bench_{int(ratio * 100)}", res)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -236,12 +272,20 @@ def main() -> None:
     ch.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lorapress-real")
     ch.add_argument("--windows", type=int, default=4)
     ch.add_argument("--seq-len", type=int, default=512)
+    b = sub.add_parser("bench")
+    b.add_argument("name")
+    b.add_argument("ratio", type=float)
+    b.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "lorapress-real")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--runs", type=int, default=10)
     a, extra = ap.parse_known_args()  # chain: unknown options (after --) go to compress prune
     if extra and a.cmd != "chain":
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     a.extra = [e for e in extra if e != "--"]
     if a.cmd == "check":
         check(a.name, a.windows, a.seq_len)
+    elif a.cmd == "bench":
+        bench(a.name, a.ratio, a.work, a.threads, a.runs)
     else:
         a.work.mkdir(parents=True, exist_ok=True)
         chain(a.name, a.ratio, a.steps, a.work, a.extra, a.windows, a.seq_len)
