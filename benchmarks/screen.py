@@ -7,7 +7,11 @@ merged model is evaluated; rows with per-layer widths (``widths=adaptive``, ``sk
 on the masked model, which computes what the sliced model would (``tests/test_prune_core.py``).
 
     python benchmarks/screen.py --ratio 0.5 --steps 60 --rows lora,taylor,activation
+    python benchmarks/screen.py --model qwen2.5-coder-0.5b --ratio 0.5 --steps 30 --rows default,paper
     python benchmarks/screen.py --list
+
+Rows name only what differs from ``PruneConfig``'s defaults (today's default recipe), except ``paper`` and
+``official``, which are ``compressor.config.RECIPES`` (``--recipe paper|official``) with this grid's budget.
 
 Results are appended row by row to ``benchmarks/results/<name>.json`` (a killed run keeps its rows).
 """
@@ -25,11 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, dense_hf_dir, git_rev, machine, write_result  # noqa: E402
 from plots import plot_screen  # noqa: E402
 
+from compressor.config import RECIPES  # noqa: E402
+
 OFFICIAL = dict(aggregate="official", prune_start=0.1, schedule="cubic", ema_start="zero", prune_until=0.9)
 KD = dict(distill=0.5, lr=5e-4)
 
 #: name -> PruneConfig fields that differ from the defaults of this grid
 ROWS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "paper": {k: v for k, v in RECIPES["paper"].items() if k not in ("steps", "prune_every")},
+    "official": {k: v for k, v in RECIPES["official"].items() if k not in ("steps", "prune_every")},
     "lora": dict(criterion="lora"),
     "taylor": dict(criterion="taylor"),
     "activation": dict(criterion="activation"),
@@ -70,7 +79,7 @@ def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dic
     import torch
 
     from compressor.config import PruneConfig
-    from compressor.evaluation.perplexity import perplexity
+    from compressor.evaluation.perplexity import default_add_bos, perplexity
     from compressor.loop import PruneLoop
     from compressor.models import load_model
     from compressor.pruning import as_blocks
@@ -97,7 +106,8 @@ def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dic
         model_eval.eval()
     with torch.no_grad():
         ppl = perplexity(model_eval.get_base_model() if hasattr(model_eval, "get_base_model") else model_eval,
-                         tok, text, seq_len=a.eval_seq_len, max_windows=a.eval_windows)
+                         tok, text, seq_len=a.eval_seq_len, max_windows=a.eval_windows,
+                         add_bos=default_add_bos(model_eval, tok))
     row = {"name": name, "fields": fields, "config": cfg.to_dict(), "wikitext2": ppl["ppl"],
            "windows": ppl["windows"], "sparsity": last.sparsity if last else None, "final_loss": last.loss if last else None,
            "final_lm_loss": last.lm_loss if last else None, "train_s": round(train_s, 1),
@@ -111,6 +121,7 @@ def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m", help="a built-in name (an HF copy is made once)")
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--rows", default="lora,taylor,activation")
     ap.add_argument("--steps", type=int, default=60)
@@ -128,20 +139,23 @@ def main() -> None:
             print(f"{k:28s} {v}")
         return
     from calibration.data import load_eval_text
-    from compressor.evaluation.perplexity import perplexity
+    from compressor.evaluation.perplexity import default_add_bos, perplexity
     from compressor.models import load_model
 
-    name = a.name or f"screen_{int(round(a.ratio * 100))}_{a.steps}"
+    stem = "" if a.model == "smollm2-135m" else f"{a.model}_"
+    name = a.name or f"screen_{stem}{int(round(a.ratio * 100))}_{a.steps}"
     path = RESULTS / f"{name}.json"
     doc = json.loads(path.read_text()) if path.is_file() else {"rows": []}
     doc.update({"ratio": a.ratio, "steps": a.steps, "prune_every": a.prune_every, "batch_size": a.batch_size,
                 "seq_len": a.seq_len, "eval": {"data": "wikitext2 test", "seq_len": a.eval_seq_len,
-                                               "windows": a.eval_windows}, "machine": machine(), "git": git_rev()})
-    dense = dense_hf_dir()
+                                               "windows": a.eval_windows}, "machine": machine(), "git": git_rev(),
+                "model": a.model})
+    dense = dense_hf_dir(a.model)
     text = load_eval_text("wikitext2")
     if "dense" not in doc:
         m, tok, _ = load_model(str(dense))
-        doc["dense"] = perplexity(m, tok, text, seq_len=a.eval_seq_len, max_windows=a.eval_windows)["ppl"]
+        doc["dense"] = perplexity(m, tok, text, seq_len=a.eval_seq_len, max_windows=a.eval_windows,
+                                  add_bos=default_add_bos(m, tok))["ppl"]
         del m
     print(f"dense WikiText-2: {doc['dense']:.2f}", flush=True)
     for r in a.rows.split(","):

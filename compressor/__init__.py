@@ -25,6 +25,7 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .quiet import drop_messages as _drop_messages
+from .quiet import install_mistral_regex_filter as _install_mistral_regex_filter
 
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional 4-bit kernel package is missing;
 # we never use 4-bit CPU kernels, so keep that line out of every command's output.
@@ -36,6 +37,10 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 # is dropped, every other warning of those loggers stays.
 for _name in ("transformers.models.llama.tokenization_llama_fast", "transformers.models.llama.tokenization_llama"):
     _drop_messages(_name, "You are using the default legacy behaviour")
+
+# transformers 4.57.3+ warns of a broken Mistral tokenizer regex on every saved folder with a >100k vocabulary
+# (every Qwen / Gemma output); dropped only where the folder's model type is not a Mistral one.
+_install_mistral_regex_filter()
 
 __all__ = [
     "PruneConfig", "PruneResult", "prune", "load_model", "discover_groups", "merge_and_slice", "evaluate", "perplexity", "EvalReport",

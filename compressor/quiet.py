@@ -55,3 +55,38 @@ def no_progress_bars() -> None:
         import datasets.utils
 
         datasets.utils.disable_progress_bars()
+
+
+#: the model types transformers 4.57.3–4.x means by its "incorrect regex pattern" warning (the Mistral tokenizers)
+MISTRAL_TYPES = frozenset({"mistral", "mistral3", "voxtral", "ministral", "pixtral"})
+_REGEX_WARNING = "The tokenizer you are loading from '"
+_REGEX_MARK = "with an incorrect regex pattern"
+
+
+class MistralRegexFalseAlarm(logging.Filter):
+    """transformers 4.57.3+ warns of a broken *Mistral* pre-tokenizer regex on every local folder with a
+    vocabulary over 100k whose ``config.json`` was written by 4.57.3–4.x, whatever the model type (so every
+    Qwen or Gemma folder saved today). Drops that warning only when the folder's ``config.json`` names a
+    model type that is not one of the Mistral family; for a Mistral folder, or one whose type cannot be read,
+    the warning stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        if record.levelno >= logging.ERROR or not (msg.startswith(_REGEX_WARNING) and _REGEX_MARK in msg):
+            return True
+        folder = msg[len(_REGEX_WARNING):].split("'", 1)[0]
+        import json
+        from pathlib import Path
+
+        try:
+            model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            return True
+        return not isinstance(model_type, str) or model_type in MISTRAL_TYPES
+
+
+def install_mistral_regex_filter() -> None:
+    """Install :class:`MistralRegexFalseAlarm` once on transformers' tokenizer logger."""
+    log = logging.getLogger("transformers.tokenization_utils_base")
+    if not any(isinstance(f, MistralRegexFalseAlarm) for f in log.filters):
+        log.addFilter(MistralRegexFalseAlarm())

@@ -41,3 +41,52 @@ def test_quiet_onnx_export_scope():
             assert any(isinstance(f, logging.Filter) for f in log.filters)
     assert [str(w.message) for w in seen] == ["another warning"]
     assert not log.filters  # removed on exit
+
+
+def _regex_warning(folder) -> str:
+    return (f"The tokenizer you are loading from '{folder}' with an incorrect regex pattern: https://huggingface.co/"
+            "mistralai/... This will lead to incorrect tokenization. You should set the `fix_mistral_regex=True` flag")
+
+
+def test_mistral_regex_false_alarm_dropped_only_for_non_mistral_folders(tmp_path, caplog):
+    import json
+
+    import compressor  # noqa: F401  (installs the filter)
+
+    folders = {}
+    for mt in ("qwen2", "mistral", None):
+        d = tmp_path / str(mt)
+        d.mkdir()
+        if mt is not None:
+            (d / "config.json").write_text(json.dumps({"model_type": mt}))
+        folders[mt] = d
+    log = logging.getLogger("transformers.tokenization_utils_base")
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        for d in folders.values():
+            log.warning(_regex_warning(d))
+        log.warning("another tokenizer warning")
+    kept = [r.getMessage() for r in caplog.records]
+    assert kept == [_regex_warning(folders["mistral"]), _regex_warning(folders[None]), "another tokenizer warning"]
+
+
+def test_saved_qwen_sized_tokenizer_reloads_without_the_regex_warning(tmp_path, caplog):
+    """A real round trip: a >100k-vocabulary byte-level tokenizer saved with a qwen2 config.json."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    import compressor  # noqa: F401
+
+    vocab = {f"t{i}": i for i in range(100_100)}
+    vocab["<unk>"] = len(vocab)
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>").save_pretrained(tmp_path)
+    import transformers
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2",
+                                                      "transformers_version": transformers.__version__}))
+    with caplog.at_level(logging.WARNING, logger="transformers.tokenization_utils_base"):
+        AutoTokenizer.from_pretrained(str(tmp_path))
+    assert not [r for r in caplog.records if "incorrect regex" in r.getMessage()]
