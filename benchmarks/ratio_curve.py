@@ -20,7 +20,7 @@ from plots import RESULTS, _plt, _save  # noqa: E402
 #: series -> {ratio: eval report (20 windows)}; a missing file is skipped and listed as not measured
 SERIES_20 = {
     "default (activation, compensate, distill 0.5, 150 steps)": {
-        0.2: "eval-smollm2-20-v2.json", 0.3: "eval-smollm2-30-v2.json", 0.5: "eval-smollm2-50-v2.json"},
+        0.2: "eval-smollm2-20-v2.json", 0.3: "eval-smollm2-30-default.json", 0.5: "eval-smollm2-50-v2.json"},
 }
 #: the 8-window protocol (first 8 x 2048 tokens, dense 19.13): summary file of earlier rounds
 EIGHT = "eval-smollm2-v2-8windows.json"

@@ -51,6 +51,14 @@ def no_progress_bars() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    # transformers' GGUF de-quantization bar is a bare tqdm that ignores disable_progress_bar()
+    with contextlib.suppress(ImportError, AttributeError):
+        import functools
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        if not isinstance(gguf_utils.tqdm, functools.partial):
+            gguf_utils.tqdm = functools.partial(gguf_utils.tqdm, disable=True)
     with contextlib.suppress(ImportError, AttributeError):
         import datasets.utils
 

@@ -90,3 +90,14 @@ def test_saved_qwen_sized_tokenizer_reloads_without_the_regex_warning(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="transformers.tokenization_utils_base"):
         AutoTokenizer.from_pretrained(str(tmp_path))
     assert not [r for r in caplog.records if "incorrect regex" in r.getMessage()]
+
+
+def test_no_progress_bars_silences_the_gguf_dequantization_bar(capsys):
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from compressor.quiet import no_progress_bars
+
+    no_progress_bars()
+    no_progress_bars()  # idempotent
+    list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+    assert "Converting" not in capsys.readouterr().err
