@@ -39,6 +39,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "default": {},
     "paper": {k: v for k, v in RECIPES["paper"].items() if k not in ("steps", "prune_every")},
     "official": {k: v for k, v in RECIPES["official"].items() if k not in ("steps", "prune_every")},
+    # the paper recipe with only the criterion changed to the default's (separates criterion from recovery)
+    "paper-activation": {**{k: v for k, v in RECIPES["paper"].items() if k not in ("steps", "prune_every")},
+                         "criterion": "activation"},
     "lora": dict(criterion="lora"),
     "taylor": dict(criterion="taylor"),
     "activation": dict(criterion="activation"),
