@@ -27,11 +27,12 @@ PROBE = "The capital of France is"
 def test_builtin_loads_and_tokenizes_as_llama_cpp(name):
     from compressor.models import load_model
 
+    from compressor.sizes import model_sizes
+
     model, tok, source = load_model(name)
     mt, heads, kv, hd, inter = MODELS[name]
-    c = model.config
-    assert (c.model_type, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size) == \
-        (mt, heads, kv, hd, inter)
+    z = model_sizes(model.config)  # Qwen2Config has no head_dim attribute: hidden // heads
+    assert (model.config.model_type, z.heads, z.kv_heads, z.head_dim, z.intermediate) == (mt, heads, kv, hd, inter)
     ids = tok(PROBE, add_special_tokens=False)["input_ids"]
     assert len(ids) == 5  # 'The', ' capital', ' of', ' France', ' is' (Gemma's GGUF tokenizer gave 10 before the fix)
     pytest.importorskip("xllamacpp")
