@@ -26,7 +26,6 @@ PROBE = "The capital of France is"
 @pytest.mark.parametrize("name", list(MODELS))
 def test_builtin_loads_and_tokenizes_as_llama_cpp(name):
     from compressor.models import load_model
-
     from compressor.sizes import model_sizes
 
     model, tok, source = load_model(name)
