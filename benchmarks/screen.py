@@ -42,6 +42,8 @@ ROWS: dict[str, dict[str, Any]] = {
     # the paper recipe with only the criterion changed to the default's (separates criterion from recovery)
     "paper-activation": {**{k: v for k, v in RECIPES["paper"].items() if k not in ("steps", "prune_every")},
                          "criterion": "activation"},
+    "paper-activation-comp": {**{k: v for k, v in RECIPES["paper"].items() if k not in ("steps", "prune_every")},
+                              "criterion": "activation", "compensate": True},
     "lora": dict(criterion="lora"),
     "taylor": dict(criterion="taylor"),
     "activation": dict(criterion="activation"),
