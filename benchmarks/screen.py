@@ -10,8 +10,9 @@ on the masked model, which computes what the sliced model would (``tests/test_pr
     python benchmarks/screen.py --model qwen2.5-coder-0.5b --ratio 0.5 --steps 30 --rows default,paper
     python benchmarks/screen.py --list
 
-Rows name only what differs from ``PruneConfig``'s defaults (today's default recipe), except ``paper`` and
-``official``, which are ``compressor.config.RECIPES`` (``--recipe paper|official``) with this grid's budget.
+Rows name only what differs from ``PruneConfig``'s defaults (today's default recipe), except the rows built by
+``_recipe`` (``paper``, ``official``, ``paper-activation*``): ``compressor.config.RECIPES`` (``--recipe
+paper|official``) with this grid's budget, plus their own changes.
 
 Results are appended row by row to ``benchmarks/results/<name>.json`` (a killed run keeps its rows).
 """
@@ -34,16 +35,21 @@ from compressor.config import RECIPES  # noqa: E402
 OFFICIAL = dict(aggregate="official", prune_start=0.1, schedule="cubic", ema_start="zero", prune_until=0.9)
 KD = dict(distill=0.5, lr=5e-4)
 
+
+
+def _recipe(name: str, **changes: Any) -> dict[str, Any]:
+    """A ``--recipe`` set of fields without its budget (steps, prune_every: the grid sets those), plus ``changes``."""
+    return {**{k: v for k, v in RECIPES[name].items() if k not in ("steps", "prune_every")}, **changes}
+
+
 #: name -> PruneConfig fields that differ from the defaults of this grid
 ROWS: dict[str, dict[str, Any]] = {
     "default": {},
-    "paper": {k: v for k, v in RECIPES["paper"].items() if k not in ("steps", "prune_every")},
-    "official": {k: v for k, v in RECIPES["official"].items() if k not in ("steps", "prune_every")},
+    "paper": _recipe("paper"),
+    "official": _recipe("official"),
     # the paper recipe with only the criterion changed to the default's (separates criterion from recovery)
-    "paper-activation": {**{k: v for k, v in RECIPES["paper"].items() if k not in ("steps", "prune_every")},
-                         "criterion": "activation"},
-    "paper-activation-comp": {**{k: v for k, v in RECIPES["paper"].items() if k not in ("steps", "prune_every")},
-                              "criterion": "activation", "compensate": True},
+    "paper-activation": _recipe("paper", criterion="activation"),
+    "paper-activation-comp": _recipe("paper", criterion="activation", compensate=True),
     "lora": dict(criterion="lora"),
     "taylor": dict(criterion="taylor"),
     "activation": dict(criterion="activation"),

@@ -6,9 +6,11 @@ the same logger still shows.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 
 class DropMessages(logging.Filter):
@@ -71,21 +73,21 @@ _REGEX_WARNING = "The tokenizer you are loading from '"
 _REGEX_MARK = "with an incorrect regex pattern"
 
 
-class MistralRegexFalseAlarm(logging.Filter):
+class MistralRegexFalseAlarm(DropMessages):
     """transformers 4.57.3+ warns of a broken *Mistral* pre-tokenizer regex on every local folder with a
     vocabulary over 100k whose ``config.json`` was written by 4.57.3–4.x, whatever the model type (so every
     Qwen or Gemma folder saved today). Drops that warning only when the folder's ``config.json`` names a
     model type that is not one of the Mistral family; for a Mistral folder, or one whose type cannot be read,
     the warning stays."""
 
+    def __init__(self) -> None:
+        super().__init__(_REGEX_WARNING)
+
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
-        if record.levelno >= logging.ERROR or not (msg.startswith(_REGEX_WARNING) and _REGEX_MARK in msg):
+        if super().filter(record) or _REGEX_MARK not in msg:  # an error, or another message
             return True
         folder = msg[len(_REGEX_WARNING):].split("'", 1)[0]
-        import json
-        from pathlib import Path
-
         try:
             model_type = json.loads((Path(folder) / "config.json").read_text()).get("model_type")
         except (OSError, ValueError, AttributeError):
