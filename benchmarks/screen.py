@@ -50,6 +50,9 @@ ROWS: dict[str, dict[str, Any]] = {
     # the paper recipe with only the criterion changed to the default's (separates criterion from recovery)
     "paper-activation": _recipe("paper", criterion="activation"),
     "paper-activation-comp": _recipe("paper", criterion="activation", compensate=True),
+    "paper-activation-kd": _recipe("paper", criterion="activation", distill=0.5),
+    "paper-activation-lr5e-4": _recipe("paper", criterion="activation", lr=5e-4),
+    "default-nocomp": dict(compensate=False),
     "lora": dict(criterion="lora"),
     "taylor": dict(criterion="taylor"),
     "activation": dict(criterion="activation"),

@@ -7,8 +7,10 @@ input columns. Over calibration inputs ``x`` the best linear stand-in from the c
 
 (the removed inputs regressed on the kept ones; the same closed form as OBS / SlimGPT for a structured
 removal). :class:`Compensator` accumulates ``G`` per layer from the inputs of ``o_proj`` and ``down_proj``
-while the model is still dense (the training steps before the first mask update), and at every mask
-update folds the correction for the newly removed groups into the frozen base weight ``W0`` of the kept
+while the model is still dense (the training steps before the first mask update, topped up by forward
+passes over further calibration sequences to ``compensate_tokens``: with fewer tokens than inputs the
+regression is under-determined and its stand-in fits the calibration batches, not the text), and at every
+mask update folds the correction for the newly removed groups into the frozen base weight ``W0`` of the kept
 columns (``W = W0 + BA`` is what is regressed; only ``W0`` changes, LoRA keeps training). The masked model,
 the sliced model and the merged model still compute the same function.
 
@@ -29,6 +31,13 @@ from .groups import ModelGroups, decoder_layers, projection
 KINDS = (("channels", "down_proj"), ("heads", "o_proj"))
 
 
+def _in_backward() -> bool:
+    """Whether autograd is running a backward pass (gradient checkpointing re-runs forwards there: those
+    inputs were already counted)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() >= 0
+
+
 class Compensator:
     """Second moments of the inputs of ``o_proj`` / ``down_proj``, and the least-squares fold-in."""
 
@@ -37,6 +46,8 @@ class Compensator:
         self.model = model
         self.collecting = True
         self.forced = False  # collect in no-grad passes too (see collect_from)
+        #: tokens behind the statistics so far (every projection sees the same tokens)
+        self.tokens = 0
         self.gram: list[dict[str, torch.Tensor | None]] = [{"channels": None, "heads": None} for _ in groups.layers]
         self._handles: list = []
         for i, layer in enumerate(decoder_layers(model)):
@@ -46,9 +57,11 @@ class Compensator:
     def _hook(self, i: int, kind: str):
         def pre_hook(module, args):
             # training forward passes only (the teacher and evaluation run without gradients)
-            if not self.collecting or not (torch.is_grad_enabled() or self.forced):
+            if not self.collecting or not (torch.is_grad_enabled() or self.forced) or _in_backward():
                 return None
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            if i == 0 and kind == KINDS[0][0]:
+                self.tokens += x.shape[0]
             g = x.t() @ x
             cur = self.gram[i][kind]
             self.gram[i][kind] = g if cur is None else cur.add_(g)
@@ -67,6 +80,10 @@ class Compensator:
         finally:
             self.forced = False
 
+    def widest_input(self) -> int:
+        """The largest input width of a compensated projection (``intermediate_size`` or ``heads·head_dim``)."""
+        return max(max(lg.intermediate_size, lg.num_heads * lg.head_dim) for lg in self.groups.layers)
+
     def stop_collecting(self, accelerator: Any = None) -> None:
         """End collection; data-parallel runs average the statistics over ranks so every rank folds the same
         correction."""
@@ -84,6 +101,7 @@ class Compensator:
         self._handles = []
         self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]
         self.collecting = False
+        self.tokens = 0
 
     @torch.no_grad()
     def fold(self, old: list[tuple[torch.Tensor, torch.Tensor]], new: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
@@ -121,11 +139,12 @@ class Compensator:
 
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"collecting": self.collecting,
+        return {"collecting": self.collecting, "tokens": self.tokens,
                 "gram": [{k: v for k, v in g.items() if v is not None} for g in self.gram]}
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self.collecting = sd["collecting"]
+        self.tokens = int(sd.get("tokens", 0))
         self.gram = [{"channels": g.get("channels"), "heads": g.get("heads")} for g in sd["gram"]]
         if len(self.gram) != self.groups.num_layers:
             self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]

@@ -80,6 +80,8 @@ class PruneConfig:
             0.5 is the default (measured better at 50 %, README); 0 is the paper's plain language-modelling loss.
         compensate: fold a least-squares stand-in for removed groups into the kept columns of ``W0`` at every
             mask update (:mod:`compressor.compensation`; default True, measured better).
+        compensate_tokens: calibration tokens behind the least-squares statistics (None: 4 × the widest
+            compensated input; fewer tokens than inputs leave the regression under-determined).
         loss_chunk_tokens: compute the LM head and the loss this many positions at a time (same loss and
             gradients, without the full ``[batch, seq, vocab]`` logits in memory); 0 uses the stock
             ``model(input_ids, labels=...)`` loss. Data-parallel runs always use the stock loss.
@@ -122,6 +124,10 @@ class PruneConfig:
     compensate: bool = _opt(True, "At every mask update, fold the least-squares stand-in for the removed "
                                    "heads/channels (regressed on the kept ones over the dense model's calibration "
                                    "inputs) into the kept columns of o_proj/down_proj's W0.")
+    compensate_tokens: int | None = _opt(None, "Calibration tokens behind compensation's input statistics (default: "
+                                               "4 x the widest compensated input, e.g. 4 x intermediate_size). The "
+                                               "training steps before the first mask update count; the rest are "
+                                               "forward passes over further calibration sequences.")
     lora_r: int = _opt(8, "LoRA rank.")
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
@@ -222,6 +228,8 @@ class PruneConfig:
             raise bad("seq_len", "need at least 2 tokens")
         if self.max_blocks is not None and self.max_blocks < 1:
             raise bad("max_blocks", "need at least 1 (or None for all)")
+        if self.compensate_tokens is not None and self.compensate_tokens < 1:
+            raise bad("compensate_tokens", "need at least 1 token (or None for 4 x the widest compensated input)")
         if self.channel_multiple < 1:
             raise bad("channel_multiple", "need at least 1")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps and self.steps > 1 and self.warmup_steps:

@@ -295,6 +295,7 @@ class PruneLoop:
             if self.comp is not None and config.teacher == "dense" and (config.distill > 0 or config.distill_hidden > 0)
             else None)
         self.data = DataOrder(blocks, config.seed)
+        self.step_count, self.pos = 0, 0
         self.per_step = config.batch_size * config.grad_accum * self.world
         if plan is not None:
             self._apply_plan(plan)
@@ -306,7 +307,6 @@ class PruneLoop:
             self.train_model, self.opt = acc.prepare(self.pm, self.opt)
         self.run_id = run_id(config, model_id, blocks)
         self.gen = torch.Generator().manual_seed(config.seed + 17)
-        self.step_count, self.pos = 0, 0
         self.history: list[dict[str, Any]] = []
         self.schedule_log: list[dict[str, Any]] = []
         # LM head + loss in chunks (same value and gradients, far less memory); data-parallel runs keep the
@@ -405,6 +405,8 @@ class PruneLoop:
         k = self.events.index(step) + 1
         heads, chans = self.widths.at(k, len(self.events), self.ema.value, self.masks)
         old = [(m.heads.clone(), m.channels.clone()) for m in self.masks.layers]
+        if self.comp is not None and self.comp.collecting:
+            self._top_up_compensation()  # before the first masks: the statistics are the dense model's
         mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
         if self.comp is not None:
             self.comp.stop_collecting(self.acc)  # statistics of the dense model only
@@ -419,6 +421,34 @@ class PruneLoop:
         self.schedule_log.append(entry)
         return True
 
+    def compensation_target(self) -> int:
+        """Tokens compensation's statistics should rest on (``compensate_tokens``, default 4 × the widest
+        compensated input)."""
+        if self.cfg.compensate_tokens is not None:
+            return int(self.cfg.compensate_tokens)
+        return 4 * self.comp.widest_input() if self.comp is not None else 0
+
+    @torch.no_grad()
+    def _top_up_compensation(self, minimum: int = 0) -> None:
+        """Forward passes (no gradients, masks and LoRA as they are, masks bypassed) over the calibration
+        sequences that follow this rank's position in the data order, until the statistics rest on
+        :meth:`compensation_target` tokens (and at least ``minimum`` sequences were seen)."""
+        assert self.comp is not None
+        cfg, L = self.cfg, int(self.data.blocks.shape[1])
+        need_tokens = max(0, self.compensation_target() - self.comp.tokens)
+        n = max(-(-need_tokens // L), minimum - self.comp.tokens // L)
+        if n <= 0:
+            return
+        was_training = self.pm.training
+        self.pm.eval()
+        start = self.pos + self.rank * n
+        try:
+            with self.masks.bypassed():
+                self.comp.collect_from(self.pm, [self.data.take(start + i, min(cfg.batch_size, n - i)).to(self.device)
+                                                 for i in range(0, n, cfg.batch_size)])
+        finally:
+            self.pm.train(was_training)
+
     def _apply_plan(self, plan: dict[str, Any]) -> None:
         scores = [LayerScores(h.double(), c.double()) for h, c in zip(plan["heads"], plan["channels"])]
         if len(scores) != self.groups.num_layers or any(
@@ -430,10 +460,7 @@ class PruneLoop:
         old = [(m.heads.clone(), m.channels.clone()) for m in self.masks.layers]
         mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
         if self.comp is not None:  # statistics from forward passes over the first batches, then the fold
-            n = self.cfg.prune_every
-            with self.masks.bypassed():
-                self.comp.collect_from(self.pm, [self.data.take(i * self.cfg.batch_size, self.cfg.batch_size).to(self.device)
-                                                 for i in range(n)])
+            self._top_up_compensation(minimum=self.cfg.prune_every * self.cfg.batch_size)
             self.comp.stop_collecting(self.acc)
             self.comp.fold(old, [(m.heads, m.channels) for m in self.masks.layers])
             self.comp.release()

@@ -458,6 +458,30 @@ def test_distillation_teacher_dense_or_compensated():
         _cfg(teacher="student")
 
 
+def test_compensation_statistics_rest_on_enough_tokens():
+    """Fewer calibration tokens than inputs leave the least-squares fit under-determined: before the first mask
+    update the statistics are topped up to compensate_tokens (default 4 x the widest input) by forward passes."""
+    loop = _loop(compensate=True, steps=8, prune_every=2, criterion="activation")
+    assert loop.comp is not None
+    lg = loop.groups.layers[0]
+    assert loop.compensation_target() == 4 * max(lg.intermediate_size, lg.num_heads * lg.head_dim)
+    trained = 2 * loop.cfg.batch_size * loop.cfg.seq_len  # the tokens of the two steps before the first update
+    assert loop.compensation_target() > trained
+    loop.step()
+    assert loop.comp.collecting and loop.comp.tokens == loop.cfg.batch_size * loop.cfg.seq_len
+    loop.step()  # first mask update
+    assert not loop.comp.collecting
+    assert loop.compensation_target() <= loop.comp.tokens < loop.compensation_target() + loop.cfg.seq_len
+    assert loop.pos == 2 * loop.per_step, "the extra passes do not move the training data order"
+
+    few = _loop(compensate=True, steps=8, prune_every=2, criterion="activation", compensate_tokens=10)
+    few.step()
+    few.step()
+    assert few.comp is not None and few.comp.tokens == trained, "enough tokens already: no extra passes"
+    with pytest.raises(ConfigError, match="compensate_tokens=0"):
+        _cfg(compensate_tokens=0)
+
+
 def test_compensation_resumes_bit_exactly():
     a = _loop(compensate=True, steps=10, prune_every=2, criterion="activation")
     for _ in range(3):
