@@ -36,7 +36,6 @@ OFFICIAL = dict(aggregate="official", prune_start=0.1, schedule="cubic", ema_sta
 KD = dict(distill=0.5, lr=5e-4)
 
 
-
 def _recipe(name: str, **changes: Any) -> dict[str, Any]:
     """A ``--recipe`` set of fields without its budget (steps, prune_every: the grid sets those), plus ``changes``."""
     return {**{k: v for k, v in RECIPES[name].items() if k not in ("steps", "prune_every")}, **changes}
