@@ -9,6 +9,9 @@ Molchanov et al. 2019): ``Σ_b (Σₜ Σⱼ x_btj g_btj)²``.
 
 Only activations and their gradients are read: no weight gradient, no LoRA factors, no weight-sized memory.
 The hooks run after the masking hooks, so masked groups score 0.
+
+With per-layer transforms set (:meth:`ActivationScorer.set_transforms`, criterion ``residual``) the score
+reads ``x @ M`` in place of ``x``: the part of each group's input that compensation cannot replace.
 """
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ class ActivationScorer:
         self.groups = groups
         self._handles: list = []
         self._acc: list[dict[str, torch.Tensor | None]] = [{"heads": None, "channels": None} for _ in groups.layers]
+        #: per layer and kind, ``M`` with the scored input ``x @ M`` (None: ``x`` itself)
+        self.transforms: list[dict[str, torch.Tensor | None]] = [{"heads": None, "channels": None}
+                                                                 for _ in groups.layers]
         for i, (layer, lg) in enumerate(zip(decoder_layers(model), groups.layers)):
             self._handles.append(projection(layer, "o_proj").register_forward_pre_hook(self._hook(i, "heads", lg.head_dim)))
             self._handles.append(projection(layer, "down_proj").register_forward_pre_hook(self._hook(i, "channels", 1)))
@@ -39,7 +45,9 @@ class ActivationScorer:
 
             def grad_hook(g):
                 with torch.no_grad():
-                    prod = (xd.float() * g.float()).sum(dim=-2)  # [batch, features]: sum over positions
+                    m = self.transforms[i][kind]
+                    xs = xd.float() if m is None else xd.float() @ m.to(xd.device)
+                    prod = (xs * g.float()).sum(dim=-2)  # [batch, features]: sum over positions
                     if width > 1:
                         prod = prod.view(prod.shape[0], -1, width).sum(-1)  # [batch, heads]
                     val = prod.double().pow(2).sum(0)
@@ -51,6 +59,10 @@ class ActivationScorer:
             return None
 
         return pre_hook
+
+    def set_transforms(self, transforms: list[dict[str, torch.Tensor | None]]) -> None:
+        """Score ``x @ M`` instead of ``x`` (per layer, ``{"heads": M, "channels": M}``; None: ``x``)."""
+        self.transforms = transforms
 
     def collect(self) -> list[LayerScores]:
         out = []
@@ -68,3 +80,4 @@ class ActivationScorer:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self.transforms = [{"heads": None, "channels": None} for _ in self.groups.layers]

@@ -137,6 +137,26 @@ class Compensator:
                 changed += 1
         return changed
 
+    @torch.no_grad()
+    def residual_transforms(self, kept: list[tuple[torch.Tensor, torch.Tensor]]) -> list[dict[str, torch.Tensor | None]]:
+        """Per layer, the transforms of criterion ``residual`` (:func:`compressor.criteria.residual.residual_transform`)
+        for the kept ``(heads, channels)`` masks, from these statistics."""
+        from .criteria.residual import residual_transform
+
+        out: list[dict[str, torch.Tensor | None]] = []
+        for i, lg in enumerate(self.groups.layers):
+            d: dict[str, torch.Tensor | None] = {}
+            for kind, _ in KINDS:
+                g = self.gram[i][kind]
+                if g is None:
+                    d[kind] = None
+                    continue
+                k, width = (kept[i][1], 1) if kind == "channels" else (kept[i][0].repeat_interleave(lg.head_dim),
+                                                                          lg.head_dim)
+                d[kind] = residual_transform(g, k, width, self.damp)
+            out.append(d)
+        return out
+
     # ---- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"collecting": self.collecting, "tokens": self.tokens,

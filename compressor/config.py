@@ -94,7 +94,8 @@ class PruneConfig:
                             "after rounding to whole heads/channels is reported.")
     criterion: str = _opt("activation", "Importance criterion: lora (LoRAPrune Eq. 10), taylor (Eq. 3, needs W's gradient), "
                                   "activation (first-order effect of removing a head/channel, from the input gradient "
-                                  "of o_proj/down_proj; no W gradient), magnitude or random.")
+                                  "of o_proj/down_proj; no W gradient), residual (the same effect after compensation: "
+                                  "scores what compensation cannot replace; needs compensate), magnitude or random.")
     steps: int = _opt(150, "Optimizer steps of the LoRA fine-tune (150 with the other defaults: about 23 minutes "
                            "for SmolLM2-135M on 2 CPU cores, measured).")
     prune_every: int = _opt(10, "Steps between mask updates.")
@@ -202,6 +203,9 @@ class PruneConfig:
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise bad("max_grad_norm", "must be >= 0 (0: no clipping)")
         parse_skip_layers(self.skip_layers, None)
+        if self.criterion == "residual" and not self.compensate:
+            raise ConfigError("criterion='residual' scores what compensation cannot replace and needs compensate=True; "
+                              "drop --no-compensate, or use criterion 'activation'")
         if self.compensate and self.base_bits:
             raise ConfigError("compensate=True (the default) changes W0 and needs float base weights; it cannot run "
                               "with base_bits=8: add --no-compensate (compensate=False)")

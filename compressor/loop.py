@@ -294,6 +294,8 @@ class PruneLoop:
             {k: w.detach().clone() for k, w in self._base.items()}
             if self.comp is not None and config.teacher == "dense" and (config.distill > 0 or config.distill_hidden > 0)
             else None)
+        #: criterion ``residual``: the scorer's transforms must be (re)built from compensation's statistics
+        self._residual_stale = config.criterion == "residual" and self.scorer is not None
         self.data = DataOrder(blocks, config.seed)
         self.step_count, self.pos = 0, 0
         self.per_step = config.batch_size * config.grad_accum * self.world
@@ -340,6 +342,8 @@ class PruneLoop:
         cfg = self.cfg
         t0 = time.time()
         batch_all = self.next_batch() if batch is None else batch
+        if self._residual_stale and self.scoring:
+            self._prepare_residual()
         mine = batch_all[self.rank::self.world]
         total_loss = lm_loss = 0.0
         for m in range(cfg.grad_accum):
@@ -413,6 +417,7 @@ class PruneLoop:
             self.comp.fold(old, [(m.heads, m.channels) for m in self.masks.layers])
             if step == self.last_event:
                 self.comp.release()
+        self._residual_stale = self.cfg.criterion == "residual" and self.scorer is not None
         entry: dict[str, Any] = {"step": step, "heads_per_kv": heads[self.widths.pruned[0]],
                                  "intermediate": chans[self.widths.pruned[0]],
                                  "sparsity": round(sparsity(self.groups, self.masks), 6)}
@@ -420,6 +425,16 @@ class PruneLoop:
             entry["heads_per_kv"], entry["intermediate"] = heads, [int(m.channels.sum()) for m in self.masks.layers]
         self.schedule_log.append(entry)
         return True
+
+    def _prepare_residual(self) -> None:
+        """Criterion ``residual``: complete compensation's statistics now (they are the dense model's, so this
+        is before any mask) and give the scorer each kept group's residual transform for the current masks."""
+        assert self.comp is not None and self.scorer is not None
+        if self.comp.collecting:
+            self._top_up_compensation()
+            self.comp.stop_collecting(self.acc)
+        self.scorer.set_transforms(self.comp.residual_transforms([(m.heads, m.channels) for m in self.masks.layers]))
+        self._residual_stale = False
 
     def compensation_target(self) -> int:
         """Tokens compensation's statistics should rest on (``compensate_tokens``, default 4 × the widest
@@ -498,6 +513,7 @@ class PruneLoop:
             with torch.no_grad():
                 for k, w in self._base.items():
                     w.copy_(st["base"][k])
+        self._residual_stale = self.cfg.criterion == "residual" and self.scorer is not None
 
     # ---- results -------------------------------------------------------------------------------
     @property

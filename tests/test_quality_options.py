@@ -529,3 +529,90 @@ def test_recipes_are_valid_configs():
 def test_config_without_ratio_names_it():
     with pytest.raises(ConfigError, match="ratio is required"):
         PruneConfig()
+
+
+# ---- residual criterion (activation effect after compensation) --------------------------------
+def test_residual_transform_is_the_least_squares_residual_of_each_group():
+    from compressor.criteria.residual import residual_transform
+
+    torch.manual_seed(0)
+    x = torch.randn(4000, 12, dtype=torch.double) @ torch.randn(12, 12, dtype=torch.double)
+    g = x.t() @ x
+    for width, kept_idx in ((1, [0, 1, 2, 3, 6, 7, 8, 9, 10, 11]), (3, [0, 1, 2, 6, 7, 8, 9, 10, 11])):
+        kept = torch.zeros(12, dtype=torch.bool)
+        kept[kept_idx] = True
+        r = x.float() @ residual_transform(g, kept, width, damp=1e-12)
+        assert torch.equal(r[:, ~kept], torch.zeros_like(r[:, ~kept])), "inputs not kept score nothing"
+        for start in range(0, 12, width):
+            grp = list(range(start, start + width))
+            if not kept[grp].all():
+                continue
+            others = [i for i in kept_idx if i not in grp]
+            beta = torch.linalg.lstsq(x[:, others], x[:, grp]).solution
+            ref = x[:, grp] - x[:, others] @ beta
+            assert torch.allclose(r[:, grp].double(), ref, atol=1e-3 * float(ref.abs().max()))
+
+
+def test_residual_scores_equal_first_order_effect_of_a_compensated_removal():
+    loop = _loop("llama-gqa", criterion="residual", compensate=True, distill=0.0)
+    batch = loop.next_batch()
+    loop._prepare_residual()
+    assert loop.comp is not None and not loop.comp.collecting, "statistics complete before the first score"
+    assert loop.comp.tokens >= loop.compensation_target()
+    from compressor.adapters import unwrap
+
+    lm = unwrap(loop.pm)
+    i = 1
+    layer, lg = decoder_layers(loop.pm)[i], loop.groups.layers[i]
+    mc, mh = loop.scorer.transforms[i]["channels"], loop.scorer.transforms[i]["heads"]
+    ref_c = torch.zeros(lg.intermediate_size, dtype=torch.double)
+    ref_h = torch.zeros(lg.num_heads, dtype=torch.double)
+    for b in range(batch.shape[0]):
+        # x -> x - eps * r: d loss / d eps at 0 is minus the first-order effect of replacing the group by its
+        # least-squares stand-in (what compensation leaves of it)
+        ec = torch.zeros(lg.intermediate_size, requires_grad=True)
+        eh = torch.zeros(lg.num_heads, requires_grad=True)
+        h1 = projection(layer, "down_proj").register_forward_pre_hook(lambda mod, a, e=ec: (a[0] - (a[0] @ mc) * e,))
+        h2 = projection(layer, "o_proj").register_forward_pre_hook(
+            lambda mod, a, e=eh: (a[0] - (a[0] @ mh) * e.repeat_interleave(lg.head_dim),))
+        ids = batch[b:b + 1]
+        (lm(input_ids=ids, labels=ids).loss / batch.shape[0]).backward()
+        h1.remove()
+        h2.remove()
+        ref_c += ec.grad.double() ** 2
+        ref_h += eh.grad.double() ** 2
+        loop.pm.zero_grad(set_to_none=True)
+    loop.scorer.reset()
+    loop.step(batch)
+    got = loop.ema.value[i]
+    assert torch.allclose(got.channels, ref_c, rtol=1e-3, atol=1e-12)
+    assert torch.allclose(got.heads, ref_h, rtol=1e-3, atol=1e-12)
+    act = _loop("llama-gqa", criterion="activation", compensate=True, distill=0.0)
+    act.step(batch)
+    assert not torch.allclose(act.ema.value[i].channels, got.channels, rtol=1e-2), "differs from plain activation"
+
+
+def test_residual_needs_compensation_prunes_merges_and_resumes():
+    with pytest.raises(ConfigError, match="criterion='residual'.*compensate"):
+        _cfg(criterion="residual", compensate=False)
+    a = _loop("llama-mha", criterion="residual", compensate=True, steps=10, prune_every=2, head_policy="balanced")
+    for _ in range(3):
+        a.step()
+    import copy
+
+    st = copy.deepcopy(a.state_dict())
+    b = _loop("llama-mha", criterion="residual", compensate=True, steps=10, prune_every=2, head_policy="balanced")
+    b.load_state_dict(st)
+    while not a.done:
+        ra, rb = a.step(), b.step()
+        assert ra.loss == rb.loss and ra.sparsity == rb.sparsity
+    assert a.history[-1]["sparsity"] == pytest.approx(0.5, abs=0.05)
+    ids = a.next_batch()
+    with torch.no_grad():
+        masked = a.pm(input_ids=ids).logits
+    wa, wb = a.finish(), b.finish()
+    with torch.no_grad():
+        merged = wa(input_ids=ids).logits
+    assert torch.allclose(masked, merged, atol=1e-4), "masked == merged"
+    sa, sb = wa.state_dict(), wb.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa), "resumed run == uninterrupted run"

@@ -8,7 +8,7 @@ element-wise importance matrix with the weight's shape ``[out, in]``. Group scor
 Example:
     >>> from compressor.criteria import get_criterion, available_criteria
     >>> sorted(available_criteria())
-    ['activation', 'lora', 'magnitude', 'random', 'taylor']
+    ['activation', 'lora', 'magnitude', 'random', 'residual', 'taylor']
 """
 from __future__ import annotations
 
@@ -88,4 +88,4 @@ def available_criteria() -> list[str]:
     return sorted(_REGISTRY)
 
 
-from . import activation, lora, magnitude, random, taylor  # noqa: E402,F401  (registration side effects)
+from . import activation, lora, magnitude, random, residual, taylor  # noqa: E402,F401  (registration side effects)
