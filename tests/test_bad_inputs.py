@@ -138,7 +138,7 @@ CASES = [
     Case("channel-multiple-0", P("--channel-multiple", "0"), ["channel_multiple=0", "at least 1"]),
     Case("eval-windows-negative", P("--eval-windows", "-1"), ["eval_windows=-1", ">= 0"]),
     Case("dtype-unknown", P("--dtype", "float8"), ["'float8' is not one of", "'float32'", "'bfloat16'"]),
-    Case("criterion-unknown", P("--criterion", "fisher"), ["'fisher'", "lora, magnitude, random, taylor"]),
+    Case("criterion-unknown", P("--criterion", "fisher"), ["'fisher'", "lora, magnitude, random, residual, taylor"]),
     # ---- calibration data and lengths
     Case("calib-missing", P(data="{w}/nodata.txt"), ["'{w}/nodata.txt'", "not found", "Valid sources"]),
     Case("calib-folder", P(data="{w}/emptydir"), ["'{w}/emptydir'", "is a folder", "give a file"]),

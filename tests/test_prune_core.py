@@ -74,9 +74,9 @@ def test_lora_criterion_never_needs_weight_grad():
 
 
 def test_unknown_criterion_lists_valid():
-    with pytest.raises(ConfigError, match="activation, lora, magnitude, random, taylor"):
+    with pytest.raises(ConfigError, match="activation, lora, magnitude, random, residual, taylor"):
         get_criterion("nope")
-    assert available_criteria() == ["activation", "lora", "magnitude", "random", "taylor"]
+    assert available_criteria() == ["activation", "lora", "magnitude", "random", "residual", "taylor"]
 
 
 @pytest.mark.parametrize("case", CASE_NAMES)
