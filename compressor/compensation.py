@@ -31,6 +31,11 @@ from .groups import ModelGroups, decoder_layers, projection
 KINDS = (("channels", "down_proj"), ("heads", "o_proj"))
 
 
+def _inputs_kept(mask: tuple[torch.Tensor, torch.Tensor], kind: str, head_dim: int) -> torch.Tensor:
+    """Which inputs of the compensated projection of ``kind`` a layer's ``(heads, channels)`` masks keep."""
+    return mask[1] if kind == "channels" else mask[0].repeat_interleave(head_dim)
+
+
 def _in_backward() -> bool:
     """Whether autograd is running a backward pass (gradient checkpointing re-runs forwards there: those
     inputs were already counted)."""
@@ -110,8 +115,7 @@ class Compensator:
         changed = 0
         for i, (layer, lg) in enumerate(zip(decoder_layers(self.model), self.groups.layers)):
             for kind, name in KINDS:
-                k_old = old[i][1] if kind == "channels" else old[i][0].repeat_interleave(lg.head_dim)
-                k_new = new[i][1] if kind == "channels" else new[i][0].repeat_interleave(lg.head_dim)
+                k_old, k_new = _inputs_kept(old[i], kind, lg.head_dim), _inputs_kept(new[i], kind, lg.head_dim)
                 removed = k_old & ~k_new
                 g = self.gram[i][kind]
                 if not bool(removed.any()) or not bool(k_new.any()) or g is None:
@@ -151,9 +155,8 @@ class Compensator:
                 if g is None:
                     d[kind] = None
                     continue
-                k, width = (kept[i][1], 1) if kind == "channels" else (kept[i][0].repeat_interleave(lg.head_dim),
-                                                                          lg.head_dim)
-                d[kind] = residual_transform(g, k, width, self.damp)
+                width = 1 if kind == "channels" else lg.head_dim
+                d[kind] = residual_transform(g, _inputs_kept(kept[i], kind, lg.head_dim), width, self.damp)
             out.append(d)
         return out
 

@@ -294,8 +294,10 @@ class PruneLoop:
             {k: w.detach().clone() for k, w in self._base.items()}
             if self.comp is not None and config.teacher == "dense" and (config.distill > 0 or config.distill_hidden > 0)
             else None)
-        #: criterion ``residual``: the scorer's transforms must be (re)built from compensation's statistics
-        self._residual_stale = config.criterion == "residual" and self.scorer is not None
+        #: criterion ``residual`` scoring: the scorer reads transforms built from compensation's statistics
+        self._residual = config.criterion == "residual" and self.scorer is not None
+        #: whether those transforms must be (re)built for the current masks before the next score
+        self._residual_stale = self._residual
         self.data = DataOrder(blocks, config.seed)
         self.step_count, self.pos = 0, 0
         self.per_step = config.batch_size * config.grad_accum * self.world
@@ -417,7 +419,7 @@ class PruneLoop:
             self.comp.fold(old, [(m.heads, m.channels) for m in self.masks.layers])
             if step == self.last_event:
                 self.comp.release()
-        self._residual_stale = self.cfg.criterion == "residual" and self.scorer is not None
+        self._residual_stale = self._residual
         entry: dict[str, Any] = {"step": step, "heads_per_kv": heads[self.widths.pruned[0]],
                                  "intermediate": chans[self.widths.pruned[0]],
                                  "sparsity": round(sparsity(self.groups, self.masks), 6)}
@@ -513,7 +515,7 @@ class PruneLoop:
             with torch.no_grad():
                 for k, w in self._base.items():
                     w.copy_(st["base"][k])
-        self._residual_stale = self.cfg.criterion == "residual" and self.scorer is not None
+        self._residual_stale = self._residual
 
     # ---- results -------------------------------------------------------------------------------
     @property

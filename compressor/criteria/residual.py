@@ -29,7 +29,7 @@ def residual_transform(gram: torch.Tensor, kept: torch.Tensor, width: int, damp:
     relative damping."""
     n = gram.shape[0]
     K = torch.nonzero(kept).flatten()
-    out = torch.zeros(n, n, dtype=torch.float32)
+    out = torch.zeros(n, n, dtype=torch.float32, device=gram.device)
     if K.numel() == 0:
         return out
     g = gram.double()[K][:, K]
