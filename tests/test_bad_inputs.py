@@ -139,6 +139,8 @@ CASES = [
     Case("eval-windows-negative", P("--eval-windows", "-1"), ["eval_windows=-1", ">= 0"]),
     Case("dtype-unknown", P("--dtype", "float8"), ["'float8' is not one of", "'float32'", "'bfloat16'"]),
     Case("criterion-unknown", P("--criterion", "fisher"), ["'fisher'", "lora, magnitude, random, residual, taylor"]),
+    Case("criterion-residual-no-compensate", P("--criterion", "residual", "--no-compensate"),
+         ["criterion='residual'", "compensate=True", "--no-compensate", "'activation'"]),
     # ---- calibration data and lengths
     Case("calib-missing", P(data="{w}/nodata.txt"), ["'{w}/nodata.txt'", "not found", "Valid sources"]),
     Case("calib-folder", P(data="{w}/emptydir"), ["'{w}/emptydir'", "is a folder", "give a file"]),
