@@ -57,25 +57,38 @@ def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int, loss
     # every step scores and nothing is masked: the first mask update would come after the last measured step
     cfg = PruneConfig(ratio=0.5, criterion=crit_name, base_bits=bits, steps=n + 1, prune_every=1,
                       prune_start=n / (n + 1), prune_until=1.0, gradient_checkpointing=gc, loss_chunk_tokens=loss_chunk,
-                      batch_size=batch, seq_len=seq_len, lr=1e-4, eval_windows=0)
+                      batch_size=batch, seq_len=seq_len, lr=1e-4, eval_windows=0,
+                      compensate=not bits)  # compensation changes W0: float bases only
     model, tok, _ = load_model(model_dir, base_bits=bits)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=g)
     loop = PruneLoop(model, cfg, ids, model_id=model_dir)
+    cuda = loop.device.type == "cuda"
     rss_loaded = _rss_mb("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    if cuda:  # on a GPU the figure that matters is the device's memory: peak allocated during the steps
+        torch.cuda.synchronize()
+        cuda_loaded = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         loop.step(ids)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     peak = _rss_mb("VmHWM")
+    gpu = {}
+    if cuda:
+        cuda_peak = torch.cuda.max_memory_allocated() / 2**20
+        gpu = {"device": torch.cuda.get_device_name(0), "cuda_after_load_mb": round(cuda_loaded, 1),
+               "peak_step_cuda_mb": round(cuda_peak, 1), "peak_cuda_above_load_mb": round(cuda_peak - cuda_loaded, 1)}
     return {"mode": mode, "criterion": crit_name, "base_bits": bits, "gradient_checkpointing": gc, "rss_after_load_mb": round(rss_loaded, 1),
             "peak_step_rss_mb": round(peak, 1), "peak_above_load_mb": round(peak - rss_loaded, 1),
             "step_s_median": round(statistics.median(times[1:] if len(times) > 1 else times), 3),
             "step_s_all": [round(t, 3) for t in times], "batch": batch, "seq_len": seq_len,
-            "loss_chunk_tokens": loss_chunk if loop.chunked else 0}
+            "loss_chunk_tokens": loss_chunk if loop.chunked else 0, **gpu}
 
 
 def _config_default(name: str):
@@ -106,6 +119,7 @@ def main() -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--loss-chunk-tokens", type=int, default=_config_default("loss_chunk_tokens"),
                     help="LM-head/loss chunk as in `compress prune` (0: stock full-logits loss)")
+    ap.add_argument("--name", default="resources", help="result name: benchmarks/results/NAME.json (+ .png)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -135,8 +149,9 @@ def main() -> None:
         r["memory_pass_step_s_median"] = res["memory"]["step_s_median"]
         r["default_malloc_peak_step_rss_mb"] = res["time"]["peak_step_rss_mb"]
         rows.append(r)
+        gpu_txt = f", GPU peak {r['peak_step_cuda_mb']:.0f} MiB" if "peak_step_cuda_mb" in r else ""
         print(f"  peak {r['peak_step_rss_mb']:.0f} MiB (+{r['peak_above_load_mb']:.0f} above load; "
-              f"{r['default_malloc_peak_step_rss_mb']:.0f} MiB with glibc's default), step {r['step_s_median']:.2f} s")
+              f"{r['default_malloc_peak_step_rss_mb']:.0f} MiB with glibc's default){gpu_txt}, step {r['step_s_median']:.2f} s")
     by = {r["mode"]: r for r in rows if "error" not in r}
     ratios = {}
     for num, den in PAIRS:
@@ -146,8 +161,12 @@ def main() -> None:
                 "peak_rss": round(by[num]["peak_step_rss_mb"] / t["peak_step_rss_mb"], 3),
                 "peak_above_load": round(by[num]["peak_above_load_mb"] / max(t["peak_above_load_mb"], 1e-9), 3),
                 "step_time": round(by[num]["step_s_median"] / t["step_s_median"], 3)}
+            if "peak_step_cuda_mb" in by[num] and "peak_step_cuda_mb" in t:
+                ratios[f"{num}/{den}"]["peak_cuda"] = round(by[num]["peak_step_cuda_mb"] / t["peak_step_cuda_mb"], 3)
+                ratios[f"{num}/{den}"]["peak_cuda_above_load"] = round(
+                    by[num]["peak_cuda_above_load_mb"] / max(t["peak_cuda_above_load_mb"], 1e-9), 3)
     print(json.dumps(ratios, indent=1))
-    write_result("resources", {"benchmark": "resources (paper Table 4)", "model": model_dir, "rows": rows,
+    write_result(a.name, {"benchmark": "resources (paper Table 4)", "model": model_dir, "rows": rows,
                                "ratios": ratios, "targets": {"lora/taylor peak": "<= 0.5", "lora-8bit/taylor peak": "<= 0.35",
                                                              "lora/taylor step time": "<= 0.5"},
                                "machine": machine(), "git": git_rev()})

@@ -134,9 +134,9 @@ class Compensator:
                 gd = g.double()
                 gkk = gd[K][:, K]
                 lam = self.damp * float(gkk.diagonal().mean()) + 1e-12
-                gkk = gkk + lam * torch.eye(len(K), dtype=gd.dtype)
+                gkk = gkk + lam * torch.eye(len(K), dtype=gd.dtype, device=gd.device)
                 x = torch.linalg.solve(gkk, gd[K][:, R])  # [K, R] = G_KK⁻¹ G_KR
-                delta = w[:, R].double() @ x.t()  # [out, K]
+                delta = w[:, R].double() @ x.t().to(w.device)  # [out, K] (statistics may sit on another device)
                 w0[:, K] += delta.to(w0.dtype)
                 changed += 1
         return changed

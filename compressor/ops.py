@@ -16,9 +16,10 @@ def new_linear(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dty
 
 
 def slice_rows(weight: torch.Tensor, bias: torch.Tensor | None, keep: torch.Tensor):
+    keep = keep.to(weight.device)  # masks live on the CPU, weights where the model runs
     return weight.index_select(0, keep).contiguous(), None if bias is None else bias.index_select(0, keep).contiguous()
 
 
 def slice_cols(weight: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return weight.index_select(1, keep).contiguous()
+    return weight.index_select(1, keep.to(weight.device)).contiguous()
 

@@ -34,7 +34,7 @@ def residual_transform(gram: torch.Tensor, kept: torch.Tensor, width: int, damp:
         return out
     g = gram.double()[K][:, K]
     lam = damp * float(g.diagonal().mean()) + 1e-12
-    prec = torch.linalg.inv(g + lam * torch.eye(len(K), dtype=g.dtype))
+    prec = torch.linalg.inv(g + lam * torch.eye(len(K), dtype=g.dtype, device=g.device))
     if width == 1:
         m = prec / prec.diagonal()[None, :]
     else:
