@@ -30,6 +30,14 @@ from .groups import ModelGroups, decoder_layers, projection
 
 KINDS = (("channels", "down_proj"), ("heads", "o_proj"))
 
+#: Default calibration tokens behind the statistics (``compensate_tokens`` None): this many per input of the widest
+#: compensated projection, at most :data:`TOKENS_CAP`. Measured on SmolLM2-135M at 50 % (60-step grid,
+#: benchmarks/results/screen_50_60_v5.json, v6): 6,144 tokens (4 per input) 107.0, 24,576 (16) 96.2, 65,536 (43)
+#: 92.7 WikiText-2 perplexity; fewer tokens than inputs fit the calibration batches, not the text. The cap bounds the
+#: extra forward passes on wide models (Qwen2.5-0.5B: 4,864 inputs, 13 per input at the cap).
+TOKENS_PER_INPUT = 64
+TOKENS_CAP = 65_536
+
 
 def _inputs_kept(mask: tuple[torch.Tensor, torch.Tensor], kind: str, head_dim: int) -> torch.Tensor:
     """Which inputs of the compensated projection of ``kind`` a layer's ``(heads, channels)`` masks keep."""
@@ -98,6 +106,12 @@ class Compensator:
                     if v is not None:
                         g[k] = accelerator.reduce(v.to(accelerator.device), "mean").cpu()
         self.collecting = False
+
+    def restart(self) -> None:
+        """Forget the statistics and collect afresh (``compensate_stats='current'``: before every mask update)."""
+        self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]
+        self.tokens = 0
+        self.collecting = True
 
     def release(self) -> None:
         """Drop the statistics and the hooks (after the last mask update)."""

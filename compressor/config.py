@@ -80,8 +80,10 @@ class PruneConfig:
             0.5 is the default (measured better at 50 %, README); 0 is the paper's plain language-modelling loss.
         compensate: fold a least-squares stand-in for removed groups into the kept columns of ``W0`` at every
             mask update (:mod:`compressor.compensation`; default True, measured better).
-        compensate_tokens: calibration tokens behind the least-squares statistics (None: 4 × the widest
-            compensated input; fewer tokens than inputs leave the regression under-determined).
+        compensate_stats: ``dense`` (compensation regresses on the dense model's inputs, collected once) or
+            ``current`` (collected again before every mask update, with the earlier masks applied).
+        compensate_tokens: calibration tokens behind the least-squares statistics (None: 64 × the widest
+            compensated input, at most 65,536; fewer tokens than inputs leave the regression under-determined).
         loss_chunk_tokens: compute the LM head and the loss this many positions at a time (same loss and
             gradients, without the full ``[batch, seq, vocab]`` logits in memory); 0 uses the stock
             ``model(input_ids, labels=...)`` loss. Data-parallel runs always use the stock loss.
@@ -126,13 +128,17 @@ class PruneConfig:
                                    "heads/channels (regressed on the kept ones over the dense model's calibration "
                                    "inputs) into the kept columns of o_proj/down_proj's W0.")
     compensate_tokens: int | None = _opt(None, "Calibration tokens behind compensation's input statistics (default: "
-                                               "4 x the widest compensated input, e.g. 4 x intermediate_size). The "
+                                               "64 x the widest compensated input, at most 65,536, e.g. 64 x intermediate_size). The "
                                                "training steps before the first mask update count; the rest are "
                                                "forward passes over further calibration sequences.")
+    compensate_stats: str = _opt("dense", "Whose inputs compensation regresses on: 'dense' (statistics of the dense model, "
+                                          "collected once before the first mask update) or 'current' (collected "
+                                          "afresh before every mask update from the model as it is then: earlier "
+                                          "masks applied, LoRA trained so far).", choices=("dense", "current"))
     lora_r: int = _opt(8, "LoRA rank.")
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
-    lr: float = _opt(5e-4, "Peak AdamW learning rate (cosine decay to 0 after warmup_steps).")
+    lr: float = _opt(1e-3, "Peak AdamW learning rate (cosine decay to 0 after warmup_steps).")
     warmup_steps: int = _opt(0, "Linear learning-rate warm-up steps.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = _opt(0.0, "Clip the LoRA gradients' global norm to this before each optimizer step "
@@ -206,6 +212,9 @@ class PruneConfig:
         if self.criterion == "residual" and not self.compensate:
             raise ConfigError("criterion='residual' scores what compensation cannot replace and needs compensate=True; "
                               "drop --no-compensate, or use criterion 'activation'")
+        if self.compensate_stats == "current" and not self.compensate:
+            raise ConfigError("compensate_stats='current' chooses compensation's statistics and needs compensate=True; "
+                              "drop --no-compensate, or leave compensate_stats at 'dense'")
         if self.compensate and self.base_bits:
             raise ConfigError("compensate=True (the default) changes W0 and needs float base weights; it cannot run "
                               "with base_bits=8: add --no-compensate (compensate=False)")
@@ -233,7 +242,7 @@ class PruneConfig:
         if self.max_blocks is not None and self.max_blocks < 1:
             raise bad("max_blocks", "need at least 1 (or None for all)")
         if self.compensate_tokens is not None and self.compensate_tokens < 1:
-            raise bad("compensate_tokens", "need at least 1 token (or None for 4 x the widest compensated input)")
+            raise bad("compensate_tokens", "need at least 1 token (or None for 64 x the widest compensated input, at most 65,536)")
         if self.channel_multiple < 1:
             raise bad("channel_multiple", "need at least 1")
         if self.warmup_steps < 0 or self.warmup_steps >= self.steps and self.steps > 1 and self.warmup_steps:

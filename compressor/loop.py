@@ -29,7 +29,7 @@ from .activation import ActivationScorer
 from .adapters import unwrap
 from .architectures import get_architecture
 from .checkpoint import rng_state, set_rng_state
-from .compensation import Compensator, base_weights
+from .compensation import TOKENS_CAP, TOKENS_PER_INPUT, Compensator, base_weights
 from .config import PruneConfig, parse_skip_layers
 from .criteria import get_criterion
 from .errors import ConfigError, NonFiniteError
@@ -413,6 +413,9 @@ class PruneLoop:
         old = [(m.heads.clone(), m.channels.clone()) for m in self.masks.layers]
         if self.comp is not None and self.comp.collecting:
             self._top_up_compensation()  # before the first masks: the statistics are the dense model's
+        elif self.comp is not None and self.cfg.compensate_stats == "current":
+            self.comp.restart()  # the model as it is now: earlier masks applied, LoRA trained so far
+            self._top_up_compensation(masked=True)
         mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
         if self.comp is not None:
             self.comp.stop_collecting(self.acc)  # statistics of the dense model only
@@ -439,15 +442,16 @@ class PruneLoop:
         self._residual_stale = False
 
     def compensation_target(self) -> int:
-        """Tokens compensation's statistics should rest on (``compensate_tokens``, default 4 × the widest
-        compensated input)."""
+        """Tokens compensation's statistics should rest on (``compensate_tokens``; default
+        :data:`~compressor.compensation.TOKENS_PER_INPUT` × the widest compensated input, at most
+        :data:`~compressor.compensation.TOKENS_CAP`)."""
         if self.cfg.compensate_tokens is not None:
             return int(self.cfg.compensate_tokens)
-        return 4 * self.comp.widest_input() if self.comp is not None else 0
+        return min(TOKENS_PER_INPUT * self.comp.widest_input(), TOKENS_CAP) if self.comp is not None else 0
 
     @torch.no_grad()
-    def _top_up_compensation(self, minimum: int = 0) -> None:
-        """Forward passes (no gradients, masks and LoRA as they are, masks bypassed) over the calibration
+    def _top_up_compensation(self, minimum: int = 0, masked: bool = False) -> None:
+        """Forward passes (no gradients, LoRA as it is, masks bypassed unless ``masked``) over the calibration
         sequences that follow this rank's position in the data order, until the statistics rest on
         :meth:`compensation_target` tokens (and at least ``minimum`` sequences were seen)."""
         assert self.comp is not None
@@ -460,7 +464,7 @@ class PruneLoop:
         self.pm.eval()
         start = self.pos + self.rank * n
         try:
-            with self.masks.bypassed():
+            with contextlib.nullcontext() if masked else self.masks.bypassed():
                 self.comp.collect_from(self.pm, [self.data.take(start + i, min(cfg.batch_size, n - i)).to(self.device)
                                                  for i in range(0, n, cfg.batch_size)])
         finally:

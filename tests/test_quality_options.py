@@ -460,11 +460,22 @@ def test_distillation_teacher_dense_or_compensated():
 
 def test_compensation_statistics_rest_on_enough_tokens():
     """Fewer calibration tokens than inputs leave the least-squares fit under-determined: before the first mask
-    update the statistics are topped up to compensate_tokens (default 4 x the widest input) by forward passes."""
+    update the statistics are topped up to compensate_tokens (default 64 x the widest input, at most 65,536) by forward passes."""
     loop = _loop(compensate=True, steps=8, prune_every=2, criterion="activation")
     assert loop.comp is not None
     lg = loop.groups.layers[0]
-    assert loop.compensation_target() == 4 * max(lg.intermediate_size, lg.num_heads * lg.head_dim)
+    from compressor.compensation import TOKENS_CAP, TOKENS_PER_INPUT
+
+    widest = max(lg.intermediate_size, lg.num_heads * lg.head_dim)
+    assert loop.compensation_target() == min(TOKENS_PER_INPUT * widest, TOKENS_CAP) == 64 * widest
+    import compressor.loop as loop_mod
+
+    orig = loop_mod.TOKENS_CAP
+    loop_mod.TOKENS_CAP = 100
+    try:
+        assert loop.compensation_target() == 100, "wide models stop at the cap"
+    finally:
+        loop_mod.TOKENS_CAP = orig
     trained = 2 * loop.cfg.batch_size * loop.cfg.seq_len  # the tokens of the two steps before the first update
     assert loop.compensation_target() > trained
     loop.step()
@@ -616,3 +627,58 @@ def test_residual_needs_compensation_prunes_merges_and_resumes():
     assert torch.allclose(masked, merged, atol=1e-4), "masked == merged"
     sa, sb = wa.state_dict(), wb.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa), "resumed run == uninterrupted run"
+
+
+def test_compensation_current_statistics_see_the_earlier_masks():
+    """compensate_stats='current': before every mask update after the first, the statistics are collected again
+    from the model as it is (earlier masks applied), so the inputs removed earlier are zero in them; 'dense' keeps
+    the dense model's statistics. Masked == merged and resume stay exact."""
+    kw = dict(compensate=True, steps=12, prune_every=2, prune_until=0.5, criterion="activation",
+              head_policy="balanced")
+    runs = {}
+    for stats in ("dense", "current"):
+        loop = _loop("llama-mha", compensate_stats=stats, **kw)
+        while len(loop.schedule_log) < 2:  # the loop updates the masks inside step()
+            loop.step()
+        runs[stats] = loop
+    first = runs["current"].schedule_log[0]
+    assert first["step"] == 2 and len(runs["current"].schedule_log) == 2
+    for stats, loop in runs.items():
+        m = loop.masks.layers[0].channels
+        g = loop.comp.gram[0]["channels"]
+        assert g is not None and not bool(m.all())
+        if stats == "current":
+            # channels removed at the first update were already masked when the second update's statistics were
+            # collected; those removed at the second were still live: some rows are zero, not all
+            removed_first = torch.nonzero(~m).flatten()
+            zero_rows = [int(c) for c in removed_first if float(g[c].abs().max()) == 0.0]
+            assert zero_rows, "the earlier masks are applied while the statistics are collected"
+            assert len(zero_rows) < len(removed_first)
+        else:
+            assert all(float(g[int(c)].abs().max()) > 0 for c in torch.nonzero(~m).flatten())
+    with pytest.raises(ConfigError, match="compensate_stats='current'.*compensate=True"):
+        _cfg(compensate=False, compensate_stats="current")
+    with pytest.raises(ConfigError, match="compensate_stats"):
+        _cfg(compensate_stats="teacher")
+
+    # masked == merged, and a resumed run is bit-exact
+    import copy
+
+    a = _loop("llama-mha", compensate_stats="current", **kw)
+    for _ in range(3):
+        a.step()
+    st = copy.deepcopy(a.state_dict())
+    b = _loop("llama-mha", compensate_stats="current", **kw)
+    b.load_state_dict(st)
+    while not a.done:
+        ra, rb = a.step(), b.step()
+        assert ra.loss == rb.loss
+    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
+    a.pm.eval()
+    with torch.no_grad():
+        masked = a.pm(input_ids=ids).logits
+    wa, wb = a.finish(), b.finish()
+    with torch.no_grad():
+        assert torch.allclose(masked, wa(input_ids=ids).logits, atol=1e-4)
+    sa, sb = wa.state_dict(), wb.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
