@@ -19,8 +19,12 @@ from plots import RESULTS, _plt, _save  # noqa: E402
 
 #: series -> {ratio: eval report (20 windows)}; a missing file is skipped and listed as not measured
 SERIES_20 = {
-    "default (activation, compensate, distill 0.5, 150 steps)": {
+    "defaults until 2026-12-04 (activation, compensate, distill 0.5, lr 5e-4, 150 steps)": {
         0.2: "eval-smollm2-20-v2.json", 0.3: "eval-smollm2-30-default.json", 0.5: "eval-smollm2-50-v2.json"},
+    "the same with lr 1e-3": {
+        0.2: "eval-smollm2-20-lr1e-3.json", 0.3: "eval-smollm2-30-lr1e-3.json", 0.5: "eval-smollm2-50-lr1e-3.json"},
+    "default since 2026-12-04 (lr 1e-3, compensation statistics on 65,536 tokens)": {
+        0.2: "eval-smollm2-20-ct64k.json", 0.3: "eval-smollm2-30-ct64k.json", 0.5: "eval-smollm2-50-ct64k.json"},
 }
 #: the 8-window protocol (first 8 x 2048 tokens, dense 19.13): summary file of earlier rounds
 EIGHT = "eval-smollm2-v2-8windows.json"
@@ -86,7 +90,7 @@ def plot(d: dict) -> Path | None:
         a.set_yscale("log")
         a.set_xlabel("ratio of prunable parameters removed")
         a.set_ylabel("perplexity")
-        a.legend(fontsize=7)
+        a.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(0.0, -0.25))  # below the axes: the lines fill them
     fig.suptitle("SmolLM2-135M, 2 CPU cores, <= 30 min a run", fontsize=10)
     return _save(fig, "ratio_curve")
 

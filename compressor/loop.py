@@ -418,7 +418,7 @@ class PruneLoop:
             self._top_up_compensation(masked=True)
         mask_lowest(self.masks, self.ema.value, self.groups, heads, chans)
         if self.comp is not None:
-            self.comp.stop_collecting(self.acc)  # statistics of the dense model only
+            self.comp.stop_collecting(self.acc)  # the statistics end here (dense; or the current model, re-collected above)
             self.comp.fold(old, [(m.heads, m.channels) for m in self.masks.layers])
             if step == self.last_event:
                 self.comp.release()
