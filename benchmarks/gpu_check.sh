@@ -6,10 +6,10 @@
 #                        when torch has no CUDA: the file says what is missing)
 #   1. prune-bf16      : `compress prune MODEL --ratio 0.5 --dtype bfloat16` on CUDA, short budget (40 steps)
 #   2. prune-8bit      : the same with `--base-bits 8` (LoRAPrune-8bit; needs bitsandbytes with CUDA)
-#   4. resources       : benchmarks/resources.py on CUDA: LoRA-guided vs vanilla Taylor vs LoRA-8bit, peak GPU memory
-#                        and step time of the scoring step (where the paper's 0.47x memory should show)
 #   3. prune-default   : the default command (`compress prune MODEL --ratio 0.5`, 150 steps, float32) on CUDA: the
 #                        wall time of what takes ~13 min on 2 CPU cores
+#   4. resources       : benchmarks/resources.py on CUDA: LoRA-guided vs vanilla Taylor vs LoRA-8bit (+ checkpointing),
+#                        peak GPU memory and step time of the scoring step (where the paper's 0.47x memory should show)
 #   5. bench-cuda      : ONNX export of step 1's model and `compress bench --provider cuda` vs the dense export, only
 #                        where onnxruntime has the CUDA provider and optimum imports (else recorded as skipped)
 #   summary.json       : rc and seconds of every step (and why a step was skipped).
