@@ -107,10 +107,13 @@ class Compensator:
                         g[k] = accelerator.reduce(v.to(accelerator.device), "mean").cpu()
         self.collecting = False
 
-    def restart(self) -> None:
-        """Forget the statistics and collect afresh (``compensate_stats='current'``: before every mask update)."""
+    def _clear(self) -> None:
         self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]
         self.tokens = 0
+
+    def restart(self) -> None:
+        """Forget the statistics and collect afresh (``compensate_stats='current'``: before every mask update)."""
+        self._clear()
         self.collecting = True
 
     def release(self) -> None:
@@ -118,9 +121,8 @@ class Compensator:
         for h in self._handles:
             h.remove()
         self._handles = []
-        self.gram = [{"channels": None, "heads": None} for _ in self.groups.layers]
+        self._clear()
         self.collecting = False
-        self.tokens = 0
 
     @torch.no_grad()
     def fold(self, old: list[tuple[torch.Tensor, torch.Tensor]], new: list[tuple[torch.Tensor, torch.Tensor]]) -> int:
