@@ -44,7 +44,7 @@ class ActivationScorer:
             xd = x.detach()
 
             def grad_hook(g):
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast(device_type=xd.device.type, enabled=False):
                     m = self.transforms[i][kind]
                     xs = xd.float() if m is None else xd.float() @ m.to(xd.device)
                     prod = (xs * g.float()).sum(dim=-2)  # [batch, features]: sum over positions

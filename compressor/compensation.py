@@ -75,7 +75,8 @@ class Compensator:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
             if i == 0 and kind == KINDS[0][0]:
                 self.tokens += x.shape[0]
-            g = x.t() @ x
+            with torch.autocast(device_type=x.device.type, enabled=False):  # float32 sums under --amp too
+                g = x.t() @ x
             cur = self.gram[i][kind]
             self.gram[i][kind] = g if cur is None else cur.add_(g)
             return None

@@ -74,6 +74,9 @@ class PruneConfig:
         eval_windows, eval_seq_len: perplexity before/after on held-out text (0 windows: skip).
         save_every: write a resumable checkpoint every this many optimizer steps (0: only on Ctrl-C).
         dtype: dtype of the float weights (``float32``, ``bfloat16``).
+        amp: ``off``, ``bf16`` (the fine-tune's forward passes under ``torch.autocast`` to bfloat16; master weights,
+            LoRA, optimizer, scores and statistics stay float32) or ``auto`` (``bf16`` where the hardware has native
+            bfloat16 matmuls: AMX on a CPU, bf16 on a CUDA GPU; :func:`compressor.loop.resolve_amp`).
         distill: weight of a distillation term in the fine-tune loss, in [0, 1]:
             ``(1 - distill) · CE + distill · KL(dense ‖ pruned)`` per token. The teacher is the same model with
             LoRA and masks switched off (no second copy of the weights; one more forward pass per step).
@@ -160,6 +163,11 @@ class PruneConfig:
     save_every: int = _opt(0, "Write a resumable checkpoint every N optimizer steps (0: only on Ctrl-C).",
                            result=False)
     dtype: str = _opt("float32", "Dtype of the float weights.", choices=("float32", "bfloat16"))
+    amp: str = _opt("off", "Mixed precision of the fine-tune's forward passes (training, teacher, compensation "
+                           "statistics): off (float32), bf16 (torch.autocast to bfloat16; weights, LoRA, optimizer, "
+                           "scores and statistics stay float32) or auto (bf16 where the hardware multiplies bfloat16 "
+                           "natively: a CPU with AMX, a CUDA GPU with bf16; otherwise off). The output is float32 "
+                           "either way.", choices=("off", "bf16", "auto"))
     distill: float = _opt(0.5, "Weight of distillation from the dense model in the fine-tune loss, in [0, 1]: "
                                "(1-w)·CE + w·KL(dense‖pruned). The teacher is the same model with LoRA and masks "
                                "off (no second copy); one more forward pass per step.")
@@ -215,6 +223,9 @@ class PruneConfig:
         if self.compensate_stats == "current" and not self.compensate:
             raise ConfigError("compensate_stats='current' chooses compensation's statistics and needs compensate=True; "
                               "drop --no-compensate, or leave compensate_stats at 'dense'")
+        if self.amp == "bf16" and (self.base_bits or self.dtype != "float32"):
+            raise ConfigError(f"amp='bf16' mixes bfloat16 into float32 weights; it cannot run with "
+                              f"{'base_bits=8' if self.base_bits else f'dtype={self.dtype!r}'}: use amp='off' or 'auto'")
         if self.compensate and self.base_bits:
             raise ConfigError("compensate=True (the default) changes W0 and needs float base weights; it cannot run "
                               "with base_bits=8: add --no-compensate (compensate=False)")

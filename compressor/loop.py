@@ -41,6 +41,24 @@ from .schedule import Widths, layer_params, prune_events, solve_widths, widths_a
 from .scoring import LayerScores, MovingAverage, model_scores
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (a CPU with AMX tiles; a CUDA GPU with bf16)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+        return bool(probe()) if probe is not None else False
+    return False
+
+
+def resolve_amp(cfg: PruneConfig, device: torch.device) -> bool:
+    """Whether the fine-tune runs its forward passes under bfloat16 autocast (``cfg.amp``; ``auto``: only in
+    float32 runs on hardware with native bfloat16 matmuls)."""
+    if cfg.amp == "bf16":
+        return True
+    return cfg.amp == "auto" and cfg.dtype == "float32" and not cfg.base_bits and native_bf16(device)
+
+
 @dataclass
 class StepRecord:
     """What one optimizer step did (one row of the report's ``history``)."""
@@ -318,7 +336,15 @@ class PruneLoop:
         self.chunked = config.loss_chunk_tokens > 0 and acc is None and supports_chunked_loss(self.pm)
         #: called as ``observe(loop)`` after each step's backward pass, before scoring and the optimizer step
         self.observers: list[Any] = []
+        #: bfloat16 autocast for the forward passes (``amp``); backward, optimizer and statistics stay float32
+        self.amp = resolve_amp(config, self.device)
         self.train_model.train()
+
+    def autocast(self):
+        """Context for a forward pass under the run's mixed precision (a no-op when ``amp`` is off)."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     # ---- steps ---------------------------------------------------------------------------------
     @property
@@ -350,9 +376,10 @@ class PruneLoop:
         total_loss = lm_loss = 0.0
         for m in range(cfg.grad_accum):
             mb = mine[m * cfg.batch_size:(m + 1) * cfg.batch_size].to(self.device)
-            loss, ce = training_loss(self.pm, mb, distill=cfg.distill, distill_hidden=cfg.distill_hidden,
-                                     chunk_tokens=cfg.loss_chunk_tokens if self.chunked else 0,
-                                     teacher=self.teacher, forward=self.train_model)
+            with self.autocast():
+                loss, ce = training_loss(self.pm, mb, distill=cfg.distill, distill_hidden=cfg.distill_hidden,
+                                         chunk_tokens=cfg.loss_chunk_tokens if self.chunked else 0,
+                                         teacher=self.teacher, forward=self.train_model)
             lm_loss += ce / cfg.grad_accum
             loss = loss / cfg.grad_accum
             if not torch.isfinite(loss):
@@ -464,7 +491,7 @@ class PruneLoop:
         self.pm.eval()
         start = self.pos + self.rank * n
         try:
-            with contextlib.nullcontext() if masked else self.masks.bypassed():
+            with contextlib.nullcontext() if masked else self.masks.bypassed(), self.autocast():
                 self.comp.collect_from(self.pm, [self.data.take(start + i, min(cfg.batch_size, n - i)).to(self.device)
                                                  for i in range(0, n, cfg.batch_size)])
         finally:

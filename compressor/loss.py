@@ -40,23 +40,30 @@ class _HeadLoss(torch.autograd.Function):
         kl_sum = h.new_zeros((), dtype=torch.float32)
         for s in range(0, h.shape[0], chunk):
             e = min(s + chunk, h.shape[0])
-            logp = torch.log_softmax(F.linear(h[s:e], weight, bias).float(), dim=-1)
-            p = logp.exp()
+            z = F.linear(h[s:e], weight, bias).float()  # this chunk's logits; turned into the gradient in place
             yc = y[s:e]
             valid = yc != -100
             tgt = torch.where(valid, yc, 0)
-            ce_sum += -(logp.gather(1, tgt[:, None]).squeeze(1) * valid).sum()
-            g = p * (ce_scale * valid[:, None])  # d(ce_scale · CE)/dlogits = ce_scale · (p − onehot)
-            g.scatter_add_(1, tgt[:, None], (-ce_scale * valid).to(g.dtype)[:, None])
+            lse = torch.logsumexp(z, dim=-1)
+            ce_sum += ((lse - z.gather(1, tgt[:, None]).squeeze(1)) * valid).sum()
+            rows = ce_scale * valid.to(z.dtype)  # each position's weight of CE
+            tp = None
             if th is not None:
-                tlogp = torch.log_softmax(F.linear(th[s:e], weight, bias).float(), dim=-1)
+                tlogp = F.linear(th[s:e], weight, bias).float()
+                tlogp -= torch.logsumexp(tlogp, dim=-1, keepdim=True)
                 tp = tlogp.exp()
-                kl_sum += (tp * (tlogp - logp)).sum()
-                g += kl_scale * (p - tp)  # d(kl_scale · KL(t ‖ s))/dlogits
-                del tlogp, tp
-            del logp, p
+                # KL(t ‖ s) = Σ tp·(tlogp − z) + lse per position (Σ tp = 1)
+                kl_sum += torch.dot(tp.view(-1), tlogp.sub_(z).view(-1)) + lse.sum()
+                del tlogp
+            g = z.sub_(lse[:, None]).exp_()  # softmax p
+            # d(ce_scale · CE + kl_scale · KL)/dlogits = ce_scale · (p − onehot) + kl_scale · (p − tp)
+            g.mul_((rows + kl_scale)[:, None])
+            if tp is not None:
+                g.sub_(tp, alpha=kl_scale)
+                del tp
+            g.scatter_add_(1, tgt[:, None], -rows[:, None])
             grad_h[s:e] = (g.to(weight.dtype) @ weight).to(h.dtype)
-            del g
+            del g, z
         ctx.save_for_backward(grad_h)
         return torch.stack([ce_scale * ce_sum + kl_scale * kl_sum, ce_sum, kl_sum])
 

@@ -682,3 +682,58 @@ def test_compensation_current_statistics_see_the_earlier_masks():
         assert torch.allclose(masked, wa(input_ids=ids).logits, atol=1e-4)
     sa, sb = wa.state_dict(), wb.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypatch):
+    """amp='bf16': the training, teacher and compensation forward passes run under bfloat16 autocast; the
+    weights, LoRA factors, gradients, compensation statistics and the merged output stay float32, masked ==
+    merged holds and a resumed run is bit-exact. 'auto' follows the hardware probe; bad combinations are refused
+    with the value named."""
+    from compressor import loop as loop_mod
+
+    kw = dict(compensate=True, steps=8, prune_every=2, prune_until=0.5, criterion="activation", distill=0.5)
+    a = _loop("llama-mha", amp="bf16", **kw)
+    assert a.amp
+    seen: list[torch.dtype] = []
+    mods = [m for n, m in a.pm.named_modules() if n.endswith("mlp.down_proj.base_layer")]
+    h = mods[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    a.step()
+    h.remove()
+    assert seen and all(d == torch.bfloat16 for d in seen), seen  # teacher and student passes
+    assert all(p.dtype == torch.float32 for p in a.pm.parameters())
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in a.trainable)
+    grams = [g for layer in a.comp.gram for g in layer.values() if g is not None]
+    assert grams and all(g.dtype == torch.float32 for g in grams)  # statistics of the first step's passes
+    import copy
+
+    st = copy.deepcopy(a.state_dict())
+    b = _loop("llama-mha", amp="bf16", **kw)
+    b.load_state_dict(st)
+    while not a.done:
+        ra, rb = a.step(), b.step()
+        assert ra.loss == rb.loss and math.isfinite(ra.loss)
+    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
+    a.pm.eval()
+    with torch.no_grad():
+        masked = a.pm(input_ids=ids).logits
+    wa, wb = a.finish(), b.finish()
+    assert all(p.dtype == torch.float32 for p in wa.parameters())
+    with torch.no_grad():
+        assert torch.allclose(masked, wa(input_ids=ids).logits, atol=1e-4)
+    sa, sb = wa.state_dict(), wb.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    # off: no autocast; auto: the hardware probe decides, and never for bfloat16 weights or an 8-bit base
+    assert not _loop(amp="off", steps=2).amp
+    monkeypatch.setattr(loop_mod, "native_bf16", lambda device: True)
+    assert loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"))
+    assert not loop_mod.resolve_amp(_cfg(amp="auto", dtype="bfloat16"), torch.device("cpu"))
+    assert not loop_mod.resolve_amp(_cfg(amp="auto", base_bits=8, compensate=False), torch.device("cpu"))
+    monkeypatch.setattr(loop_mod, "native_bf16", lambda device: False)
+    assert not loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="amp='fp8'.*off, bf16, auto"):
+        _cfg(amp="fp8")
+    with pytest.raises(ConfigError, match="amp='bf16'.*dtype='bfloat16'"):
+        _cfg(amp="bf16", dtype="bfloat16")
+    with pytest.raises(ConfigError, match="amp='bf16'.*base_bits=8"):
+        _cfg(amp="bf16", base_bits=8, compensate=False)
