@@ -525,6 +525,10 @@ def test_compensation_refuses_8bit_and_works_from_a_plan():
     after = base_weights(loop.pm, loop.groups)
     assert any(not torch.equal(before[k], after[k]) for k in before), "the plan's masks were compensated"
     assert loop.comp.gram[0]["channels"] is None and sparsity(loop.groups, loop.masks) > 0.3
+    # the plan's statistics passes run in the constructor, under the run's mixed precision too
+    loop = PruneLoop(tiny_model(), _cfg(compensate=True, amp="bf16"), torch.randint(0, 96, (8, 32), generator=g),
+                     plan=plan)
+    assert loop.amp and sparsity(loop.groups, loop.masks) > 0.3
 
 
 def test_recipes_are_valid_configs():
@@ -727,6 +731,9 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
     assert not _loop(amp="off", steps=2).amp
     monkeypatch.setattr(loop_mod, "native_bf16", lambda device: True)
     assert loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"))
+    assert loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"), hidden_size=576)
+    assert not loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"), hidden_size=64)  # too narrow to pay
+    assert not _loop(amp="auto", steps=2).amp  # the tiny test model
     assert not loop_mod.resolve_amp(_cfg(amp="auto", dtype="bfloat16"), torch.device("cpu"))
     assert not loop_mod.resolve_amp(_cfg(amp="auto", base_bits=8, compensate=False), torch.device("cpu"))
     monkeypatch.setattr(loop_mod, "native_bf16", lambda device: False)
