@@ -23,8 +23,10 @@ SERIES_20 = {
         0.2: "eval-smollm2-20-v2.json", 0.3: "eval-smollm2-30-default.json", 0.5: "eval-smollm2-50-v2.json"},
     "the same with lr 1e-3": {
         0.2: "eval-smollm2-20-lr1e-3.json", 0.3: "eval-smollm2-30-lr1e-3.json", 0.5: "eval-smollm2-50-lr1e-3.json"},
-    "default since 2026-12-04 (lr 1e-3, compensation statistics on 65,536 tokens)": {
+    "2026-12-04 (lr 1e-3, compensation statistics on 65,536 tokens, 150 steps, float32)": {
         0.2: "eval-smollm2-20-ct64k.json", 0.3: "eval-smollm2-30-ct64k.json", 0.5: "eval-smollm2-50-ct64k.json"},
+    "default since the last stop of 2026-12-04 (the same, 250 steps, --amp auto)": {
+        0.2: "eval-smollm2-20-amp250.json", 0.3: "eval-smollm2-30-amp250.json", 0.5: "eval-smollm2-50-amp250.json"},
 }
 #: the 8-window protocol (first 8 x 2048 tokens, dense 19.13): summary file of earlier rounds
 EIGHT = "eval-smollm2-v2-8windows.json"
@@ -34,7 +36,8 @@ DENSE_20 = {"wikitext2": 20.97, "source": "benchmarks/results/screen_50_60.json 
 def _ppl(path: Path, task: str) -> float | None:
     if not path.is_file():
         return None
-    return float(json.loads(path.read_text())["results"][task]["ppl"])
+    res = json.loads(path.read_text())["results"].get(task)
+    return float(res["ppl"]) if res else None  # e.g. PTB not measured for that run
 
 
 def collect() -> dict:

@@ -141,10 +141,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
     ap.add_argument("--repeats", type=int, default=5, help="timed head-loss passes per formulation")
     a = ap.parse_args()
+    import torch
+
     from compressor.loop import native_bf16
     from compressor.models import load_model
-
-    import torch
 
     path = dense_hf_dir(a.model)
     model, _, _ = load_model(str(path))

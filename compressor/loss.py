@@ -47,15 +47,15 @@ class _HeadLoss(torch.autograd.Function):
             lse = torch.logsumexp(z, dim=-1)
             ce_sum += ((lse - z.gather(1, tgt[:, None]).squeeze(1)) * valid).sum()
             rows = ce_scale * valid.to(z.dtype)  # each position's weight of CE
+            logp = z.sub_(lse[:, None])  # in place
             tp = None
             if th is not None:
                 tlogp = F.linear(th[s:e], weight, bias).float()
                 tlogp -= torch.logsumexp(tlogp, dim=-1, keepdim=True)
                 tp = tlogp.exp()
-                # KL(t ‖ s) = Σ tp·(tlogp − z) + lse per position (Σ tp = 1)
-                kl_sum += torch.dot(tp.view(-1), tlogp.sub_(z).view(-1)) + lse.sum()
+                kl_sum += torch.dot(tp.view(-1), tlogp.sub_(logp).view(-1))  # KL(t ‖ s)
                 del tlogp
-            g = z.sub_(lse[:, None]).exp_()  # softmax p
+            g = logp.exp_()  # softmax p, in place
             # d(ce_scale · CE + kl_scale · KL)/dlogits = ce_scale · (p − onehot) + kl_scale · (p − tp)
             g.mul_((rows + kl_scale)[:, None])
             if tp is not None:
@@ -63,7 +63,7 @@ class _HeadLoss(torch.autograd.Function):
                 del tp
             g.scatter_add_(1, tgt[:, None], -rows[:, None])
             grad_h[s:e] = (g.to(weight.dtype) @ weight).to(h.dtype)
-            del g, z
+            del g, z, logp
         ctx.save_for_backward(grad_h)
         return torch.stack([ce_scale * ce_sum + kl_scale * kl_sum, ce_sum, kl_sum])
 
