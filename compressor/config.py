@@ -76,7 +76,8 @@ class PruneConfig:
         dtype: dtype of the float weights (``float32``, ``bfloat16``).
         amp: ``off``, ``bf16`` (the fine-tune's forward passes under ``torch.autocast`` to bfloat16; master weights,
             LoRA, optimizer, scores and statistics stay float32) or ``auto`` (``bf16`` where the hardware has native
-            bfloat16 matmuls: AMX on a CPU, bf16 on a CUDA GPU; :func:`compressor.loop.resolve_amp`).
+            bfloat16 matmuls, AMX on a CPU or bf16 on a CUDA GPU, for models at least 256 wide; the default;
+            :func:`compressor.loop.resolve_amp`).
         distill: weight of a distillation term in the fine-tune loss, in [0, 1]:
             ``(1 - distill) · CE + distill · KL(dense ‖ pruned)`` per token. The teacher is the same model with
             LoRA and masks switched off (no second copy of the weights; one more forward pass per step).
