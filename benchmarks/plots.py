@@ -126,9 +126,14 @@ def plot_screen(data: dict, name: str = "screen") -> Path | None:
            color=["tab:orange" if r.get("evaluated_on") == "masked" else "tab:blue" for r in rows])
     ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=40, ha="right", fontsize=8)
     ax.set_yscale("log")
+    probed = [(i, r["after_last_mask_update"]["wikitext2"]) for i, r in enumerate(rows) if r.get("after_last_mask_update")]
+    if probed:  # screen.py --probe-windows: what the recovery steps started from
+        ax.scatter([i for i, _ in probed], [v for _, v in probed], marker="_", s=400, color="tab:red", zorder=3,
+                   label="after the last mask update")
     if data.get("dense"):
         ax.axhline(data["dense"], color="k", lw=1, label=f"dense {data['dense']:.1f}")
         ax.axhline(3 * data["dense"], color="tab:green", lw=1, ls="--", label="3 × dense")
+    if data.get("dense") or probed:
         ax.legend(fontsize=8)
     ax.set_ylabel("WikiText-2 perplexity")
     ev = data.get("eval", {})

@@ -71,6 +71,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "seq1024": dict(batch_size=1, seq_len=1024),
     "lr2e-3": dict(lr=2e-3),
     "ct128k": dict(compensate_tokens=131072),
+    "pu0.7": dict(prune_until=0.7),
+    "pu0.9": dict(prune_until=0.9),
+    "pu0.3": dict(prune_until=0.3),
     "teacher-dense": dict(teacher="dense"),
     "kd1-teacher-dense": dict(distill=1.0, teacher="dense"),
     "kd0.8-teacher-dense": dict(distill=0.8, teacher="dense"),
@@ -110,6 +113,24 @@ ROWS: dict[str, dict[str, Any]] = {
 }
 
 
+def _probe(loop, tok, text: str, a) -> dict[str, Any]:
+    """Perplexity of the masked model right after the last mask update (what the recovery steps start from), on
+    the first ``--probe-windows`` windows; the model goes back to training mode afterwards."""
+    import torch
+
+    from compressor.evaluation.perplexity import default_add_bos, perplexity
+
+    m = loop.masked_model
+    m.eval()
+    t0 = time.time()
+    with torch.no_grad():
+        p = perplexity(m, tok, text, seq_len=a.eval_seq_len, max_windows=a.probe_windows, add_bos=default_add_bos(m, tok))
+    m.train()
+    print(f"    after the last mask update (step {loop.step_count}): WikiText-2 {p['ppl']:.2f} on {p['windows']} "
+          f"windows ({time.time() - t0:.0f}s)", flush=True)
+    return {"step": loop.step_count, "wikitext2": p["ppl"], "windows": p["windows"], "eval_s": round(time.time() - t0, 1)}
+
+
 def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dict[str, Any]:
     import torch
 
@@ -127,12 +148,15 @@ def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dic
     t0 = time.time()
     loop = PruneLoop(model, cfg, blocks, model_id=str(dense))
     last = None
+    at_target = None
     while not loop.done:
         last = loop.step()
+        if a.probe_windows and at_target is None and last.step == loop.last_event:
+            at_target = _probe(loop, tok, text, a)
         if last.step % max(1, cfg.steps // 10) == 0:
             print(f"    step {last.step}/{cfg.steps} loss {last.loss:.3f} sparsity {last.sparsity:.3f} "
                   f"{time.time() - t0:.0f}s", flush=True)
-    train_s = time.time() - t0
+    train_s = time.time() - t0 - (at_target["eval_s"] if at_target else 0.0)
     uniform = loop.widths.uniform
     if uniform:
         model_eval = loop.finish()
@@ -146,7 +170,7 @@ def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dic
     row = {"name": name, "fields": fields, "config": cfg.to_dict(), "wikitext2": ppl["ppl"],
            "windows": ppl["windows"], "sparsity": last.sparsity if last else None, "final_loss": last.loss if last else None,
            "final_lm_loss": last.lm_loss if last else None, "train_s": round(train_s, 1),
-           "evaluated_on": "merged" if uniform else "masked",
+           "evaluated_on": "merged" if uniform else "masked", "after_last_mask_update": at_target,
            "channels_per_layer": [int(m.channels.sum()) for m in loop.masks.layers],
            "heads_per_layer": [int(m.heads.sum()) for m in loop.masks.layers]}
     del loop, model, model_eval
@@ -166,6 +190,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-seq-len", type=int, default=2048)
     ap.add_argument("--eval-windows", type=int, default=20)
+    ap.add_argument("--probe-windows", type=int, default=0,
+                    help="also evaluate the masked model right after the last mask update on this many windows "
+                         "(what recovery starts from; 0: off)")
     ap.add_argument("--name", default=None)
     ap.add_argument("--list", action="store_true")
     a = ap.parse_args()
