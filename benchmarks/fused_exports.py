@@ -3,7 +3,7 @@ and record what each graph holds: nodes ONNX Runtime runs, fused ops, parity, in
 
 Each MODEL (anything ``compress export`` accepts) is exported into ``--export-dir/<label>_<format>``; the
 summary goes to ``benchmarks/results/fused_exports_<name>.json``. The folders are then ready for
-``compress bench`` (the lead times them on an idle machine, see the README's latency section)::
+``compress bench`` (the lead times them on an idle machine, see the latency tables in docs/results.md)::
 
     python benchmarks/fused_exports.py smollm2-135m /tmp/fused-sm50 --labels dense,p50 \\
         --export-dir /tmp/fused --name smollm2

@@ -15,7 +15,7 @@
 #   summary.json       : rc and seconds of every step (and why a step was skipped).
 #
 # The device machine reaches no registry and takes at most 64 MiB of files, so the caller prepares (here, see
-# the README, "On a GPU"):
+# docs/results.md, "On a GPU"):
 #   .whl/                 wheels of the pinned versions the image lacks (transformers 4.57, tokenizers, hub, peft,
 #                         torch-pruning, gguf, bitsandbytes trimmed to its CUDA 13 libraries); installed to /tmp/site
 #   .gpu/smollm2-shape/   `python benchmarks/standin.py shape smollm2-135m .gpu/smollm2-shape` (config + tokenizer);

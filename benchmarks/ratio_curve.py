@@ -27,6 +27,8 @@ SERIES_20 = {
         0.2: "eval-smollm2-20-ct64k.json", 0.3: "eval-smollm2-30-ct64k.json", 0.5: "eval-smollm2-50-ct64k.json"},
     "default since the last stop of 2026-12-04 (the same, 250 steps, --amp auto)": {
         0.2: "eval-smollm2-20-amp250.json", 0.3: "eval-smollm2-30-amp250.json", 0.5: "eval-smollm2-50-amp250.json"},
+    "the default with --widths adaptive (per-layer MLP widths; remote-code output), 2026-12-05": {
+        0.2: "eval-smollm2-20-adaptive250.json", 0.5: "eval-smollm2-50-adaptive250.json"},
 }
 #: the 8-window protocol (first 8 x 2048 tokens, dense 19.13): summary file of earlier rounds
 EIGHT = "eval-smollm2-v2-8windows.json"
@@ -73,7 +75,7 @@ def plot(d: dict) -> Path | None:
     plt = _plt()
     if plt is None:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.5))
     ax = axes[0]
     for name, pts in d["series_20"].items():
         ax.plot([0] + [p["ratio"] for p in pts], [d["dense_20"]["wikitext2"]] + [p["wikitext2"] for p in pts], "o-",
@@ -93,7 +95,7 @@ def plot(d: dict) -> Path | None:
         a.set_yscale("log")
         a.set_xlabel("ratio of prunable parameters removed")
         a.set_ylabel("perplexity")
-        a.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(0.0, -0.25))  # below the axes: the lines fill them
+        a.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(0.0, -0.18))  # below the axes: the lines fill them
     fig.suptitle("SmolLM2-135M, 2 CPU cores, <= 30 min a run", fontsize=10)
     return _save(fig, "ratio_curve")
 

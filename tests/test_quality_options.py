@@ -744,3 +744,27 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
         _cfg(amp="bf16", dtype="bfloat16")
     with pytest.raises(ConfigError, match="amp='bf16'.*base_bits=8"):
         _cfg(amp="bf16", base_bits=8, compensate=False)
+
+
+@pytest.mark.parametrize("criterion", ["activation", "lora"])
+def test_evaluating_mid_run_leaves_the_run_unchanged(criterion):
+    """A no-gradient evaluation of the masked model between steps (benchmarks/screen.py --probe-windows, or a
+    user's own check) adds nothing to compensation's statistics or the scores: the run's masks, weights and losses
+    are those of a run without it."""
+    kw = dict(compensate=True, compensate_tokens=256, steps=8, prune_every=2, prune_until=0.75, criterion=criterion,
+              distill=0.5)
+    ref, probed = _loop(**kw), _loop(**kw)
+    ids = torch.randint(0, 96, (2, 48))
+    for _ in range(kw["steps"]):
+        ref.step()
+        probed.step()
+        m = probed.masked_model
+        m.eval()
+        with torch.no_grad():
+            m(input_ids=ids)
+        m.train()
+    assert [h["loss"] for h in ref.history] == [h["loss"] for h in probed.history]
+    for a, b in zip(ref.masks.layers, probed.masks.layers):
+        assert torch.equal(a.heads, b.heads) and torch.equal(a.channels, b.channels)
+    sa, sb = ref.finish().state_dict(), probed.finish().state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
