@@ -113,29 +113,34 @@ ROWS: dict[str, dict[str, Any]] = {
 }
 
 
+def _wikitext(model, tok, text: str, a, windows: int) -> dict[str, Any]:
+    """WikiText-2 perplexity of ``model`` on the first ``windows`` windows of ``--eval-seq-len`` tokens."""
+    import torch
+
+    from compressor.evaluation.perplexity import default_add_bos, perplexity
+
+    with torch.no_grad():
+        return perplexity(model, tok, text, seq_len=a.eval_seq_len, max_windows=windows,
+                          add_bos=default_add_bos(model, tok))
+
+
 def _probe(loop, tok, text: str, a) -> dict[str, Any]:
     """Perplexity of the masked model right after the last mask update (what the recovery steps start from), on
     the first ``--probe-windows`` windows; the model goes back to training mode afterwards."""
-    import torch
-
-    from compressor.evaluation.perplexity import default_add_bos, perplexity
-
     m = loop.masked_model
     m.eval()
     t0 = time.time()
-    with torch.no_grad():
-        p = perplexity(m, tok, text, seq_len=a.eval_seq_len, max_windows=a.probe_windows, add_bos=default_add_bos(m, tok))
+    p = _wikitext(m, tok, text, a, a.probe_windows)
     m.train()
+    eval_s = round(time.time() - t0, 1)
     print(f"    after the last mask update (step {loop.step_count}): WikiText-2 {p['ppl']:.2f} on {p['windows']} "
-          f"windows ({time.time() - t0:.0f}s)", flush=True)
-    return {"step": loop.step_count, "wikitext2": p["ppl"], "windows": p["windows"], "eval_s": round(time.time() - t0, 1)}
+          f"windows ({eval_s:.0f}s)", flush=True)
+    return {"step": loop.step_count, "wikitext2": p["ppl"], "windows": p["windows"], "eval_s": eval_s}
 
 
 def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dict[str, Any]:
-    import torch
 
     from compressor.config import PruneConfig
-    from compressor.evaluation.perplexity import default_add_bos, perplexity
     from compressor.loop import PruneLoop
     from compressor.models import load_model
     from compressor.pruning import as_blocks
@@ -163,10 +168,8 @@ def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dic
     else:
         model_eval = loop.masked_model
         model_eval.eval()
-    with torch.no_grad():
-        ppl = perplexity(model_eval.get_base_model() if hasattr(model_eval, "get_base_model") else model_eval,
-                         tok, text, seq_len=a.eval_seq_len, max_windows=a.eval_windows,
-                         add_bos=default_add_bos(model_eval, tok))
+    ppl = _wikitext(model_eval.get_base_model() if hasattr(model_eval, "get_base_model") else model_eval,
+                    tok, text, a, a.eval_windows)
     row = {"name": name, "fields": fields, "config": cfg.to_dict(), "wikitext2": ppl["ppl"],
            "windows": ppl["windows"], "sparsity": last.sparsity if last else None, "final_loss": last.loss if last else None,
            "final_lm_loss": last.lm_loss if last else None, "train_s": round(train_s, 1),
@@ -201,7 +204,6 @@ def main() -> None:
             print(f"{k:28s} {v}")
         return
     from calibration.data import load_eval_text
-    from compressor.evaluation.perplexity import default_add_bos, perplexity
     from compressor.models import load_model
 
     stem = "" if a.model == "smollm2-135m" else f"{a.model}_"
@@ -216,8 +218,7 @@ def main() -> None:
     text = load_eval_text("wikitext2")
     if "dense" not in doc:
         m, tok, _ = load_model(str(dense))
-        doc["dense"] = perplexity(m, tok, text, seq_len=a.eval_seq_len, max_windows=a.eval_windows,
-                                  add_bos=default_add_bos(m, tok))["ppl"]
+        doc["dense"] = _wikitext(m, tok, text, a, a.eval_windows)["ppl"]
         del m
     print(f"dense WikiText-2: {doc['dense']:.2f}", flush=True)
     for r in a.rows.split(","):

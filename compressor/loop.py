@@ -275,8 +275,6 @@ class PruneLoop:
         acc = accelerator
         self.device = acc.device if acc is not None else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-        #: bfloat16 autocast for the forward passes (``amp``); backward, optimizer and statistics stay float32
-        self.amp = resolve_amp(config, self.device, getattr(getattr(unwrap(model), "config", None), "hidden_size", None))
         self.world: int
         self.rank: int
         self.world, self.rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
@@ -286,6 +284,8 @@ class PruneLoop:
             raise ConfigError("criterion 'taylor' needs W's gradient in float; it cannot run with base_bits=8")
         torch.manual_seed(config.seed)
         self.groups = groups or discover_groups(model)
+        #: bfloat16 autocast for the forward passes (``amp``); backward, optimizer and statistics stay float32
+        self.amp = resolve_amp(config, self.device, self.groups.hidden_size)
         shapes = {(lg.num_heads, lg.num_kv_heads, lg.head_dim, lg.intermediate_size) for lg in self.groups.layers}
         if len(shapes) != 1:
             raise ConfigError(f"layers have different widths {sorted(shapes)}; only uniform models are supported")
