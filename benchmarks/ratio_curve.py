@@ -25,10 +25,12 @@ SERIES_20 = {
         0.2: "eval-smollm2-20-lr1e-3.json", 0.3: "eval-smollm2-30-lr1e-3.json", 0.5: "eval-smollm2-50-lr1e-3.json"},
     "2026-12-04 (lr 1e-3, compensation statistics on 65,536 tokens, 150 steps, float32)": {
         0.2: "eval-smollm2-20-ct64k.json", 0.3: "eval-smollm2-30-ct64k.json", 0.5: "eval-smollm2-50-ct64k.json"},
-    "default since the last stop of 2026-12-04 (the same, 250 steps, --amp auto)": {
+    "default of 2026-12-04's last stop (the same, 250 steps, --amp auto)": {
         0.2: "eval-smollm2-20-amp250.json", 0.3: "eval-smollm2-30-amp250.json", 0.5: "eval-smollm2-50-amp250.json"},
     "the default with --widths adaptive (per-layer MLP widths; remote-code output), 2026-12-05": {
-        0.2: "eval-smollm2-20-adaptive250.json", 0.5: "eval-smollm2-50-adaptive250.json"},
+        0.2: "eval-smollm2-20-adaptive250.json", 0.5: "eval-smollm2-50-adaptive-lrauto-250.json"},
+    "default since 2026-12-05 (learning rate by ratio: 1e-3 below 25 %, 2e-3 from 25 %)": {
+        0.2: "eval-smollm2-20-amp250.json", 0.3: "eval-smollm2-30-lr2e-3-250.json", 0.5: "eval-smollm2-50-lr2e-3-250.json"},
 }
 #: the 8-window protocol (first 8 x 2048 tokens, dense 19.13): summary file of earlier rounds
 EIGHT = "eval-smollm2-v2-8windows.json"

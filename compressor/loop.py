@@ -330,7 +330,7 @@ class PruneLoop:
         if plan is not None:
             self._apply_plan(plan)
         self.trainable = [p for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
-        self.opt = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.opt = torch.optim.AdamW(self.trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config, config.steps))
         self.train_model = self.pm
         if acc is not None:

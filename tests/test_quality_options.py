@@ -202,6 +202,7 @@ def test_activation_prune_merges_and_reaches_ratio():
     res = prune(tiny_model("qwen2-gqa"), _cfg(criterion="activation"), [tiny_text(3000)], tokenizer=tok)
     assert res.report["history"][-1]["sparsity"] == pytest.approx(res.report["ratio_achieved"], abs=1e-6)
     assert res.report["criterion"] == "activation"
+    assert res.report["peak_lr"] == 1e-3 and res.report["history"][0]["lr"] <= 1e-3
 
 
 # ---- schedule options in the loop ---------------------------------------------------------------
@@ -539,6 +540,21 @@ def test_recipes_are_valid_configs():
         assert all(getattr(cfg, k) == v for k, v in fields.items()), name
     paper = PruneConfig(ratio=0.5, **RECIPES["paper"])
     assert (paper.criterion, paper.distill, paper.compensate) == ("lora", 0.0, False)
+
+
+@pytest.mark.parametrize("ratio,expected", [(0.1, 1e-3), (0.2, 1e-3), (0.3, 2e-3), (0.5, 2e-3), (0.7, 2e-3)])
+def test_default_lr_follows_the_ratio_and_an_explicit_lr_wins(ratio, expected):
+    from compressor.config import LR_BY_RATIO
+
+    assert PruneConfig(ratio=ratio).lr is None and PruneConfig(ratio=ratio).peak_lr == expected
+    assert PruneConfig(ratio=ratio, lr=3e-4).peak_lr == 3e-4
+    # replace(ratio=...) re-derives the default (a from-plan re-prune at another ratio must not inherit it)
+    assert PruneConfig(ratio=0.5).replace(ratio=0.2).peak_lr == 1e-3
+    assert LR_BY_RATIO[-1][0] == math.inf, "every ratio gets a learning rate"
+    loop = PruneLoop(tiny_model(), _cfg(ratio=ratio, lr=None), torch.randint(0, 96, (8, 32)))
+    assert loop.opt.param_groups[0]["initial_lr"] == expected
+    with pytest.raises(ConfigError, match="lr=0.0 is not valid"):
+        PruneConfig(ratio=ratio, lr=0.0)
 
 
 def test_config_without_ratio_names_it():

@@ -1,0 +1,229 @@
+"""Default-budget runs (issue #11): the product's own ``compress prune`` + ``compress eval``, one JSON table.
+
+A row is one full ``compress prune MODEL --ratio R [OPTIONS]`` run at the default budget (250 steps, about 17 min
+on 2 cores for SmolLM2-135M), then ``compress eval OUT --tasks wikitext2,ptb --seq-len 2048 --max-windows 20`` on
+its output. The prune report and its picture are copied to ``benchmarks/results/prune_NAME.*`` and the eval
+report to ``eval-NAME.json``; then the table ``default_budget.json`` / ``.png`` is rebuilt from every such pair
+in ``benchmarks/results/`` (evaluated on 20 x 2048 tokens), so rows made earlier with the same two commands by
+hand appear beside the new ones. Run one at a time on an otherwise idle machine: a second torch job on 2 cores
+slows both by up to 10 x and the wall times would mean nothing.
+
+    python benchmarks/default_budget.py run smollm2-50-lr2e-3 --ratio 0.5 -- --lr 2e-3
+    python benchmarks/default_budget.py dense smollm2-135m       # the dense model's row (eval only)
+    python benchmarks/default_budget.py table                    # rebuild the table from the files on disk
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plots import RESULTS, _plt, _save  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
+#: dense rows measured under the same protocol (first 20 x 2048 tokens); written by ``dense`` or by hand earlier
+DENSE_FILES = {"smollm2-135m": "eval-smollm2-135m-dense20.json", "gemma3-270m": "eval-gemma3-270m-dense.json"}
+#: dense WikiText-2 figures measured before this script existed (same protocol), used when no dense file is there
+DENSE_KNOWN = {"smollm2-135m": (20.97, "benchmarks/results/screen_50_60.json"),
+               "qwen2.5-coder-0.5b": (32.04, "benchmarks/results/screen_qwen2.5-coder-0.5b_50_30_tokens.json")}
+
+
+def _busy_warning() -> None:
+    load = os.getloadavg()[0]
+    if load > 0.7:
+        print(f"warning: load average {load:.2f}: something else is running; wall times and step speed will not "
+              "be comparable (run one job at a time)", file=sys.stderr)
+
+
+def _compress(*args: str) -> None:
+    cmd = [sys.executable, "-m", "compressor.cli", *args]
+    print("+ compress " + " ".join(args), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def run(name: str, ratio: float, model: str, extra: list[str], runs: Path, force: bool) -> None:
+    targets = [RESULTS / f"prune_{name}.compression_report.json", RESULTS / f"eval-{name}.json"]
+    if not force and any(p.exists() for p in targets):
+        sys.exit(f"error: {targets[0].name} or {targets[1].name} already exists in {RESULTS}; pick another NAME "
+                 "or pass --force")
+    _busy_warning()
+    out = runs / name
+    t0 = time.time()
+    _compress("prune", model, "--ratio", str(ratio), "--out", str(out), "--quiet",
+              *(["--force"] if force else []), *extra)
+    prune_s = time.time() - t0
+    ev = runs / f"eval-{name}.json"
+    _compress("eval", str(out), *EVAL_ARGS, "--out", str(ev), "--quiet", *(["--force"] if force else []))
+    _copy(out / "compression_report.json", targets[0])
+    if (out / "pruning.png").is_file():
+        _copy(out / "pruning.png", RESULTS / f"prune_{name}.png")
+    _copy(ev, targets[1])
+    print(f"{name}: prune command {prune_s:.0f} s")
+    table()
+
+
+def dense(model: str, runs: Path, force: bool) -> None:
+    name = DENSE_FILES.get(model, f"eval-{model}-dense20.json")
+    dst = RESULTS / name
+    if dst.exists() and not force:
+        sys.exit(f"error: {dst} already exists; pass --force to measure again")
+    _busy_warning()
+    ev = runs / name
+    _compress("eval", model, *EVAL_ARGS, "--out", str(ev), "--quiet", *(["--force"] if force else []))
+    _copy(ev, dst)
+    table()
+
+
+def _ppl(d: dict, task: str) -> float | None:
+    r = d.get("results", {}).get(task)
+    return round(float(r["ppl"]), 3) if isinstance(r, dict) and "ppl" in r else None
+
+
+def _same_protocol(d: dict) -> bool:
+    c = d.get("config", {})
+    return c.get("seq_len") == 2048 and c.get("max_windows") == 20
+
+
+def _non_defaults(cfg: dict) -> dict:
+    """The run's settings that differ from today's ``PruneConfig`` defaults (what makes the row what it is)."""
+    try:
+        sys.path.insert(0, str(ROOT))
+        from compressor import PruneConfig
+    except ImportError:
+        return {}
+    skip = {"ratio", "eval_windows", "eval_seq_len", "save_every", "version", "compensate_tokens"}
+    out = {}
+    for f in dataclasses.fields(PruneConfig):
+        if f.name in skip or f.name not in cfg:
+            continue
+        default = f.default
+        if f.name == "lr" and cfg.get("ratio"):  # today's default is picked from the ratio
+            default = PruneConfig(ratio=cfg["ratio"]).peak_lr
+        if cfg[f.name] != default and not (f.name == "lr" and cfg[f.name] is None):
+            out[f.name] = cfg[f.name]
+    return out
+
+
+def _dense(model: str) -> dict:
+    f = RESULTS / DENSE_FILES.get(model, f"eval-{model}-dense20.json")
+    if f.is_file():
+        d = json.loads(f.read_text())
+        if _same_protocol(d):
+            return {"wikitext2": _ppl(d, "wikitext2"), "ptb": _ppl(d, "ptb"), "source": f"benchmarks/results/{f.name}"}
+    if model in DENSE_KNOWN:
+        w, src = DENSE_KNOWN[model]
+        return {"wikitext2": w, "ptb": None, "source": src}
+    return {}
+
+
+def table() -> dict:
+    rows, dense_rows = [], {}
+    for ev in sorted(RESULTS.glob("eval-*.json")):
+        name = ev.stem[len("eval-"):]
+        rep = RESULTS / f"prune_{name}.compression_report.json"
+        d = json.loads(ev.read_text())
+        if not rep.is_file() or not _same_protocol(d):
+            continue
+        r = json.loads(rep.read_text())
+        model = r.get("model")
+        if model not in dense_rows:
+            dense_rows[model] = _dense(model)
+        dn = dense_rows[model]
+        w, p = _ppl(d, "wikitext2"), _ppl(d, "ptb")
+        cfg = r.get("config", {})
+        rows.append({
+            "name": name, "model": model, "ratio_asked": r.get("ratio_asked"), "ratio_achieved": r.get("ratio_achieved"),
+            "steps": r.get("steps"), "tokens_seen": r.get("tokens_seen"), "autocast_bf16": r.get("autocast_bf16"),
+            "differs_from_todays_defaults": _non_defaults(cfg),
+            "prune_wall_s": r.get("wall_time_s"), "peak_rss_mb": r.get("peak_rss_mb"),
+            "per_layer_widths": bool((r.get("widths_after") or {}).get("per_layer")),
+            "wikitext2": w, "ptb": p,
+            "wikitext2_x_dense": round(w / dn["wikitext2"], 3) if w and dn.get("wikitext2") else None,
+            "ptb_x_dense": round(p / dn["ptb"], 3) if p and dn.get("ptb") else None,
+            "files": [f"benchmarks/results/{rep.name}", f"benchmarks/results/{ev.name}"],
+        })
+    out = {"protocol": "compress eval OUT " + " ".join(EVAL_ARGS) + " (first 20 non-overlapping windows, no BOS)",
+           "prune": "compress prune MODEL --ratio R [options] (one job at a time on 2 CPU cores)",
+           "differs_from_todays_defaults": "the run's PruneConfig fields that differ from today's defaults (lr: the "
+                                           "one today's default picks for the row's ratio); fields an older report "
+                                           "does not record are not compared",
+           "dense": dense_rows, "rows": rows}
+    tmp = RESULTS / "default_budget.json.tmp"
+    tmp.write_text(json.dumps(out, indent=1) + "\n")
+    os.replace(tmp, RESULTS / "default_budget.json")
+    for row in rows:
+        print(f"{row['name']:<34} ratio {row['ratio_achieved']}  steps {row['steps']}  "
+              f"{row['prune_wall_s'] or 0:>6.0f} s  WikiText-2 {row['wikitext2']}  ({row['wikitext2_x_dense']} x)  "
+              f"PTB {row['ptb']}")
+    _plot(out)
+    return out
+
+
+def _plot(d: dict) -> Path | None:
+    plt = _plt()
+    rows = [r for r in d["rows"] if r["model"] == "smollm2-135m" and r["steps"] == 250 and r["wikitext2_x_dense"]]
+    if plt is None or not rows:
+        return None
+    rows.sort(key=lambda r: (r["ratio_asked"], r["wikitext2"]))
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.5))
+    labels = [f"{r['ratio_asked']:.0%} {r['name']}" for r in rows]
+    ax.barh(range(len(rows)), [r["wikitext2_x_dense"] for r in rows],
+            color=["tab:orange" if r["per_layer_widths"] else "tab:blue" for r in rows])
+    for i, r in enumerate(rows):
+        ax.text(r["wikitext2_x_dense"], i, f" {r['wikitext2_x_dense']:.2f} x ({r['wikitext2']:.1f})", va="center",
+                fontsize=7)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.invert_yaxis()
+    for x, c in ((1.3, "g"), (3.0, "r")):
+        ax.axvline(x, color=c, ls="--", lw=1)
+    ax.set_xlabel("WikiText-2 perplexity / dense (first 20 x 2048 tokens); lines: targets 1.3 x (20 %), 3 x (50 %)")
+    ax.set_title("SmolLM2-135M, default budget (250 steps), 2 CPU cores; orange: per-layer widths", fontsize=9)
+    return _save(fig, "default_budget")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="compress prune + compress eval, then rebuild the table; compress prune options "
+                                   "go after --")
+    r.add_argument("name", help="row name: files prune_NAME.* and eval-NAME.json in benchmarks/results/")
+    r.add_argument("--ratio", type=float, required=True)
+    r.add_argument("--model", default="smollm2-135m")
+    r.add_argument("--runs", type=Path, default=ROOT / "runs", help="where the pruned folders go (default: runs/)")
+    r.add_argument("--force", action="store_true", help="overwrite an existing row and output folder")
+    dn = sub.add_parser("dense", help="the dense model's row: compress eval only")
+    dn.add_argument("model")
+    dn.add_argument("--runs", type=Path, default=ROOT / "runs")
+    dn.add_argument("--force", action="store_true")
+    sub.add_parser("table", help="rebuild default_budget.json / .png from the files in benchmarks/results/")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []  # compress prune options after --
+    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    if extra and a.cmd != "run":
+        ap.error(f"options after -- are passed to compress prune and only go with 'run', got {extra}")
+    if a.cmd == "run":
+        if not 0 < a.ratio < 1:
+            ap.error(f"--ratio must be in (0, 1), got {a.ratio}")
+        run(a.name, a.ratio, a.model, extra, a.runs, a.force)
+    elif a.cmd == "dense":
+        dense(a.model, a.runs, a.force)
+    else:
+        table()
+
+
+if __name__ == "__main__":
+    main()
