@@ -36,11 +36,26 @@ DENSE_KNOWN = {"smollm2-135m": (20.97, "benchmarks/results/screen_50_60.json"),
                "qwen2.5-coder-0.5b": (32.04, "benchmarks/results/screen_qwen2.5-coder-0.5b_50_30_tokens.json")}
 
 
+def _cpu_busy(seconds: float = 2.0) -> float | None:
+    """Share of all CPU time spent busy over ``seconds`` (Linux ``/proc/stat``; None elsewhere)."""
+    def sample() -> tuple[int, int]:
+        vals = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(vals), vals[3] + vals[4]  # total, idle + iowait
+
+    try:
+        t0, i0 = sample()
+        time.sleep(seconds)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
 def _busy_warning() -> None:
-    load = os.getloadavg()[0]
-    if load > 0.7:
-        print(f"warning: load average {load:.2f}: something else is running; wall times and step speed will not "
-              "be comparable (run one job at a time)", file=sys.stderr)
+    busy = _cpu_busy()
+    if busy is not None and busy > 0.25:
+        print(f"warning: the CPUs are {busy:.0%} busy before the run: something else is running; wall times and "
+              "step speed will not be comparable (run one job at a time)", file=sys.stderr)
 
 
 def _compress(*args: str) -> None:

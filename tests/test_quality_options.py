@@ -462,7 +462,8 @@ def test_distillation_teacher_dense_or_compensated():
 def test_compensation_statistics_rest_on_enough_tokens():
     """Fewer calibration tokens than inputs leave the least-squares fit under-determined: before the first mask
     update the statistics are topped up to compensate_tokens (default 64 x the widest input, at most 65,536) by forward passes."""
-    loop = _loop(compensate=True, steps=8, prune_every=2, criterion="activation")
+    # prune_until 0.5: two mask updates, so the statistics are still held after the first
+    loop = _loop(compensate=True, steps=8, prune_every=2, criterion="activation", prune_until=0.5)
     assert loop.comp is not None
     lg = loop.groups.layers[0]
     from compressor.compensation import TOKENS_CAP, TOKENS_PER_INPUT
@@ -486,7 +487,7 @@ def test_compensation_statistics_rest_on_enough_tokens():
     assert loop.compensation_target() <= loop.comp.tokens < loop.compensation_target() + loop.cfg.seq_len
     assert loop.pos == 2 * loop.per_step, "the extra passes do not move the training data order"
 
-    few = _loop(compensate=True, steps=8, prune_every=2, criterion="activation", compensate_tokens=10)
+    few = _loop(compensate=True, steps=8, prune_every=2, criterion="activation", compensate_tokens=10, prune_until=0.5)
     few.step()
     few.step()
     assert few.comp is not None and few.comp.tokens == trained, "enough tokens already: no extra passes"
