@@ -31,8 +31,9 @@ SERIES_20 = {
         0.2: "eval-smollm2-20-adaptive250.json", 0.5: "eval-smollm2-50-adaptive-lrauto-250.json"},
     "learning rate by ratio (1e-3 below 25 %, 2e-3 from 25 %), prune until 50 % of the steps, 2026-12-05": {
         0.2: "eval-smollm2-20-amp250.json", 0.3: "eval-smollm2-30-lr2e-3-250.json", 0.5: "eval-smollm2-50-lr2e-3-250.json"},
-    "default since 2026-12-05 (the same, prune until 40 % of the steps; 30 % not measured)": {
-        0.2: "eval-smollm2-20-pu04-250.json", 0.5: "eval-smollm2-50-pu04-250.json"},
+    "default since 2026-12-05 (the same, prune until 40 % of the steps)": {
+        0.2: "eval-smollm2-20-pu04-250.json", 0.3: "eval-smollm2-30-default-20261205.json",
+        0.5: "eval-smollm2-50-pu04-250.json"},
 }
 #: the 8-window protocol (first 8 x 2048 tokens, dense 19.13): summary file of earlier rounds
 EIGHT = "eval-smollm2-v2-8windows.json"
