@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, write_result  # noqa: E402  (common also puts the repository on sys.path)
 from plots import RESULTS, _plt, _save  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
 #: dense rows measured under the same protocol (first 20 x 2048 tokens); written by ``dense`` or by hand earlier
 DENSE_FILES = {"smollm2-135m": "eval-smollm2-135m-dense20.json", "gemma3-270m": "eval-gemma3-270m-dense.json"}
@@ -91,8 +91,12 @@ def run(name: str, ratio: float, model: str, extra: list[str], runs: Path, force
     table()
 
 
+def _dense_file(model: str) -> str:
+    return DENSE_FILES.get(model, f"eval-{model}-dense20.json")
+
+
 def dense(model: str, runs: Path, force: bool) -> None:
-    name = DENSE_FILES.get(model, f"eval-{model}-dense20.json")
+    name = _dense_file(model)
     dst = RESULTS / name
     if dst.exists() and not force:
         sys.exit(f"error: {dst} already exists; pass --force to measure again")
@@ -115,11 +119,8 @@ def _same_protocol(d: dict) -> bool:
 
 def _non_defaults(cfg: dict) -> dict:
     """The run's settings that differ from today's ``PruneConfig`` defaults (what makes the row what it is)."""
-    try:
-        sys.path.insert(0, str(ROOT))
-        from compressor import PruneConfig
-    except ImportError:
-        return {}
+    from compressor import PruneConfig
+
     skip = {"ratio", "eval_windows", "eval_seq_len", "save_every", "version", "compensate_tokens"}
     out = {}
     for f in dataclasses.fields(PruneConfig):
@@ -134,7 +135,7 @@ def _non_defaults(cfg: dict) -> dict:
 
 
 def _dense(model: str) -> dict:
-    f = RESULTS / DENSE_FILES.get(model, f"eval-{model}-dense20.json")
+    f = RESULTS / _dense_file(model)
     if f.is_file():
         d = json.loads(f.read_text())
         if _same_protocol(d):
@@ -177,9 +178,7 @@ def table() -> dict:
                                            "one today's default picks for the row's ratio); fields an older report "
                                            "does not record are not compared",
            "dense": dense_rows, "rows": rows}
-    tmp = RESULTS / "default_budget.json.tmp"
-    tmp.write_text(json.dumps(out, indent=1) + "\n")
-    os.replace(tmp, RESULTS / "default_budget.json")
+    write_result("default_budget", out)
     for row in rows:
         print(f"{row['name']:<34} ratio {row['ratio_achieved']}  steps {row['steps']}  "
               f"{row['prune_wall_s'] or 0:>6.0f} s  WikiText-2 {row['wikitext2']}  ({row['wikitext2_x_dense']} x)  "
