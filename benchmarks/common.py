@@ -62,3 +62,9 @@ def git_rev() -> str:
 
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def eval_ppl(report: dict, task: str) -> float | None:
+    """A task's perplexity from a ``compress eval`` report (None where that task was not measured, e.g. PTB)."""
+    r = report.get("results", {}).get(task)
+    return float(r["ppl"]) if isinstance(r, dict) and "ppl" in r else None

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, write_result  # noqa: E402  (common also puts the repository on sys.path)
+from common import ROOT, eval_ppl, write_result  # noqa: E402  (common also puts the repository on sys.path)
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
@@ -108,8 +108,8 @@ def dense(model: str, runs: Path, force: bool) -> None:
 
 
 def _ppl(d: dict, task: str) -> float | None:
-    r = d.get("results", {}).get(task)
-    return round(float(r["ppl"]), 3) if isinstance(r, dict) and "ppl" in r else None
+    v = eval_ppl(d, task)
+    return None if v is None else round(v, 3)
 
 
 def _same_protocol(d: dict) -> bool:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import eval_ppl, load_json, write_result  # noqa: E402
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 #: series -> {ratio: eval report (20 windows)}; a missing file is skipped and listed as not measured
@@ -27,8 +28,8 @@ SERIES_20 = {
         0.2: "eval-smollm2-20-ct64k.json", 0.3: "eval-smollm2-30-ct64k.json", 0.5: "eval-smollm2-50-ct64k.json"},
     "default of 2026-12-04's last stop (the same, 250 steps, --amp auto)": {
         0.2: "eval-smollm2-20-amp250.json", 0.3: "eval-smollm2-30-amp250.json", 0.5: "eval-smollm2-50-amp250.json"},
-    "the default with --widths adaptive (per-layer MLP widths; remote-code output), 2026-12-05": {
-        0.2: "eval-smollm2-20-adaptive250.json", 0.5: "eval-smollm2-50-adaptive-lrauto-250.json"},
+    "the default with --widths adaptive (per-layer MLP widths; remote-code output; 20 %: prune until 0.5), 2026-12-05": {
+        0.2: "eval-smollm2-20-adaptive250.json", 0.5: "eval-smollm2-50-adaptive-pu04-250.json"},
     "learning rate by ratio (1e-3 below 25 %, 2e-3 from 25 %), prune until 50 % of the steps, 2026-12-05": {
         0.2: "eval-smollm2-20-amp250.json", 0.3: "eval-smollm2-30-lr2e-3-250.json", 0.5: "eval-smollm2-50-lr2e-3-250.json"},
     "default since 2026-12-05 (the same, prune until 40 % of the steps)": {
@@ -41,10 +42,7 @@ DENSE_20 = {"wikitext2": 20.97, "source": "benchmarks/results/screen_50_60.json 
 
 
 def _ppl(path: Path, task: str) -> float | None:
-    if not path.is_file():
-        return None
-    res = json.loads(path.read_text())["results"].get(task)
-    return float(res["ppl"]) if res else None  # e.g. PTB not measured for that run
+    return eval_ppl(load_json(path), task) if path.is_file() else None  # None: file missing or task not measured
 
 
 def collect() -> dict:
@@ -107,8 +105,8 @@ def plot(d: dict) -> Path | None:
 
 def main() -> None:
     d = collect()
-    (RESULTS / "ratio_curve.json").write_text(json.dumps(d, indent=1) + "\n")
     print(json.dumps(d, indent=1))
+    write_result("ratio_curve", d)  # atomic, the project's JSON writer
     plot(d)
 
 
