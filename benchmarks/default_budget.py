@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, eval_ppl, write_result  # noqa: E402  (common also puts the repository on sys.path)
+from common import ROOT, eval_ppl, load_json, write_result  # noqa: E402  (common also puts the repository on sys.path)
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
@@ -137,7 +136,7 @@ def _non_defaults(cfg: dict) -> dict:
 def _dense(model: str) -> dict:
     f = RESULTS / _dense_file(model)
     if f.is_file():
-        d = json.loads(f.read_text())
+        d = load_json(f)
         if _same_protocol(d):
             return {"wikitext2": _ppl(d, "wikitext2"), "ptb": _ppl(d, "ptb"), "source": f"benchmarks/results/{f.name}"}
     if model in DENSE_KNOWN:
@@ -151,10 +150,10 @@ def table() -> dict:
     for ev in sorted(RESULTS.glob("eval-*.json")):
         name = ev.stem[len("eval-"):]
         rep = RESULTS / f"prune_{name}.compression_report.json"
-        d = json.loads(ev.read_text())
+        d = load_json(ev)
         if not rep.is_file() or not _same_protocol(d):
             continue
-        r = json.loads(rep.read_text())
+        r = load_json(rep)
         model = r.get("model")
         if model not in dense_rows:
             dense_rows[model] = _dense(model)

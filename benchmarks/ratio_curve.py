@@ -60,7 +60,7 @@ def collect() -> dict:
         out["series_20"][name] = pts
     e8 = RESULTS / EIGHT
     if e8.is_file():
-        d = json.loads(e8.read_text())
+        d = load_json(e8)
         out["protocol_8"] = d.get("protocol")
         out["dense_8"] = d.get("dense")
         out["series_8"] = {
