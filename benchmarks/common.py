@@ -14,6 +14,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plots import PLOTTERS, RESULTS  # noqa: E402  (plots imports nothing from here: one-way)
 
+#: dense WikiText-2 perplexity on the first 20 non-overlapping 2048-token windows (no BOS), measured before the
+#: dense eval files existed: model -> (figure, where it was measured)
+DENSE_WIKITEXT2_20 = {"smollm2-135m": (20.97, "benchmarks/results/screen_50_60.json"),
+                      "qwen2.5-coder-0.5b": (32.04, "benchmarks/results/screen_qwen2.5-coder-0.5b_50_30_tokens.json")}
+
 
 def cache_root() -> Path:
     from compressor.assets import cache_dir

@@ -24,15 +24,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, eval_ppl, load_json, write_result  # noqa: E402  (common also puts the repository on sys.path)
+from common import DENSE_WIKITEXT2_20, ROOT, eval_ppl, load_json, write_result  # noqa: E402  (common also puts the repository on sys.path)
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
 #: dense rows measured under the same protocol (first 20 x 2048 tokens); written by ``dense`` or by hand earlier
 DENSE_FILES = {"smollm2-135m": "eval-smollm2-135m-dense20.json", "gemma3-270m": "eval-gemma3-270m-dense.json"}
 #: dense WikiText-2 figures measured before this script existed (same protocol), used when no dense file is there
-DENSE_KNOWN = {"smollm2-135m": (20.97, "benchmarks/results/screen_50_60.json"),
-               "qwen2.5-coder-0.5b": (32.04, "benchmarks/results/screen_qwen2.5-coder-0.5b_50_30_tokens.json")}
+DENSE_KNOWN = DENSE_WIKITEXT2_20
 
 
 def _cpu_busy(seconds: float = 2.0) -> float | None:

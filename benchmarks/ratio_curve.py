@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import eval_ppl, load_json, write_result  # noqa: E402
+from common import DENSE_WIKITEXT2_20, eval_ppl, load_json, write_result  # noqa: E402
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 #: series -> {ratio: eval report (20 windows)}; a missing file is skipped and listed as not measured
@@ -38,7 +38,8 @@ SERIES_20 = {
 }
 #: the 8-window protocol (first 8 x 2048 tokens, dense 19.13): summary file of earlier rounds
 EIGHT = "eval-smollm2-v2-8windows.json"
-DENSE_20 = {"wikitext2": 20.97, "source": "benchmarks/results/screen_50_60.json (dense, first 20 x 2048)"}
+DENSE_20 = {"wikitext2": DENSE_WIKITEXT2_20["smollm2-135m"][0],
+            "source": f"{DENSE_WIKITEXT2_20['smollm2-135m'][1]} (dense, first 20 x 2048)"}
 
 
 def _ppl(path: Path, task: str) -> float | None:
