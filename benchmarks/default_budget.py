@@ -30,8 +30,6 @@ from plots import RESULTS, _plt, _save  # noqa: E402
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
 #: dense rows measured under the same protocol (first 20 x 2048 tokens); written by ``dense`` or by hand earlier
 DENSE_FILES = {"smollm2-135m": "eval-smollm2-135m-dense20.json", "gemma3-270m": "eval-gemma3-270m-dense.json"}
-#: dense WikiText-2 figures measured before this script existed (same protocol), used when no dense file is there
-DENSE_KNOWN = DENSE_WIKITEXT2_20
 
 
 def _cpu_busy(seconds: float = 2.0) -> float | None:
@@ -138,8 +136,8 @@ def _dense(model: str) -> dict:
         d = load_json(f)
         if _same_protocol(d):
             return {"wikitext2": _ppl(d, "wikitext2"), "ptb": _ppl(d, "ptb"), "source": f"benchmarks/results/{f.name}"}
-    if model in DENSE_KNOWN:
-        w, src = DENSE_KNOWN[model]
+    if model in DENSE_WIKITEXT2_20:  # measured before this script existed (same protocol)
+        w, src = DENSE_WIKITEXT2_20[model]
         return {"wikitext2": w, "ptb": None, "source": src}
     return {}
 
