@@ -330,7 +330,9 @@ class PruneLoop:
         if plan is not None:
             self._apply_plan(plan)
         self.trainable = [p for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
-        self.opt = torch.optim.AdamW(self.trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
+        #: the peak learning rate this run uses (the default scales with the model's width, PruneConfig.peak_lr_for)
+        self.peak_lr = config.peak_lr_for(self.groups.hidden_size)
+        self.opt = torch.optim.AdamW(self.trainable, lr=self.peak_lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config, config.steps))
         self.train_model = self.pm
         if acc is not None:

@@ -53,7 +53,7 @@ def build_report(loop: PruneLoop, merged: nn.Module, *, model_id: str, params_be
         "schedule": {"type": cfg.schedule, "prune_every": cfg.prune_every, "prune_start": cfg.prune_start,
                      "prune_until": cfg.prune_until, "events": loop.schedule_log},
         "config": cfg.to_dict(),
-        "peak_lr": cfg.peak_lr,
+        "peak_lr": loop.peak_lr,
         "autocast_bf16": loop.amp,
         "steps": cfg.steps,
         "tokens_seen": cfg.steps * loop.per_step * loop.blocks.shape[1],

@@ -558,6 +558,22 @@ def test_default_lr_follows_the_ratio_and_an_explicit_lr_wins(ratio, expected):
         PruneConfig(ratio=ratio, lr=0.0)
 
 
+def test_default_lr_scales_down_with_the_model_width_and_an_explicit_lr_never_does():
+    from compressor.config import LR_REF_HIDDEN
+
+    cfg = PruneConfig(ratio=0.5)
+    assert cfg.peak_lr_for(LR_REF_HIDDEN) == cfg.peak_lr_for(64) == cfg.peak_lr_for(None) == cfg.peak_lr == 2e-3
+    assert cfg.peak_lr_for(2 * LR_REF_HIDDEN) == pytest.approx(1e-3)
+    assert cfg.peak_lr_for(896) == pytest.approx(2e-3 * 576 / 896)  # Qwen2.5-0.5B: ~1.29e-3
+    assert PruneConfig(ratio=0.2).peak_lr_for(4096) == pytest.approx(1e-3 * 576 / 4096)
+    assert PruneConfig(ratio=0.5, lr=3e-3).peak_lr_for(4096) == 3e-3
+    # the loop and its report use the width-scaled value (a wide tiny model: 1152 = 2 x the reference width)
+    model = tiny_model("llama-gqa", layers=1, hidden_size=2 * LR_REF_HIDDEN, intermediate_size=64)
+    res = prune(model, _cfg(lr=None, steps=2, prune_every=1), torch.randint(0, 96, (4, 16)))
+    assert res.report["peak_lr"] == pytest.approx(1e-3) and res.report["config"]["lr"] is None
+    assert max(h["lr"] for h in res.report["history"]) <= 1e-3 + 1e-12
+
+
 def test_config_without_ratio_names_it():
     with pytest.raises(ConfigError, match="ratio is required"):
         PruneConfig()
