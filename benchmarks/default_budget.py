@@ -113,20 +113,29 @@ def _same_protocol(d: dict) -> bool:
     return c.get("seq_len") == 2048 and c.get("max_windows") == 20
 
 
-def _non_defaults(cfg: dict) -> dict:
-    """The run's settings that differ from today's ``PruneConfig`` defaults (what makes the row what it is)."""
+#: hidden sizes of the models rows were made on, for reports written before they recorded it
+HIDDEN = {"smollm2-135m": 576, "qwen2.5-coder-0.5b": 896, "gemma3-270m": 640}
+
+
+def _non_defaults(report: dict) -> dict:
+    """The run's settings that differ from today's ``PruneConfig`` defaults (what makes the row what it is). The
+    learning rate is compared as the run used it (``peak_lr``) with the one today's default picks for the row's
+    ratio and model width."""
     from compressor import PruneConfig
 
-    skip = {"ratio", "eval_windows", "eval_seq_len", "save_every", "version", "compensate_tokens"}
+    cfg = report.get("config", {})
+    skip = {"ratio", "eval_windows", "eval_seq_len", "save_every", "version", "compensate_tokens", "lr"}
     out = {}
     for f in dataclasses.fields(PruneConfig):
         if f.name in skip or f.name not in cfg:
             continue
-        default = f.default
-        if f.name == "lr" and cfg.get("ratio"):  # today's default is picked from the ratio
-            default = PruneConfig(ratio=cfg["ratio"]).peak_lr
-        if cfg[f.name] != default and not (f.name == "lr" and cfg[f.name] is None):
+        if cfg[f.name] != f.default:
             out[f.name] = cfg[f.name]
+    used = report.get("peak_lr", cfg.get("lr"))
+    if used is not None and cfg.get("ratio"):
+        hidden = (report.get("widths_before") or {}).get("hidden_size") or HIDDEN.get(report.get("model", ""))
+        if abs(used - PruneConfig(ratio=cfg["ratio"]).peak_lr_for(hidden)) > 1e-12:
+            out["lr"] = used
     return out
 
 
@@ -156,11 +165,10 @@ def table() -> dict:
             dense_rows[model] = _dense(model)
         dn = dense_rows[model]
         w, p = _ppl(d, "wikitext2"), _ppl(d, "ptb")
-        cfg = r.get("config", {})
         rows.append({
             "name": name, "model": model, "ratio_asked": r.get("ratio_asked"), "ratio_achieved": r.get("ratio_achieved"),
             "steps": r.get("steps"), "tokens_seen": r.get("tokens_seen"), "autocast_bf16": r.get("autocast_bf16"),
-            "differs_from_todays_defaults": _non_defaults(cfg),
+            "differs_from_todays_defaults": _non_defaults(r),
             "prune_wall_s": r.get("wall_time_s"), "peak_rss_mb": r.get("peak_rss_mb"),
             "per_layer_widths": bool((r.get("widths_after") or {}).get("per_layer")),
             "wikitext2": w, "ptb": p,
@@ -171,8 +179,9 @@ def table() -> dict:
     out = {"protocol": "compress eval OUT " + " ".join(EVAL_ARGS) + " (first 20 non-overlapping windows, no BOS)",
            "prune": "compress prune MODEL --ratio R [options] (one job at a time on 2 CPU cores)",
            "differs_from_todays_defaults": "the run's PruneConfig fields that differ from today's defaults (lr: the "
-                                           "one today's default picks for the row's ratio); fields an older report "
-                                           "does not record are not compared",
+                                           "peak the run used against the one today's default picks for the row's "
+                                           "ratio and model width); fields an older report does not record are not "
+                                           "compared",
            "dense": dense_rows, "rows": rows}
     write_result("default_budget", out)
     for row in rows:

@@ -70,6 +70,9 @@ ROWS: dict[str, dict[str, Any]] = {
     "seq512": dict(batch_size=2, seq_len=512),
     "seq1024": dict(batch_size=1, seq_len=1024),
     "lr2e-3": dict(lr=2e-3),
+    # LoRA+: B's learning rate a multiple of A's (today's peak lr for A)
+    "lora-plus4": dict(lora_plus=4.0),
+    "lora-plus16-lr5e-4": dict(lora_plus=16.0, lr=5e-4),
     "ct128k": dict(compensate_tokens=131072),
     "pu0.7": dict(prune_until=0.7),
     "pu0.9": dict(prune_until=0.9),

@@ -66,6 +66,7 @@ class PruneConfig:
         max_grad_norm: clip the LoRA gradients' norm (0: off).
         lam: moving-average factor λ of Eq. 11 (``G ← λG + (1−λ)Ĝ``), in [0, 1).
         lora_r, lora_alpha, lora_dropout: LoRA rank, alpha (scaling = alpha / r) and dropout.
+        lora_plus: B's learning rate as a multiple of A's (LoRA+; 1: the same).
         lr: peak AdamW learning rate (cosine decay to 0 after ``warmup_steps``); ``None`` (default) picks it
             from the ratio, :data:`LR_BY_RATIO`, scaled down for models wider than :data:`LR_REF_HIDDEN`
             (read the value a run uses from :meth:`peak_lr_for`).
@@ -155,6 +156,8 @@ class PruneConfig:
     lora_r: int = _opt(8, "LoRA rank.")
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    lora_plus: float = _opt(1.0, "Learning rate of LoRA's B matrices as a multiple of A's (LoRA+, Hayou et al. "
+                                 "2024, suggests 16); 1 = one learning rate for both.")
     lr: float | None = _opt(None, "Peak AdamW learning rate (cosine decay to 0 after warmup_steps). Default: "
                                   "1e-3 below ratio 0.25, 2e-3 from 0.25 on (measured best at 20 %, 30 % and 50 %, README), "
                                   "times 576 / hidden_size on models wider than 576.")
@@ -254,6 +257,8 @@ class PruneConfig:
             raise bad("lora_alpha", "must be > 0")
         if not (0.0 <= self.lora_dropout < 1.0):
             raise bad("lora_dropout", "must be in [0, 1)")
+        if not (math.isfinite(self.lora_plus) and self.lora_plus > 0):
+            raise bad("lora_plus", "must be a finite number > 0 (1: B and A share one learning rate)")
         if self.loss_chunk_tokens < 0:
             raise bad("loss_chunk_tokens", "use a positive number of positions per chunk, or 0 for the stock loss")
         if not (0.0 <= self.distill <= 1.0):
@@ -286,7 +291,7 @@ class PruneConfig:
     @property
     def peak_lr(self) -> float:
         """The peak learning rate at the reference width: ``lr``, or when it is ``None`` the one
-        :data:`LR_BY_RATIO` gives for ``ratio``. A run on a model uses :meth:`peak_lr_for` its hidden size."""
+        :data:`LR_BY_RATIO` gives for ``ratio``. A run on a model uses :meth:`peak_lr_for` with its hidden size."""
         if self.lr is not None:
             return self.lr
         return next(lr for upto, lr in LR_BY_RATIO if self.ratio < upto)

@@ -332,7 +332,7 @@ class PruneLoop:
         self.trainable = [p for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
         #: the peak learning rate this run uses (the default scales with the model's width, PruneConfig.peak_lr_for)
         self.peak_lr = config.peak_lr_for(self.groups.hidden_size)
-        self.opt = torch.optim.AdamW(self.trainable, lr=self.peak_lr, weight_decay=config.weight_decay)
+        self.opt = torch.optim.AdamW(self._param_groups(config), lr=self.peak_lr, weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config, config.steps))
         self.train_model = self.pm
         if acc is not None:
@@ -504,6 +504,16 @@ class PruneLoop:
                                                  for i in range(0, n, cfg.batch_size)])
         finally:
             self.pm.train(was_training)
+
+    def _param_groups(self, config: PruneConfig) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one group of every trainable LoRA tensor, or with ``lora_plus`` != 1
+        the A matrices at the peak learning rate and the B matrices at ``lora_plus`` times it (LoRA+)."""
+        if config.lora_plus == 1.0:
+            return [{"params": self.trainable}]
+        named = [(n, p) for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
+        b = [p for n, p in named if "lora_B" in n]
+        rest = [p for n, p in named if "lora_B" not in n]
+        return [{"params": rest, "lr": self.peak_lr}, {"params": b, "lr": self.peak_lr * config.lora_plus}]
 
     def _apply_plan(self, plan: dict[str, Any]) -> None:
         scores = [LayerScores(h.double(), c.double()) for h, c in zip(plan["heads"], plan["channels"])]

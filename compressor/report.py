@@ -38,7 +38,7 @@ def build_report(loop: PruneLoop, merged: nn.Module, *, model_id: str, params_be
         "params_total_after": count_params(merged),
         "params_prunable_before": prunable_before,
         "params_prunable_after": kept,
-        "widths_before": {"num_attention_heads": lg0.num_heads, "num_key_value_heads": lg0.num_kv_heads,
+        "widths_before": {"hidden_size": groups.hidden_size, "num_attention_heads": lg0.num_heads, "num_key_value_heads": lg0.num_kv_heads,
                           "head_dim": lg0.head_dim, "intermediate_size": lg0.intermediate_size},
         "widths_after": {"num_attention_heads": n_heads, "num_key_value_heads": lg0.num_kv_heads if lg0.gqa else n_heads,
                          "head_dim": lg0.head_dim, "intermediate_size": int(masks.layers[0].channels.sum())},

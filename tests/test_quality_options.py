@@ -801,3 +801,21 @@ def test_evaluating_mid_run_leaves_the_run_unchanged(criterion):
         assert torch.equal(a.heads, b.heads) and torch.equal(a.channels, b.channels)
     sa, sb = ref.finish().state_dict(), probed.finish().state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_lora_plus_gives_the_b_matrices_their_own_learning_rate():
+    model = tiny_model("llama-gqa")
+    loop = PruneLoop(model, _cfg(lora_plus=4.0, lr=1e-3), torch.randint(0, 96, (8, 32)))
+    a_group, b_group = loop.opt.param_groups
+    names = {id(p): n for n, p in loop.pm.named_parameters()}
+    assert all("lora_A" in names[id(p)] for p in a_group["params"])
+    assert all("lora_B" in names[id(p)] for p in b_group["params"])
+    assert len(a_group["params"]) == len(b_group["params"]) > 0
+    assert (a_group["initial_lr"], b_group["initial_lr"]) == (1e-3, pytest.approx(4e-3))
+    loop.step()
+    assert b_group["lr"] == pytest.approx(4 * a_group["lr"])  # one schedule, scaled
+    # the default keeps one group at the peak learning rate
+    one = PruneLoop(tiny_model("llama-gqa"), _cfg(lr=1e-3), torch.randint(0, 96, (8, 32)))
+    assert len(one.opt.param_groups) == 1 and one.opt.param_groups[0]["initial_lr"] == 1e-3
+    with pytest.raises(ConfigError, match="lora_plus=0.0 is not valid"):
+        PruneConfig(ratio=0.5, lora_plus=0.0)
