@@ -39,11 +39,25 @@ def dense_hf_dir(name: str = "smollm2-135m") -> Path:
     return out
 
 
+def cpu_name() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``; None elsewhere): timings from different CPUs do not compare."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine() -> dict:
     import torch
 
+    from compressor.loop import native_bf16
+
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
-            "threads": torch.get_num_threads(), "platform": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            "threads": torch.get_num_threads(), "platform": platform.platform(), "cpu": cpu_name(),
+            "native_bf16_cpu": native_bf16(torch.device("cpu")), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def write_result(name: str, data: dict) -> Path:

@@ -42,12 +42,16 @@ from .scoring import LayerScores, MovingAverage, model_scores
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively (a CPU with AMX tiles; a CUDA GPU with bf16)."""
+    """Whether ``device`` multiplies bfloat16 matrices natively: a CPU with AMX tiles or AVX512-BF16 (Intel
+    Sapphire Rapids and later, Cooper Lake, AMD Zen 4 and later), a CUDA GPU with bf16. Measured on 2 cores, a
+    SmolLM2-135M step under autocast: 1.40-1.54 x faster with AMX, 1.49 x on an AMD EPYC with AVX512-BF16."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-        return bool(probe()) if probe is not None else False
+        for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+            probe = getattr(torch.cpu, name, None)
+            if probe is not None and probe():
+                return True
     return False
 
 

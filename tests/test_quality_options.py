@@ -779,6 +779,16 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
         _cfg(amp="bf16", base_bits=8, compensate=False)
 
 
+@pytest.mark.parametrize("amx,avx512_bf16,expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_native_bf16_on_a_cpu_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
+    import compressor.loop as loop_mod
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert loop_mod.native_bf16(torch.device("cpu")) is expected
+    assert loop_mod.native_bf16(torch.device("meta")) is False
+
+
 @pytest.mark.parametrize("criterion", ["activation", "lora"])
 def test_evaluating_mid_run_leaves_the_run_unchanged(criterion):
     """A no-gradient evaluation of the masked model between steps (benchmarks/screen.py --probe-windows, or a
