@@ -22,7 +22,7 @@ LR_BY_RATIO: tuple[tuple[float, float], ...] = ((0.25, 1e-3), (math.inf, 2e-3))
 #: Hidden size the :data:`LR_BY_RATIO` values were measured at (SmolLM2-135M). Wider models get the default
 #: scaled by ``LR_REF_HIDDEN / hidden_size`` (Adam's per-width rule, as in muP: the update a hidden-layer weight
 #: sees grows with fan-in); narrower ones keep it. Measured on Qwen2.5-0.5B (hidden 896) at 50 %, 250 steps:
-#: 2e-3 gives WikiText-2 82.16, 1e-3 65.41 (README).
+#: 2e-3 gives WikiText-2 82.16, 1e-3 65.41, the scaled 1.29e-3 65.20 (README).
 LR_REF_HIDDEN = 576
 
 
