@@ -72,6 +72,7 @@ ROWS: dict[str, dict[str, Any]] = {
     "lr2e-3": dict(lr=2e-3),
     # LoRA+: B's learning rate a multiple of A's (today's peak lr for A)
     "lora-plus4": dict(lora_plus=4.0),
+    "lora-plus8": dict(lora_plus=8.0),
     "lora-plus16-lr5e-4": dict(lora_plus=16.0, lr=5e-4),
     "ct128k": dict(compensate_tokens=131072),
     "pu0.7": dict(prune_until=0.7),
