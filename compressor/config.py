@@ -90,8 +90,8 @@ class PruneConfig:
         dtype: dtype of the float weights (``float32``, ``bfloat16``).
         amp: ``off``, ``bf16`` (the fine-tune's forward passes under ``torch.autocast`` to bfloat16; master weights,
             LoRA, optimizer, scores and statistics stay float32) or ``auto`` (``bf16`` where the hardware has native
-            bfloat16 matmuls, AMX or AVX512-BF16 on a CPU or bf16 on a CUDA GPU, for models at least 256 wide; the default;
-            :func:`compressor.loop.resolve_amp`).
+            bfloat16 matmuls, AMX or AVX512-BF16 on a CPU or bf16 on a CUDA GPU, for models at least 256 wide; the
+            default; :func:`compressor.loop.resolve_amp`).
         distill: weight of a distillation term in the fine-tune loss, in [0, 1]:
             ``(1 - distill) · CE + distill · KL(dense ‖ pruned)`` per token. The teacher is the same model with
             LoRA and masks switched off (no second copy of the weights; one more forward pass per step).
@@ -187,9 +187,7 @@ class PruneConfig:
                            "statistics): off (float32), bf16 (torch.autocast to bfloat16; weights, LoRA, optimizer, "
                            "scores and statistics stay float32) or auto (bf16 where the hardware multiplies bfloat16 "
                            "natively, a CPU with AMX or AVX512-BF16 or a CUDA GPU with bf16, for models at least 256 "
-                           "wide; "
-                           "otherwise off). The output is float32 "
-                           "either way.", choices=("off", "bf16", "auto"))
+                           "wide; otherwise off). The output is float32 either way.", choices=("off", "bf16", "auto"))
     distill: float = _opt(0.5, "Weight of distillation from the dense model in the fine-tune loss, in [0, 1]: "
                                "(1-w)·CE + w·KL(dense‖pruned). The teacher is the same model with LoRA and masks "
                                "off (no second copy); one more forward pass per step.")

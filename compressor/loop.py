@@ -333,10 +333,12 @@ class PruneLoop:
         self.per_step = config.batch_size * config.grad_accum * self.world
         if plan is not None:
             self._apply_plan(plan)
-        self.trainable = [p for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
+        lora = [(n, p) for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
+        self.trainable = [p for _, p in lora]
         #: the peak learning rate this run uses (the default scales with the model's width, PruneConfig.peak_lr_for)
         self.peak_lr = config.peak_lr_for(self.groups.hidden_size)
-        self.opt = torch.optim.AdamW(self._param_groups(config), lr=self.peak_lr, weight_decay=config.weight_decay)
+        self.opt = torch.optim.AdamW(self._param_groups(lora, config), lr=self.peak_lr,
+                                     weight_decay=config.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(config, config.steps))
         self.train_model = self.pm
         if acc is not None:
@@ -509,14 +511,14 @@ class PruneLoop:
         finally:
             self.pm.train(was_training)
 
-    def _param_groups(self, config: PruneConfig) -> list[dict[str, Any]]:
-        """The optimizer's parameter groups: one group of every trainable LoRA tensor, or with ``lora_plus`` != 1
-        the A matrices at the peak learning rate and the B matrices at ``lora_plus`` times it (LoRA+)."""
+    def _param_groups(self, lora: list[tuple[str, nn.Parameter]], config: PruneConfig) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups over the trainable LoRA tensors ``lora`` (name, parameter): one group,
+        or with ``lora_plus`` != 1 the A matrices at the peak learning rate and the B matrices at ``lora_plus`` times
+        it (LoRA+)."""
         if config.lora_plus == 1.0:
-            return [{"params": self.trainable}]
-        named = [(n, p) for n, p in self.pm.named_parameters() if "lora_" in n and p.requires_grad]
-        b = [p for n, p in named if "lora_B" in n]
-        rest = [p for n, p in named if "lora_B" not in n]
+            return [{"params": [p for _, p in lora]}]
+        b = [p for n, p in lora if "lora_B" in n]
+        rest = [p for n, p in lora if "lora_B" not in n]
         return [{"params": rest, "lr": self.peak_lr}, {"params": b, "lr": self.peak_lr * config.lora_plus}]
 
     def _apply_plan(self, plan: dict[str, Any]) -> None:
