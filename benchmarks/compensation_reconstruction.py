@@ -10,12 +10,11 @@ Writes ``benchmarks/results/compensation_reconstruction.json``. SmolLM2-shaped M
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dense_hf_dir, git_rev, machine, write_result  # noqa: E402
+from common import dense_hf_dir, git_rev, load_json, machine, write_result  # noqa: E402
 
 
 def _err(xk, wk, y, b=0.0) -> float:
@@ -48,7 +47,7 @@ def main() -> None:
     m, tok, _ = load_model(str(dense_hf_dir(a.model)))
     m.eval()
     blocks = as_blocks("wiki", tok, PruneConfig(ratio=0.5))
-    kept = json.loads((Path(a.folder) / "compression_report.json").read_text())["kept"]
+    kept = load_json(Path(a.folder) / "compression_report.json")["kept"]
     layers = [int(i) for i in a.layers.split(",")]
     inter = m.config.intermediate_size
     gram = {i: torch.zeros(inter + 1, inter + 1, dtype=torch.float64) for i in layers}

@@ -9,13 +9,12 @@ scored by ``compress eval``'s own :func:`compressor.evaluation.perplexity` (same
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_rev, machine, write_result  # noqa: E402
+from common import git_rev, load_json, machine, write_result  # noqa: E402
 
 WIKI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2" / "test.txt"
 
@@ -29,7 +28,7 @@ class _Graph:
 
         from compressor.ort import ort_session
 
-        cfg = json.loads((folder / "config.json").read_text())
+        cfg = load_json(folder / "config.json")
         self.config = SimpleNamespace(**cfg)
         self.onnx = next(p for p in (folder / "model.onnx", *sorted(folder.glob("*.onnx"))) if p.is_file())
         self.sess = ort_session(self.onnx, threads=threads, what="perplexity")

@@ -15,13 +15,12 @@ models are flagged: comparisons need the same items.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_rev  # noqa: E402
+from common import git_rev, load_json  # noqa: E402
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 ORDER = ["wikitext2", "ptb", "piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "openbookqa",
@@ -33,7 +32,7 @@ def merge(paths: list[Path]) -> dict:
     """One model's reports -> task -> {"metric", "value", "stderr", "n", "protocol", "file"}."""
     out: dict = {}
     for p in paths:
-        rep = json.loads(p.read_text())
+        rep = load_json(p)
         for task, res in rep["results"].items():
             if task in out:
                 raise SystemExit(f"{task} is measured in both {out[task]['file']} and {p}; give each task once")

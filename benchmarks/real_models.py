@@ -36,7 +36,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, git_rev, machine  # noqa: E402
+from common import ROOT, git_rev, load_json, machine  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "real_models.json"
 WIKI = ROOT.parent / "shared" / "data" / "wikitext2" / "test.txt"
@@ -52,7 +52,7 @@ def _wiki() -> str:
 def _update(name: str, key: str, value: dict) -> None:
     from compressor.io import write_json
 
-    doc = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
+    doc = load_json(RESULT) if RESULT.is_file() else {}
     doc.setdefault(name, {})[key] = value
     doc["_about"] = ("issue #13: the real models through the user's commands at a tiny budget (a smoke chain: it says "
                      "nothing about quality); written by benchmarks/real_models.py")
@@ -184,7 +184,7 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
     cmd = [py, "-m", "compressor.cli", "prune", name, "--ratio", str(ratio), "--steps", str(steps), "--prune-every", "1",
            *extra, "--out", str(out), "--force", "--quiet"]
     wall, rss, _ = _run(cmd)
-    rep = json.loads((out / "compression_report.json").read_text())
+    rep = load_json(out / "compression_report.json")
     res["prune"] = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib": round(rss, 2),
                     "ratio_achieved": rep.get("ratio_achieved"), "params_before": rep.get("params_before"),
                     "params_after": rep.get("params_after"), "widths_before": rep.get("widths_before"),
@@ -215,7 +215,7 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
     wall, rss, log = _run(cmd)
     rep_file = next(iter(sorted(onnx.glob("*report*.json"))), None)
     res["export_onnx"] = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib_max_child": round(rss, 2),
-                          "report": json.loads(rep_file.read_text()) if rep_file else None, "log_tail": log[-1500:]}
+                          "report": load_json(rep_file) if rep_file else None, "log_tail": log[-1500:]}
     # stock ORTModelForCausalLM, greedy next tokens vs PyTorch
     from optimum.onnxruntime import ORTModelForCausalLM
 
@@ -247,7 +247,7 @@ def bench(name: str, ratio: float, work: Path, threads: int, runs: int) -> None:
     cmd = [sys.executable, "-m", "compressor.cli", "bench", str(pruned), "--baseline", str(dense), "--threads",
            str(threads), "--runs", str(runs), "--out", str(out), "--force"]
     wall, _, log = _run(cmd)
-    rep = json.loads((out / "bench_report.json").read_text())
+    rep = load_json(out / "bench_report.json")
     res = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "dense_export": dense_info, "machine": machine(),
            "git": git_rev(), "ratios": rep.get("ratios"), "settings": rep.get("settings"),
            "model": {k: rep["model"].get(k) for k in ("latency", "flops_per_token", "params", "file_bytes", "peak_rss_mb")},

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, dense_hf_dir, git_rev, machine, write_result  # noqa: E402
+from common import RESULTS, dense_hf_dir, git_rev, load_json, machine, write_result  # noqa: E402
 from plots import plot_screen  # noqa: E402
 
 from compressor.config import RECIPES  # noqa: E402
@@ -213,7 +212,7 @@ def main() -> None:
     stem = "" if a.model == "smollm2-135m" else f"{a.model}_"
     name = a.name or f"screen_{stem}{int(round(a.ratio * 100))}_{a.steps}"
     path = RESULTS / f"{name}.json"
-    doc = json.loads(path.read_text()) if path.is_file() else {"rows": []}
+    doc = load_json(path) if path.is_file() else {"rows": []}
     doc.update({"ratio": a.ratio, "steps": a.steps, "prune_every": a.prune_every, "batch_size": a.batch_size,
                 "seq_len": a.seq_len, "eval": {"data": "wikitext2 test", "seq_len": a.eval_seq_len,
                                                "windows": a.eval_windows}, "machine": machine(), "git": git_rev(),

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, git_rev, machine, write_result  # noqa: E402
+from common import ROOT, git_rev, load_json, machine, write_result  # noqa: E402
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 
@@ -73,7 +73,7 @@ def _log(work: Path, out: str) -> list[dict]:
 
 def _ckpt_step(work: Path, out: str) -> int | None:
     try:
-        return json.loads((work / f"{out}.ckpt" / "last" / "state.json").read_text())["step"]
+        return load_json(work / f"{out}.ckpt" / "last" / "state.json")["step"]
     except (OSError, ValueError, KeyError):
         return None
 
@@ -151,8 +151,8 @@ def compare(a: Path, b: Path) -> dict:
     from safetensors.torch import load_file
 
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    ra = json.loads((a / "compression_report.json").read_text())
-    rb = json.loads((b / "compression_report.json").read_text())
+    ra = load_json(a / "compression_report.json")
+    rb = load_json(b / "compression_report.json")
     same_shapes = wa.keys() == wb.keys() and all(wa[k].shape == wb[k].shape for k in wa)
     dw = max(float((wa[k] - wb[k]).abs().max()) for k in wa) if same_shapes else float("inf")
     la, lb = [h["loss"] for h in ra["history"]], [h["loss"] for h in rb["history"]]

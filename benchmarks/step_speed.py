@@ -10,7 +10,7 @@ check that both give the same loss and gradient.
     python benchmarks/step_speed.py                      # SmolLM2-135M, 6 timed steps per mode
     python benchmarks/step_speed.py --steps 4 --model gemma3-270m
 
-Writes ``benchmarks/results/step_speed.{json,png}``. Run it with nothing else on the machine.
+Writes ``benchmarks/results/step_speed.{json,png}`` (``--name`` picks another stem). Run it with nothing else on the machine.
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def step_rows(path: Path, ratio: float, steps: int) -> list[dict]:
     return rows
 
 
-def plot(doc: dict) -> None:
+def plot(doc: dict, name: str = "step_speed") -> None:
     from plots import _plt, _save
 
     plt = _plt()
@@ -131,7 +131,7 @@ def plot(doc: dict) -> None:
         ax.set_ylabel("seconds (median)")
         ax.set_title(kind)
     fig.suptitle(f"{doc['model']}: pruning step, float32 vs bf16 autocast; LM-head loss, textbook vs fused")
-    _save(fig, "step_speed")
+    _save(fig, name)
 
 
 def main() -> None:
@@ -140,7 +140,11 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--steps", type=int, default=6, help="timed steps per mode (after one warm-up step)")
     ap.add_argument("--repeats", type=int, default=5, help="timed head-loss passes per formulation")
+    ap.add_argument("--name", default="step_speed",
+                    help="result name: writes benchmarks/results/NAME.{json,png} (e.g. step_speed_<machine>)")
     a = ap.parse_args()
+    if not a.name or any(c in a.name for c in "/\\") or a.name.startswith("."):
+        ap.error(f"--name {a.name!r}: give a plain file stem such as step_speed_epyc (no folders, no leading dot)")
     import torch
 
     from compressor.loop import native_bf16
@@ -153,8 +157,8 @@ def main() -> None:
     rows = step_rows(path, a.ratio, a.steps) + rows
     doc = {"model": a.model, "machine": machine(), "git": git_rev(), "native_bf16": native_bf16(torch.device("cpu")),
            "batch": "4 x 256 tokens", "rows": rows}
-    write_result("step_speed", doc)
-    plot(doc)
+    write_result(a.name, doc)
+    plot(doc, a.name)
 
 
 if __name__ == "__main__":
