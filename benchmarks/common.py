@@ -79,6 +79,14 @@ def git_rev() -> str:
         return "unknown"
 
 
+def check_result_name(ap, name: str, example: str) -> None:
+    """``--name`` of a script that writes ``benchmarks/results/NAME.*``: a plain file stem (no folder, no leading
+    dot), else the parser's usage error naming the bad value and an example."""
+    if not name or any(c in name for c in "/\\") or name.startswith("."):
+        ap.error(f"--name {name!r}: give a plain file stem such as {example} (written under benchmarks/results/; "
+                 "no folders, no leading dot)")
+
+
 def load_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 

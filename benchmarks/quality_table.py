@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_rev, load_json  # noqa: E402
+from common import check_result_name, git_rev, load_json  # noqa: E402
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 ORDER = ["wikitext2", "ptb", "piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "openbookqa",
@@ -99,8 +99,7 @@ def main() -> None:
     ap.add_argument("--row", action="append", required=True, help="LABEL=REPORT[+REPORT...] (paths relative to benchmarks/)")
     ap.add_argument("--name", default="quality_table", help="output name under benchmarks/results/")
     a = ap.parse_args()
-    if not a.name or "/" in a.name or a.name.startswith("."):
-        ap.error(f"--name {a.name!r}: give a plain file stem, e.g. quality_500 (written under benchmarks/results/)")
+    check_result_name(ap, a.name, "quality_500")
     rows: dict[str, dict] = {}
     for spec in a.row:
         label, sep, files = spec.partition("=")

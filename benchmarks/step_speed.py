@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dense_hf_dir, git_rev, machine, write_result  # noqa: E402
+from common import check_result_name, dense_hf_dir, git_rev, machine, write_result  # noqa: E402
 
 
 def reference_head_loss(h, weight, y, th, ce_scale, kl_scale, chunk):
@@ -143,8 +143,7 @@ def main() -> None:
     ap.add_argument("--name", default="step_speed",
                     help="result name: writes benchmarks/results/NAME.{json,png} (e.g. step_speed_<machine>)")
     a = ap.parse_args()
-    if not a.name or any(c in a.name for c in "/\\") or a.name.startswith("."):
-        ap.error(f"--name {a.name!r}: give a plain file stem such as step_speed_epyc (no folders, no leading dot)")
+    check_result_name(ap, a.name, "step_speed_epyc")
     import torch
 
     from compressor.loop import native_bf16
