@@ -151,6 +151,21 @@ def _dense(model: str) -> dict:
     return {}
 
 
+def _step_time(report: dict) -> float:
+    """Seconds of all training steps, summed over every process of a resumed run (``wall_time_s`` is the last
+    process's only)."""
+    return round(sum(float(h.get("time_s", 0.0)) for h in report.get("history") or []), 1)
+
+
+def _resumed_from(report: dict) -> int | None:
+    """The step a resumed run continued from; for reports written before ``resumed_from_step`` existed, -1 when
+    the steps took longer than the process ran (so it must have been resumed), else None."""
+    if "resumed_from_step" in report:
+        return report["resumed_from_step"]
+    wall = report.get("wall_time_s")
+    return -1 if wall is not None and _step_time(report) > wall else None
+
+
 def table() -> dict:
     rows, dense_rows = [], {}
     for ev in sorted(RESULTS.glob("eval-*.json")):
@@ -169,7 +184,8 @@ def table() -> dict:
             "name": name, "model": model, "ratio_asked": r.get("ratio_asked"), "ratio_achieved": r.get("ratio_achieved"),
             "steps": r.get("steps"), "tokens_seen": r.get("tokens_seen"), "autocast_bf16": r.get("autocast_bf16"),
             "differs_from_todays_defaults": _non_defaults(r),
-            "prune_wall_s": r.get("wall_time_s"), "peak_rss_mb": r.get("peak_rss_mb"),
+            "prune_wall_s": r.get("wall_time_s"), "step_time_total_s": _step_time(r),
+            "resumed_from_step": _resumed_from(r), "peak_rss_mb": r.get("peak_rss_mb"),
             "per_layer_widths": bool((r.get("widths_after") or {}).get("per_layer")),
             "wikitext2": w, "ptb": p,
             "wikitext2_x_dense": round(w / dn["wikitext2"], 3) if w and dn.get("wikitext2") else None,
@@ -182,11 +198,15 @@ def table() -> dict:
                                            "peak the run used against the one today's default picks for the row's "
                                            "ratio and model width); fields an older report does not record are not "
                                            "compared",
+           "prune_wall_s": "wall time of the compress prune process that finished the run; for a resumed run "
+                           "(resumed_from_step set; -1: resumed, step unknown) only the last process, so "
+                           "step_time_total_s (every step's time, all processes) is the figure to compare",
            "dense": dense_rows, "rows": rows}
     write_result("default_budget", out)
     for row in rows:
+        resumed = "" if row["resumed_from_step"] is None else f" (resumed; steps {row['step_time_total_s']:.0f} s in all)"
         print(f"{row['name']:<34} ratio {row['ratio_achieved']}  steps {row['steps']}  "
-              f"{row['prune_wall_s'] or 0:>6.0f} s  WikiText-2 {row['wikitext2']}  ({row['wikitext2_x_dense']} x)  "
+              f"{row['prune_wall_s'] or 0:>6.0f} s{resumed}  WikiText-2 {row['wikitext2']}  ({row['wikitext2_x_dense']} x)  "
               f"PTB {row['ptb']}")
     _plot(out)
     return out

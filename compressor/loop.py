@@ -346,6 +346,8 @@ class PruneLoop:
         self.run_id = run_id(config, model_id, blocks)
         self.gen = torch.Generator().manual_seed(config.seed + 17)
         self.history: list[dict[str, Any]] = []
+        #: the checkpoint step this run continued from (None for a run started from step 0)
+        self.resumed_from: int | None = None
         self.schedule_log: list[dict[str, Any]] = []
         # LM head + loss in chunks (same value and gradients, far less memory); data-parallel runs keep the
         # stock forward, which DDP needs to synchronise gradients
@@ -560,6 +562,7 @@ class PruneLoop:
         self.ema.load_state_dict(st["ema"])
         self.masks.load_state_dict(st["masks"])
         self.step_count, self.pos = st["step"], st["pos"]
+        self.resumed_from = self.step_count
         self.history, self.schedule_log = st["history"], st["schedule"]
         self.gen.set_state(st["gen"])
         set_rng_state(st["rng"])

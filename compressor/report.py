@@ -64,6 +64,9 @@ def build_report(loop: PruneLoop, merged: nn.Module, *, model_id: str, params_be
         "history": loop.history,
         "scores_skipped_steps": loop.ema.skipped,
         "wall_time_s": round(wall_time_s, 2),
+        # a resumed run's wall time covers only its last process; the steps' own times cover every segment
+        "step_time_total_s": round(sum(float(h.get("time_s", 0.0)) for h in loop.history), 2),
+        "resumed_from_step": loop.resumed_from,
         "peak_rss_mb": round(peak_rss_mb, 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
         "perplexity_before": ppl_before,

@@ -129,6 +129,11 @@ def test_interrupt_mid_run_then_resume_matches_uninterrupted(work, name, sig, wa
     r = _run_cli(work, name, "--resume")
     assert r.returncode == 0, r.stderr
     _assert_same_result(work / "A", work / name)
+    # the report says it was resumed, and its step time covers both processes' steps
+    ra = json.loads((work / "A" / "compression_report.json").read_text())
+    rb = json.loads((work / name / "compression_report.json").read_text())
+    assert ra["resumed_from_step"] is None and rb["resumed_from_step"] == step
+    assert rb["step_time_total_s"] == pytest.approx(sum(h["time_s"] for h in rb["history"]), abs=0.02)
     assert not list(work.glob(f".{name}.tmp-*")) and not (work / f"{name}.ckpt").exists()
 
 
