@@ -101,3 +101,18 @@ def test_no_progress_bars_silences_the_gguf_dequantization_bar(capsys):
     no_progress_bars()  # idempotent
     list(gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
     assert "Converting" not in capsys.readouterr().err
+
+
+def test_eval_quiet_turns_off_third_party_progress_bars(monkeypatch, tmp_path):
+    """``compress eval --quiet`` silences transformers' GGUF bar as ``compress prune --quiet`` does."""
+    from click.testing import CliRunner
+
+    import compressor.quiet as quiet
+    from compressor.cli import main
+
+    calls = []
+    monkeypatch.setattr(quiet, "no_progress_bars", lambda: calls.append(1))
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "missing"), "--tasks", "wikitext2", "--quiet"])
+    assert r.exit_code != 0 and calls == [1]
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "missing"), "--tasks", "wikitext2"])
+    assert calls == [1], "no --quiet: bars stay on"

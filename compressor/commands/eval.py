@@ -97,6 +97,10 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
     from ..evaluation import evaluate, resolve_tasks
     from ..io import write_json
 
+    if quiet:  # transformers' and datasets' bars too (the GGUF de-quantization bar of a built-in model)
+        from ..quiet import no_progress_bars
+
+        no_progress_bars()
     task_list = resolve_tasks(tasks)  # fail on a bad task name before loading the model
     limits = parse_limits(limit, task_list)
     out_path = Path(out) if out else default_report_path(model_dir)
