@@ -35,12 +35,18 @@ def drop_messages(logger: str, *prefixes: str) -> DropMessages:
 def quiet_onnx_export() -> Iterator[None]:
     """The messages of a torch / optimum ONNX export that every LLaMA-family export prints and that the
     parity check after it makes moot: torch's note on ``aten::index`` (wrong only for negative indices,
-    which the graph never gets) and optimum's listing of the two names of the tied embedding / LM head."""
+    which the graph never gets), optimum's listing of the two names of the tied embedding / LM head, and the
+    tracer's notes on Python values in transformers' cache / mask code and optimum's patcher (shape checks that
+    the exported graph's prefill + decode parity check and the greedy-generation check then verify)."""
     filt = drop_messages("optimum", "Found different candidate ONNX initializers", "\t")
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing",
                                     category=UserWarning)
+            with contextlib.suppress(ImportError, AttributeError):
+                from torch.jit import TracerWarning
+
+                warnings.filterwarnings("ignore", category=TracerWarning, module=r"(transformers|optimum)\.")
             yield
     finally:
         logging.getLogger("optimum").removeFilter(filt)

@@ -116,3 +116,18 @@ def test_eval_quiet_turns_off_third_party_progress_bars(monkeypatch, tmp_path):
     assert r.exit_code != 0 and calls == [1]
     r = CliRunner().invoke(main, ["eval", str(tmp_path / "missing"), "--tasks", "wikitext2"])
     assert calls == [1], "no --quiet: bars stay on"
+
+
+def test_quiet_onnx_export_drops_tracer_notes_of_transformers_and_optimum_only():
+    from torch.jit import TracerWarning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_onnx_export():
+            for mod in ("transformers.cache_utils", "optimum.exporters.onnx.model_patcher", "my_model.modeling"):
+                warnings.warn_explicit("Converting a tensor to a Python boolean might cause the trace to be incorrect",
+                                       TracerWarning, f"{mod}.py", 1, module=mod)
+        warnings.warn_explicit("after the export", TracerWarning, "transformers/x.py", 1, module="transformers.x")
+    assert [(w.filename, str(w.message)) for w in seen] == [
+        ("my_model.modeling.py", "Converting a tensor to a Python boolean might cause the trace to be incorrect"),
+        ("transformers/x.py", "after the export")]
