@@ -43,10 +43,9 @@ def quiet_onnx_export() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing",
                                     category=UserWarning)
-            with contextlib.suppress(ImportError, AttributeError):
-                from torch.jit import TracerWarning
+            from torch.jit import TracerWarning
 
-                warnings.filterwarnings("ignore", category=TracerWarning, module=r"(transformers|optimum)\.")
+            warnings.filterwarnings("ignore", category=TracerWarning, module=r"(transformers|optimum)\.")
             yield
     finally:
         logging.getLogger("optimum").removeFilter(filt)

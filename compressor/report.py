@@ -19,6 +19,12 @@ def count_params(model: nn.Module) -> int:
     return n
 
 
+def step_time_total(history: list[dict[str, Any]]) -> float:
+    """Seconds of all training steps in ``history`` (each entry's ``time_s``): for a resumed run, every process's
+    steps, where ``wall_time_s`` is the last process's only."""
+    return round(sum(float(h.get("time_s", 0.0)) for h in history), 2)
+
+
 def build_report(loop: PruneLoop, merged: nn.Module, *, model_id: str, params_before: int,
                  ppl_before: dict[str, Any] | None, ppl_after: dict[str, Any] | None, wall_time_s: float,
                  peak_rss_mb: float, ranks_agree: bool | None) -> dict[str, Any]:
@@ -65,7 +71,7 @@ def build_report(loop: PruneLoop, merged: nn.Module, *, model_id: str, params_be
         "scores_skipped_steps": loop.ema.skipped,
         "wall_time_s": round(wall_time_s, 2),
         # a resumed run's wall time covers only its last process; the steps' own times cover every segment
-        "step_time_total_s": round(sum(float(h.get("time_s", 0.0)) for h in loop.history), 2),
+        "step_time_total_s": step_time_total(loop.history),
         "resumed_from_step": loop.resumed_from,
         "peak_rss_mb": round(peak_rss_mb, 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,

@@ -1,4 +1,5 @@
-"""Benchmark scripts refuse a bad ``--name`` before any work, with a message naming the value."""
+"""Benchmark scripts refuse a bad ``--name`` before any work, with a message naming the value; the default-budget
+table reports a resumed run's step time."""
 from __future__ import annotations
 
 import subprocess
