@@ -127,7 +127,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
              allow_pickle, trust_remote_code, progress, say):
     from .checkpoint import check_plan, checkpoint_step, has_checkpoint, load_plan, save_plan
     from .models import load_config, load_model, resolve_model
-    from .plots import write_prune_png
+    from .plots import picture_note, write_prune_png
     from .pruning import check_writable, prune
     from .save import save_model_folder
 
@@ -166,6 +166,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
                                  "seq_len": int(blocks.shape[1])}
     res.report["eval_data"] = eval_data
     res.report["checkpoint_dir"] = str(ckpt)
+    res.report["picture"] = picture_note("pruning.png")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
         return res
 

@@ -267,6 +267,10 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
     if base_bits is not None:
         from transformers import BitsAndBytesConfig
 
+        from .optional import require
+
+        if base_bits in (8, 4):
+            require("bitsandbytes", f"--base-bits {base_bits}")
         if base_bits == 8:
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
         elif base_bits == 4:

@@ -13,8 +13,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 def import_ort(what: str = "ONNX Runtime") -> Any:
     """``onnxruntime``, or a :class:`DependencyMissingError` that says how to install it."""
-    return require("onnxruntime", what, extra="onnxruntime",
-                   hint="onnxruntime-gpu for --provider cuda")
+    return require("onnxruntime", what, hint='pip install "lorapress[gpu]" for --provider cuda')
 
 
 def providers_for(ort: Any, provider: str) -> list[str]:

@@ -6,6 +6,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+#: what a report says instead of naming its picture when matplotlib cannot be imported
+NO_MATPLOTLIB = 'skipped: matplotlib is not installed (pip install "lorapress[plots]")'
+
+
+def picture_note(name: str) -> str:
+    """``name`` if a PNG can be drawn here, else :data:`NO_MATPLOTLIB` (for the report's ``picture`` key)."""
+    import importlib.util
+
+    return name if importlib.util.find_spec("matplotlib") is not None else NO_MATPLOTLIB
+
 
 def write_prune_png(report: dict[str, Any], path: str | os.PathLike) -> Path | None:
     """Draw ``report`` (a ``compression_report.json``) to ``path``; returns None if matplotlib is missing."""

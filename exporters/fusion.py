@@ -45,7 +45,7 @@ def optimize_onnx_graph(onnx_path: Path, config: Any) -> dict[str, Any]:
     Raises:
         ExportError: the optimizer failed; ``onnx_path`` is then left as it was.
     """
-    require("onnxruntime.transformers.optimizer", "--optimize", extra="onnxruntime")
+    require("onnxruntime.transformers.optimizer", "--optimize")
     from onnxruntime.transformers.optimizer import optimize_model
 
     sizes = model_sizes(config)
