@@ -18,8 +18,9 @@ The generic code (:mod:`compressor.groups`, :mod:`compressor.scoring`, :mod:`com
 * ``needs_bos``: the model was trained with every sequence starting with BOS and degrades badly without it
   (Gemma: dense Gemma-3-270M WikiText-2 perplexity 61.5 without BOS, 23.9 with it, 4 × 512 tokens). Calibration
   blocks and the prune report's perplexity then start with BOS; other models keep the papers' no-BOS protocol.
-* ``onnx`` / ``ort_kv_from_head_dim``: whether optimum exports the architecture (``text-generation-with-past``)
-  and whether its ``ORTModelForCausalLM`` sizes the KV cache from ``config.head_dim`` (else from
+* ``onnx`` / ``ort_kv_from_head_dim``: whether ``compress export --format onnx`` supports the architecture (a
+  graph with KV cache, written by torch's exporter or optimum's ``text-generation-with-past``) and whether
+  optimum's ``ORTModelForCausalLM`` sizes the KV cache from ``config.head_dim`` (else from
   ``hidden_size // num_attention_heads``, see :mod:`exporters.ort_config`).
 
 Everything else (sizes, rope scaling, sliding-window layers, embedding scaling, ``(1 + w)`` RMSNorm,
@@ -218,12 +219,12 @@ def onnx_architectures() -> list[str]:
 
 
 def check_onnx(config: Any, spec: str = "model") -> Architecture:
-    """Like :func:`get_architecture`, and raise if optimum cannot export the architecture to ONNX."""
+    """Like :func:`get_architecture`, and raise if the architecture has no ONNX export."""
     arch = get_architecture(config, spec)
     if not arch.onnx:
         raise UnsupportedArchitectureError(
-            f"{spec!r} ({arch.model_type}) cannot be exported to ONNX: optimum has no text-generation-with-past "
-            f"exporter for it; ONNX export supports {', '.join(onnx_architectures())} "
+            f"{spec!r} ({arch.model_type}) cannot be exported to ONNX; ONNX export supports "
+            f"{', '.join(onnx_architectures())} "
             f"(--format safetensors works for every supported architecture)"
         )
     return arch
