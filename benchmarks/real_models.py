@@ -216,13 +216,23 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
     rep_file = next(iter(sorted(onnx.glob("*report*.json"))), None)
     res["export_onnx"] = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib_max_child": round(rss, 2),
                           "report": load_json(rep_file) if rep_file else None, "log_tail": log[-1500:]}
-    # stock ORTModelForCausalLM, greedy next tokens vs PyTorch
-    from optimum.onnxruntime import ORTModelForCausalLM
+    # greedy next tokens vs PyTorch: stock ORTModelForCausalLM where optimum is installed, else plain ONNX Runtime
+    try:
+        from optimum.onnxruntime import ORTModelForCausalLM
+    except ImportError:
+        from exporters.validation import validate_generate
 
-    ort = ORTModelForCausalLM.from_pretrained(onnx)
-    g_ort = ort.generate(**ids, max_new_tokens=8, do_sample=False)
-    res["ort_greedy_equals_torch"] = bool(torch.equal(g_ort, gen))
-    res["ort_generated"] = tok.decode(g_ort[0, ids["input_ids"].shape[1]:])
+        g = validate_generate(m1, onnx, tok, prompts=["The capital of France is"], max_new_tokens=8, runner="onnxruntime",
+                              raise_on_fail=False)
+        res["ort_greedy_runner"] = "onnxruntime"
+        res["ort_greedy_equals_torch"] = bool(g["all_equal"])
+        res["ort_generated"] = tok.decode(g["results"][0]["ort"])
+    else:
+        ort = ORTModelForCausalLM.from_pretrained(onnx)
+        g_ort = ort.generate(**ids, max_new_tokens=8, do_sample=False)
+        res["ort_greedy_runner"] = "optimum"
+        res["ort_greedy_equals_torch"] = bool(torch.equal(g_ort, gen))
+        res["ort_generated"] = tok.decode(g_ort[0, ids["input_ids"].shape[1]:])
     print(json.dumps(res, indent=1, default=str))
     _update(name, f"chain_{int(ratio * 100)}", res)
 

@@ -38,6 +38,11 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 for _name in ("transformers.models.llama.tokenization_llama_fast", "transformers.models.llama.tokenization_llama"):
     _drop_messages(_name, "You are using the default legacy behaviour")
 
+# transformers 5 reads the config of a per-layer-widths folder of ours (model_type lorapress_*, see
+# compressor.widths) without running its code as a plain PretrainedConfig when it loads the folder's tokenizer, and
+# says the model types differ; only that message, for those model types, is dropped.
+_drop_messages("transformers.configuration_utils", "You are using a model of type `lorapress_")
+
 # transformers 4.57.3+ warns of a broken Mistral tokenizer regex on every saved folder with a >100k vocabulary
 # (every Qwen / Gemma output); dropped only where the folder's model type is not a Mistral one.
 _install_mistral_regex_filter()

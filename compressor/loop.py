@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -39,6 +40,8 @@ from .masking import MaskState, mask_lowest
 from .merge import check_pruned_config, merge_and_slice, pruned_config_updates
 from .schedule import Widths, layer_params, prune_events, solve_widths, widths_at
 from .scoring import LayerScores, MovingAverage, model_scores
+
+log = logging.getLogger("compressor")
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -96,12 +99,15 @@ def wrap_lora(model: nn.Module, cfg: PruneConfig) -> nn.Module:
     adapter (peft). Vanilla Taylor also makes W0 require grad (never updated by the optimizer)."""
     from peft import LoraConfig, get_peft_model
 
+    from .quiet import quiet_peft_wrap
+
     targets = list(get_architecture(unwrap(model).config).prunable)
     torch.manual_seed(cfg.seed)
     alpha: Any = cfg.lora_alpha  # peft types it as int; a float alpha works
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM")
-    pm = get_peft_model(model, lcfg)
+    with quiet_peft_wrap():
+        pm = get_peft_model(model, lcfg)
     if get_criterion(cfg.criterion).needs_weight_grad:
         for mod in pm.modules():
             base: Any = getattr(mod, "base_layer", None)
@@ -111,6 +117,21 @@ def wrap_lora(model: nn.Module, cfg: PruneConfig) -> nn.Module:
                     raise ConfigError("criterion 'taylor' needs float base weights; it cannot run with base_bits=8")
                 w.requires_grad_(True)
     return pm
+
+
+def checkpointing(model: Any, enable: bool, kwargs: dict[str, Any] | None = None) -> None:
+    """Turn activation checkpointing of ``model`` on (with ``torch.utils.checkpoint`` ``kwargs``) or off:
+    transformers 5's ``activation_checkpointing_enable`` / ``_disable``, else (4.x) ``gradient_checkpointing_*``,
+    the names transformers 5 deprecates."""
+    if enable:
+        on = getattr(model, "activation_checkpointing_enable", None)
+        if on is not None:
+            on(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        off = getattr(model, "activation_checkpointing_disable", None)
+        (off or model.gradient_checkpointing_disable)()
 
 
 class DataOrder:
@@ -241,6 +262,36 @@ class WidthPlan:
         return counts
 
 
+def check_output_config(model: Any, groups: ModelGroups, cfg: PruneConfig) -> tuple[WidthPlan, str | None]:
+    """The run's :class:`WidthPlan` and how its result will be written, checked before any work.
+
+    Returns ``(plan, refusal)``: ``refusal`` is None when the pruned model is a stock folder (or has per-layer
+    widths anyway), else the installed transformers' message refusing the uniform stock config: the result is then
+    written as the per-layer remote-code folder of its architecture (see :func:`compressor.merge.check_pruned_config`).
+
+    Raises:
+        ConfigError: the widths are infeasible, or their stock config would not reload and the architecture has no
+            per-layer class (e.g. a head-pruned Gemma2/Gemma3 on transformers >= 5.16, Phi-3 with longrope).
+    """
+    plan = WidthPlan(groups, cfg)
+    final = plan.final
+    refusal = check_pruned_config(unwrap(model).config, pruned_config_updates(groups, final.num_heads,
+                                                                            final.intermediate_size))
+    return plan, refusal if plan.uniform else None
+
+
+def remote_code_note(groups: ModelGroups, heads: int, refusal: str) -> str:
+    """The note printed before a run whose uniform result is written as a per-layer remote-code folder."""
+    import transformers
+
+    h = groups.hidden_size
+    return (f"transformers {transformers.__version__} refuses a stock {groups.model_type} config with {heads} "
+            f"attention heads and hidden_size {h} ({refusal}); the pruned model will be written as a remote-code "
+            f"folder (model_type lorapress_{groups.model_type}: loads with lorapress, or with "
+            f"trust_remote_code=True). A head count that divides {h} keeps a stock folder (a lower --ratio, or "
+            f"--head-policy mlp-first, which prunes MLP channels before heads)")
+
+
 def kept_params(groups: ModelGroups, masks: MaskState) -> tuple[int, int]:
     """``(kept, total)`` weights of the prunable projections under ``masks``."""
     total = kept = 0
@@ -293,10 +344,13 @@ class PruneLoop:
         shapes = {(lg.num_heads, lg.num_kv_heads, lg.head_dim, lg.intermediate_size) for lg in self.groups.layers}
         if len(shapes) != 1:
             raise ConfigError(f"layers have different widths {sorted(shapes)}; only uniform models are supported")
-        self.widths = WidthPlan(self.groups, config)
-        final = self.widths.final  # refuse now, not after the run, widths whose config would not reload
-        check_pruned_config(unwrap(model).config, pruned_config_updates(self.groups, final.num_heads,
-                                                                        final.intermediate_size))
+        # refuse now, not after the run, widths whose config would not reload
+        self.widths, refusal = check_output_config(model, self.groups, config)
+        #: the installed transformers' refusal of the uniform stock config when the result is written as a
+        #: per-layer remote-code folder instead (None: a stock folder, or per-layer widths anyway)
+        self.stock_config_refused = refusal
+        if refusal is not None and self.is_main:
+            log.warning("%s", remote_code_note(self.groups, self.widths.final.num_heads, refusal))
         self.plan = plan
         if plan is not None:
             self.events: list[int] = []
@@ -311,7 +365,7 @@ class PruneLoop:
         self.pm = wrap_lora(model, config)
         if config.gradient_checkpointing:
             # non-reentrant: LoRA weights get gradients although the embeddings' outputs do not require grad
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            checkpointing(model, True, {"use_reentrant": False})
         self.masks = MaskState.full(self.groups).install(self.pm, self.groups)
         self.scorer = ActivationScorer(self.pm, self.groups) if self.crit.group_level and plan is None else None
         self.ema = MovingAverage(config.lam, config.ema_start)
@@ -598,7 +652,7 @@ class PruneLoop:
             self.comp.release()
         self.dense_base, self._base = None, {}
         if self.cfg.gradient_checkpointing:
-            self.model.gradient_checkpointing_disable()
+            checkpointing(self.model, False)
         merged = merge_and_slice(self.pm, self.groups, self.masks)
         merged.eval()
         return merged

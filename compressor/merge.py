@@ -8,7 +8,10 @@ model computed (``tests/test_prune_core.py``).
 
 Masks that give layers different widths (``widths="adaptive"``, ``skip_layers``) give a model of the per-layer
 class of its architecture (:mod:`compressor.widths`: a stock subclass whose config lists every layer's widths),
-which saves as a remote-code folder; uniform masks keep the stock class and config.
+which saves as a remote-code folder; uniform masks keep the stock class and config, unless the installed
+transformers refuses that stock config (transformers >= 5.16's ``LlamaConfig`` refuses a head count that does not
+divide ``hidden_size``, explicit ``head_dim`` or not): then, where the architecture has a per-layer class, the
+model is of that class with uniform lists (:func:`check_pruned_config`, :func:`stock_config_refusal`).
 """
 from __future__ import annotations
 
@@ -50,25 +53,64 @@ def pruned_config_updates(groups: ModelGroups, num_heads: int, intermediate_size
             "intermediate_size": intermediate_size, "head_dim": lg.head_dim}
 
 
-def check_pruned_config(config: Any, updates: dict[str, int]) -> None:
-    """Raise :class:`ConfigError` if ``config`` with ``updates`` would not load with stock transformers.
+def stock_config_refusal(config: Any, updates: dict[str, int] | None = None) -> str | None:
+    """Why the installed transformers would not load ``config`` (with ``updates``) as its stock config class, in one
+    line, or None if it would. A per-layer config (:mod:`compressor.widths`) is judged by its stock class with its
+    scalars (the widest layer): for a uniform one, the reason it is not a stock config."""
+    from .sizes import PER_LAYER_KEYS, is_per_layer
+
+    cls: Any = type(config)
+    drop: tuple[str, ...] = ("quantization_config", "_pre_quantization_dtype")
+    if is_per_layer(config):
+        cls = next(c for c in cls.__mro__[1:] if c.__module__.startswith("transformers."))
+        drop += (*PER_LAYER_KEYS, "model_type", "auto_map", "architectures", "transformers_version")
+    d = {k: v for k, v in config.to_dict().items() if k not in drop}
+    d.update(updates or {})
+    try:
+        cls.from_dict(d)
+    except Exception as exc:  # transformers raises plain ValueError/KeyError (strict: their subclasses)
+        return " ".join(str(exc).split())
+    return None
+
+
+def check_pruned_config(config: Any, updates: dict[str, int]) -> str | None:
+    """How a uniform pruned model (stock ``config`` with ``updates``) is written, refusing what cannot reload.
+
+    Returns None if the pruned config loads with the installed transformers as its stock class (a stock folder).
+    Returns transformers' message (:func:`stock_config_refusal`) if it does not but the per-layer class of the
+    architecture (:mod:`compressor.widths`) holds it: the model is then written as a per-layer remote-code folder
+    with uniform lists. transformers >= 5.16's ``LlamaConfig`` refuses a head count that does not divide
+    ``hidden_size`` even with an explicit ``head_dim``; the per-layer class does not.
 
     Some configs check other fields against ``hidden_size // num_attention_heads`` instead of ``head_dim``: Phi-3
     with ``longrope`` ``rope_scaling`` (Phi-3-mini-128k, Phi-3.5) checks its factor lists that way, so a
-    head-pruned one does not reload. Called before a run starts (with the final widths) and by the merge.
+    head-pruned one does not reload; Gemma2/Gemma3 check ``hidden_size % num_attention_heads`` in transformers
+    >= 5.16 and have no per-layer class. Called before a run starts (with the final widths) and by the merge.
+
+    Raises:
+        ConfigError: the stock config class refuses it and there is no per-layer class that holds it.
     """
-    d = config.to_dict()
-    d.update(updates)
-    for key in ("quantization_config", "_pre_quantization_dtype"):
-        d.pop(key, None)
+    refusal = stock_config_refusal(config, updates)
+    if refusal is None:
+        return None
     try:
-        type(config).from_dict(d)
-    except Exception as exc:  # transformers raises plain ValueError/KeyError from config validation
+        import copy
+
+        from .widths import per_layer_config
+
+        pruned: Any = copy.deepcopy(config)
+        for key, val in updates.items():
+            setattr(pruned, key, val)
+        n = int(pruned.num_hidden_layers)
+        per_layer_config(pruned, [updates["num_attention_heads"]] * n, [updates["num_key_value_heads"]] * n,
+                         [updates["intermediate_size"]] * n)
+    except Exception:  # noqa: BLE001 - no per-layer class, or it refuses too: the stock refusal is the reason
         raise ConfigError(
             f"a pruned {getattr(config, 'model_type', '?')} config with {updates} would not load with stock "
-            f"transformers: {exc}; keep every attention head (a lower ratio with head_policy mlp-first prunes MLP "
+            f"transformers: {refusal}; keep every attention head (a lower ratio with head_policy mlp-first prunes MLP "
             f"channels only)"
-        ) from exc
+        ) from None
+    return refusal
 
 
 def _kept(lg: LayerGroups, lm: LayerMask, part: str) -> torch.Tensor:
@@ -88,8 +130,8 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
 
     Raises:
         NonFiniteError: a merged weight contains NaN/inf (the model is left unchanged in that case).
-        ConfigError: the pruned config would not load with stock transformers (:func:`check_pruned_config`;
-            the model is left unchanged).
+        ConfigError: the pruned config would not load with stock transformers and the architecture has no
+            per-layer class that holds it (:func:`check_pruned_config`; the model is left unchanged).
     """
     masks = masks or MaskState.full(groups)
     masks.remove()
@@ -132,8 +174,8 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
     # the scalar config fields hold the widest layer (per-layer widths: compressor.widths)
     updates = pruned_config_updates(groups, max(heads_n), max(inter_n))
     updates["num_key_value_heads"] = max(kv_n)
-    if uniform:
-        check_pruned_config(base.config, updates)
+    #: transformers' refusal of the uniform stock config: the model becomes the per-layer class with uniform lists
+    refusal = check_pruned_config(base.config, updates) if uniform else None
     # all checks passed: unwrap peft and install the new modules
     if base is not model:
         base = strip_peft(model)
@@ -164,7 +206,7 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
                     setattr(base, attr, val)
                 except AttributeError:
                     pass
-    if not uniform:
+    if not uniform or refusal is not None:
         from .widths import to_per_layer
 
         base = to_per_layer(base, heads_n, kv_n, inter_n)

@@ -191,6 +191,11 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         from .checkpoint import check_plan
 
         check_plan(plan, model.config, model_id)
+    from .groups import discover_groups
+    from .loop import check_output_config
+
+    groups = discover_groups(model)
+    check_output_config(model, groups, config)  # infeasible widths, or a result that would not reload: refused now
     with trace.phase("calibration"):
         blocks = as_blocks(data, tokenizer, config, add_bos=needs_bos(model.config))
     max_pos = getattr(model.config, "max_position_embeddings", None)
@@ -210,7 +215,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     # one run per checkpoint folder: a second prune() on it fails at once (OutputLockedError)
     with _Stop() as stop, output_lock(checkpoint_dir) if checkpoint_dir is not None else contextlib.nullcontext(), \
             trace.phase("loop"):
-        loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id)
+        loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id, groups=groups)
         if resume:
             _resume(loop, checkpoint_dir)
         while not loop.done:

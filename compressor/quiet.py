@@ -37,7 +37,8 @@ def quiet_onnx_export() -> Iterator[None]:
     parity check after it makes moot: torch's note on ``aten::index`` (wrong only for negative indices,
     which the graph never gets), optimum's listing of the two names of the tied embedding / LM head, and the
     tracer's notes on Python values in transformers' cache / mask code and optimum's patcher (shape checks that
-    the exported graph's prefill + decode parity check and the greedy-generation check then verify)."""
+    the exported graph's prefill + decode parity check and the greedy-generation check then verify), and torch's
+    deprecation notes on the TorchScript exporter that ``--exporter torch`` uses on purpose."""
     filt = drop_messages("optimum", "Found different candidate ONNX initializers", "\t")
     try:
         with warnings.catch_warnings():
@@ -46,9 +47,26 @@ def quiet_onnx_export() -> Iterator[None]:
             from torch.jit import TracerWarning
 
             warnings.filterwarnings("ignore", category=TracerWarning, module=r"(transformers|optimum)\.")
+            # F.embedding's check of padding_idx against the table size (the same for every input)
+            warnings.filterwarnings("ignore", category=TracerWarning, module=r"torch\.nn\.functional")
+            # torch's notes that the TorchScript exporter (``dynamo=False``, chosen on purpose) is deprecated
+            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export",
+                                    category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning,
+                                    module=r"torch\.onnx\.")
             yield
     finally:
         logging.getLogger("optimum").removeFilter(filt)
+
+
+@contextlib.contextmanager
+def quiet_peft_wrap() -> Iterator[None]:
+    """peft's ``get_peft_model`` reads ``model.is_gradient_checkpointing``, which transformers 5 deprecates
+    (a ``FutureWarning`` on every LoRA wrap, i.e. every prune) for ``is_activation_checkpointing``: peft's read, not
+    ours, so exactly that warning is dropped inside the block."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def no_progress_bars() -> None:

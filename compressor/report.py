@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from .loop import PruneLoop, kept_params
-from .sizes import layer_widths, model_sizes
+from .merge import stock_config_refusal
+from .sizes import is_per_layer, layer_widths, model_sizes
 
 
 def count_params(model: nn.Module) -> int:
@@ -83,6 +84,9 @@ def build_report(loop: PruneLoop, merged: nn.Module, *, model_id: str, params_be
     if not model_sizes(merged.config).uniform:
         report["widths_after"] = {"num_attention_heads": heads, "num_key_value_heads": kv, "head_dim": lg0.head_dim,
                                   "intermediate_size": inter, "per_layer": True}
+    elif is_per_layer(merged.config):
+        # uniform widths whose stock config the installed transformers refuses: a per-layer remote-code folder
+        report["stock_config_refused"] = stock_config_refusal(merged.config)
     if loop.plan is not None:
         report["plan_source"] = loop.plan.get("source")
     return report

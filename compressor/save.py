@@ -56,7 +56,8 @@ def save_tokenizer(tokenizer: Any, folder: str | os.PathLike, *, check: bool = T
     from transformers import AutoTokenizer
 
     try:
-        reloaded = AutoTokenizer.from_pretrained(str(folder))
+        # never the folder's own code (a per-layer-widths folder has an auto_map): transformers 5 would ask on a terminal
+        reloaded = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:  # noqa: BLE001 - any loader failure means the folder is unusable
         raise SaveError(f"the saved tokenizer in {str(folder)!r} does not reload: {type(exc).__name__}: {exc}") from exc
     a, b = list(tokenizer(sample)["input_ids"]), list(reloaded(sample)["input_ids"])

@@ -74,6 +74,16 @@ def layer_widths(config: Any) -> tuple[list[int], list[int], list[int]]:
     return out[0], out[1], out[2]
 
 
+def rope_theta(config: Any, default: float = 10000.0) -> float:
+    """The RoPE base of ``config``: ``rope_theta`` (transformers 4), else ``rope_parameters["rope_theta"]``
+    (transformers 5, which keeps it there and has no ``rope_theta`` attribute); ``default`` without either."""
+    theta = _get(config, "rope_theta")
+    if theta is None:
+        params = _get(config, "rope_parameters")
+        theta = params.get("rope_theta") if isinstance(params, dict) else None
+    return float(default if theta is None else theta)
+
+
 def model_sizes(config: Any, *, hidden_size: int | None = None) -> ModelSizes:
     """:class:`ModelSizes` of ``config`` (a ``PretrainedConfig`` or a ``config.json`` dict).
 

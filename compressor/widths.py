@@ -13,7 +13,10 @@ remote-code layout instead:
 ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` loads it anywhere; without
 ``trust_remote_code`` transformers refuses (the ``model_type`` is unknown to it, so it never falls back to a
 stock class). This project's loader recognises the ``model_type`` and builds the model from the in-package
-classes, so it runs no code from the folder. Uniform models stay stock configs.
+classes, so it runs no code from the folder. Uniform models stay stock configs, unless the installed transformers
+refuses the stock config of their widths (transformers >= 5.16's ``LlamaConfig`` refuses a head count that does not
+divide ``hidden_size``): they are written in this layout with uniform lists
+(:func:`compressor.merge.check_pruned_config`).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from .remote_code.configuration_lorapress import (
     PER_LAYER_HEADS,
     PER_LAYER_INTERMEDIATE,
     PER_LAYER_KV_HEADS,
+    unvalidated,
 )
 from .remote_code.modeling_lorapress import MODELS
 from .sizes import PER_LAYER_KEYS, is_per_layer, layer_widths, stock_model_type
@@ -90,11 +94,14 @@ def _swap_config(model: nn.Module, old: Any, new: Any) -> None:
 
 
 def _stock_config(config: Any):
-    """The stock config of per-layer ``config``: its scalars (the widest layer), no per-layer lists."""
+    """The stock config of per-layer ``config``: its scalars (the widest layer), no per-layer lists. Built without
+    the stock class's validators (transformers >= 5): a per-layer config may hold a head count that the stock one
+    refuses (see :func:`compressor.merge.check_pruned_config`); this object only stands in for it in memory."""
     cls = per_layer_model_class(config)
-    stock_cfg_cls = next(c for c in type(config).__mro__[1:] if c.__module__.startswith("transformers."))
+    stock_cfg_cls: Any = next(c for c in type(config).__mro__[1:] if c.__module__.startswith("transformers."))
     drop = (*PER_LAYER_KEYS, "model_type", "auto_map", "architectures", "transformers_version")
-    new = stock_cfg_cls(**{k: v for k, v in config.to_dict().items() if k not in drop})
+    new = stock_cfg_cls.__new__(stock_cfg_cls)
+    unvalidated(stock_cfg_cls.__init__)(new, **{k: v for k, v in config.to_dict().items() if k not in drop})
     new._attn_implementation = getattr(config, "_attn_implementation", None)
     new._name_or_path = getattr(config, "_name_or_path", "")
     return cls, new

@@ -29,8 +29,8 @@ def _mib(n: int) -> str:
 @click.argument("model_dir")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "onnx-genai", "safetensors", "gguf"]), default="onnx",
               show_default=True,
-              help="onnx: one decoder graph with KV cache (task text-generation-with-past), loadable with "
-                   "optimum's ORTModelForCausalLM; onnx-genai: fused graph (GroupQueryAttention, "
+              help="onnx: one decoder graph with KV cache (task text-generation-with-past, optimum's graph "
+                   "inputs and outputs), also loadable with optimum's ORTModelForCausalLM; onnx-genai: fused graph (GroupQueryAttention, "
                    "SkipSimplifiedLayerNormalization) from onnxruntime-genai's model builder, run with the "
                    "onnxruntime_genai generator (needs pip install \"lorapress[genai]\"); safetensors: plain Hugging "
                    "Face folder; gguf: model.gguf for llama.cpp, validated in llama.cpp (needs pip install "
@@ -54,7 +54,13 @@ def _mib(n: int) -> str:
               help="ONNX-genai: 4-bit MatMulNBits weights (block 32), validated with a looser tolerance: relative "
                    "NLL increase <= 10%, next-token agreement >= 70% where the fp32 top-2 margin is >= 0.25; the "
                    "fp32 build of the same graph gets the exact check first.")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default: optimum's default).")
+@click.option("--exporter", type=click.Choice(["torch", "optimum"]), default="torch", show_default=True,
+              help="ONNX: what writes the graph. torch: torch's own exporter (torch.onnx.export, TorchScript tracer) "
+                   "traces the model with optimum's graph inputs and outputs; needs no optimum. optimum: optimum's "
+                   "ONNX exporter; needs pip install \"lorapress[optimum]\", which requires transformers < 4.58.")
+@click.option("--opset", type=int, default=None,
+              help="ONNX opset (default: 17 with --exporter torch, which writes at most 20; optimum's default with "
+                   "--exporter optimum).")
 @click.option("--atol", type=float, default=1e-4, show_default=True,
               help="ONNX fp32: absolute tolerance on max |ORT - PyTorch| of logits and KV cache.")
 @click.option("--rtol", type=float, default=1e-5, show_default=True,
@@ -66,12 +72,13 @@ def _mib(n: int) -> str:
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle weights (pytorch_model.bin); they can run code.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
-def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre, int8, optimize, int4, opset, atol,
-               rtol, noise_factor, threads, allow_pickle, trust_remote_code):
+def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre, int8, optimize, int4, exporter, opset,
+               atol, rtol, noise_factor, threads, allow_pickle, trust_remote_code):
     """Export MODEL_DIR (HF folder, .gguf file or built-in name) to ONNX, safetensors or GGUF.
 
     \b
     compress export pruned/ --format onnx --out pruned_onnx
+    compress export pruned/ --format onnx --exporter optimum --out pruned_onnx
     compress export pruned/ --format onnx --int8 --out pruned_onnx_int8
     compress export pruned/ --format onnx --optimize --out pruned_onnx_fused
     compress export pruned/ --format onnx-genai [--int4] --out pruned_genai
@@ -86,6 +93,8 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
     if optimize and fmt != "onnx":
         raise ConfigError(f"--optimize only applies to --format onnx (got --format {fmt}; onnx-genai graphs are fused "
                           f"already)")
+    if exporter != "torch" and fmt != "onnx":
+        raise ConfigError(f"--exporter only applies to --format onnx (got --format {fmt})")
     if int4 and fmt != "onnx-genai":
         raise ConfigError(f"--int4 only applies to --format onnx-genai (got --format {fmt}; --format onnx has --int8)")
     if fmt == "onnx-genai":
@@ -113,11 +122,11 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
 
     res = export_onnx(model_dir, out, force=force, validate=not no_validate, int8=int8, atol=atol, rtol=rtol,
                       noise_factor=noise_factor, opset=opset, threads=threads, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code, optimize=optimize)
+                      trust_remote_code=trust_remote_code, optimize=optimize, exporter=exporter)
     rep = res.report
     onnx_bytes = sum(v for k, v in res.files.items() if k.endswith(".onnx") or ".onnx" in k)
     click.echo(f"Exported {res.path}: model.onnx {_mib(onnx_bytes)}, opset {rep.get('opset')}, "
-               f"{'int8' if int8 else 'fp32'}, {res.seconds:.1f} s")
+               f"{'int8' if int8 else 'fp32'}, {rep.get('exporter', 'optimum')} exporter, {res.seconds:.1f} s")
     if rep.get("optimize"):
         before, after = rep["optimize"]["before"]["ort_optimized"], rep["optimize"]["after"]["ort_optimized"]
         click.echo(f"  fused by ONNX Runtime's transformer optimizer: {before['nodes']} -> {after['nodes']} nodes run by "
@@ -152,7 +161,8 @@ def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre
     if gen:
         n = len(gen["results"])
         eq = sum(r["equal"] for r in gen["results"])
-        click.echo(f"  greedy generate via ORTModelForCausalLM: {eq}/{n} prompts identical to PyTorch")
+        via = "optimum's ORTModelForCausalLM" if gen.get("runner", "optimum") == "optimum" else "ONNX Runtime"
+        click.echo(f"  greedy generate via {via}: {eq}/{n} prompts identical to PyTorch")
 
 
 def _fused(counts) -> str:

@@ -95,11 +95,16 @@ def check_genai_model(config: Any, spec: str = "model") -> None:
         raise UnsupportedArchitectureError(
             f"{spec!r} ({arch.model_type}): --format onnx-genai is checked for {', '.join(GENAI_ARCHITECTURES)} "
             f"only; use --format onnx (optionally --optimize) for {arch.model_type}")
-    if is_per_layer(config):
+    if is_per_layer(config) and not model_sizes(config).uniform:
         raise UnsupportedArchitectureError(
             f"{spec!r} has per-layer widths (heads / intermediate size differ between layers); onnxruntime-genai's "
             f"builder reads one set of widths from config.json. Use --format onnx (optionally --optimize), which "
             f"holds every layer's shapes")
+    if is_per_layer(config):
+        raise UnsupportedArchitectureError(
+            f"{spec!r} is a per-layer-widths folder with uniform widths, written so because the installed "
+            f"transformers refuses its stock config (e.g. a head count that does not divide hidden_size); "
+            f"onnxruntime-genai's builder loads the stock config. Use --format onnx (optionally --optimize)")
     hd = model_sizes(config).head_dim
     if hd % GQA_HEAD_DIM_MULTIPLE:
         raise UnsupportedArchitectureError(

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from compressor.errors import ConfigError, UnsupportedArchitectureError
-from compressor.sizes import ModelSizes, model_sizes, stock_model_type
+from compressor.sizes import ModelSizes, model_sizes, rope_theta, stock_model_type
 
 from .gguf_vocab import GGUFVocab, write_vocab
 
@@ -108,12 +108,15 @@ def gguf_arch(model_type: str, sizes: ModelSizes) -> tuple[str, str | None]:
 
 
 def rope_scaling(config) -> dict[str, Any] | None:
-    """The config's rope scaling as ``{"type", "factor", ...}``, None without one.
+    """The config's rope scaling as ``{"type", "factor", ...}``, None without one: ``rope_parameters``
+    (transformers 5, which also holds ``rope_theta``, left out here) or ``rope_scaling`` (transformers 4).
 
     Raises:
         UnsupportedArchitectureError: a type other than linear, yarn, llama3 (or default).
     """
-    rs = getattr(config, "rope_scaling", None)
+    rs = getattr(config, "rope_parameters", None)
+    if not isinstance(rs, dict):
+        rs = getattr(config, "rope_scaling", None)
     if not isinstance(rs, dict):
         return None
     kind = rs.get("rope_type", rs.get("type"))
@@ -122,7 +125,7 @@ def rope_scaling(config) -> dict[str, Any] | None:
     if kind not in ("linear", "yarn", "llama3"):
         raise UnsupportedArchitectureError(
             f"GGUF export does not support rope_scaling type {kind!r}; supported: linear, yarn, llama3")
-    return {"type": kind, **{k: v for k, v in rs.items() if k not in ("rope_type", "type")}}
+    return {"type": kind, **{k: v for k, v in rs.items() if k not in ("rope_type", "type", "rope_theta")}}
 
 
 def llama3_rope_factors(config, head_dim: int):
@@ -131,7 +134,7 @@ def llama3_rope_factors(config, head_dim: int):
     import numpy as np
 
     rs = rope_scaling(config) or {}
-    base = float(getattr(config, "rope_theta", 10000.0))
+    base = rope_theta(config)
     factor = float(rs["factor"])
     lo, hi = float(rs.get("low_freq_factor", 1.0)), float(rs.get("high_freq_factor", 4.0))
     old = float(rs.get("original_max_position_embeddings", 8192))
@@ -250,7 +253,7 @@ def write_gguf(model, vocab: GGUFVocab, path: str | os.PathLike, gguf_type: str,
         "embedding_length": s.hidden, "feed_forward_length": ff, "attention.head_count": heads,
         "attention.head_count_kv": kv, "attention.key_length": s.head_dim,
         "attention.value_length": s.head_dim, "rope.dimension_count": s.head_dim,
-        "rope.freq_base": float(getattr(cfg, "rope_theta", 10000.0)),
+        "rope.freq_base": rope_theta(cfg),
         "attention.layer_norm_rms_epsilon": float(getattr(cfg, "rms_norm_eps", 1e-6)), "vocab_size": s.vocab,
     }
     if name:

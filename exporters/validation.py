@@ -4,21 +4,26 @@
   ``max|ort - pt| <= 1e-4 + 1e-5 * max|pt|``; if that fails, a float64 PyTorch run decides whether the
   difference is float32 rounding noise (ORT within ``noise_factor``, default 8x, of PyTorch fp32's own error)
   or a real mismatch.
-* greedy ``generate()`` through ``ORTModelForCausalLM.from_pretrained(out)`` == PyTorch on a few prompts
-  (:func:`validate_generate`), which also proves the folder loads with stock optimum.
+* greedy generation == PyTorch's greedy ``generate()`` on a few prompts (:func:`validate_generate`): through
+  stock optimum's ``ORTModelForCausalLM.from_pretrained(out)`` where ``optimum.onnxruntime`` imports (which also
+  proves the folder loads there), else a greedy loop with the KV cache over ``model.onnx`` in plain ONNX Runtime.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ExportError, ValidationError
+from compressor.errors import ConfigError, ExportError, ValidationError
 from compressor.optional import require
 from compressor.ort import ort_session
 from compressor.sizes import model_sizes
 
 from .decode import OrtDecoder, max_abs, ort_run, pt_run
+
+#: Name of the ONNX graph inside an exported folder (optimum's standard name; re-exported by :mod:`exporters.onnx`).
+ONNX_FILE = "model.onnx"
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -183,44 +188,143 @@ def _prompt_ids(tokenizer, prompts: Sequence[str], vocab: int, seed: int = 1) ->
     return [rng.integers(0, vocab, size=6).tolist() for _ in prompts]
 
 
-def validate_generate(model, folder: Path, tokenizer=None, *, prompts: Sequence[str] = DEFAULT_PROMPTS,
-                      max_new_tokens: int = 8, tie_tol: float = 1e-3, raise_on_fail: bool = True) -> dict[str, Any]:
-    """Greedy ``generate()`` through ``ORTModelForCausalLM.from_pretrained(folder)`` vs PyTorch, per prompt.
+#: ``validate_generate(runner=...)`` values
+GENERATE_RUNNERS = ("auto", "optimum", "onnxruntime")
 
-    Loading through stock optimum also checks that the folder's config works with its KV cache sizing.
+
+def _optimum_ort_model():
+    """``(optimum's ORTModelForCausalLM class, None)``, or ``(None, why)`` when ``optimum.onnxruntime`` does not
+    import."""
+    try:
+        from optimum.onnxruntime import ORTModelForCausalLM
+    except Exception as exc:  # noqa: BLE001 - not installed, or installed beside a transformers it cannot import with
+        return None, f"{type(exc).__name__}: {exc}"
+    return ORTModelForCausalLM, None
+
+
+def _eos_ids(model) -> set[int]:
+    gen = getattr(model, "generation_config", None)
+    eos = getattr(gen, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+class _OrtGreedy:
+    """Greedy generation over an exported folder's ``model.onnx`` in plain ONNX Runtime, with its KV cache
+    (:class:`exporters.decode.OrtDecoder`): argmax of the last position, stop after ``max_new_tokens`` or an EOS."""
+
+    def __init__(self, model, folder: Path, threads: int | None):
+        sizes = model_sizes(model.config)
+        self.session = ort_session(Path(folder) / ONNX_FILE, threads=threads, what="ONNX generate validation",
+                                   load_error=ValidationError)
+        self.kv_heads, self.head_dim = sizes.kv_heads, sizes.head_dim
+        self.eos = _eos_ids(model)
+
+    def generate(self, ids: list[int], max_new_tokens: int) -> list[int]:
+        import numpy as np
+
+        dec = OrtDecoder(self.session, self.kv_heads, self.head_dim)
+        mask = np.ones((1, len(ids)), np.int64)
+        logits, _ = dec.step(np.asarray([ids], np.int64), mask)
+        out = list(ids)
+        for i in range(max_new_tokens):
+            nxt = int(np.argmax(logits[0, -1]))
+            out.append(nxt)
+            if nxt in self.eos or i == max_new_tokens - 1:
+                break
+            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+            logits, _ = dec.step(np.asarray([[nxt]], np.int64), mask)
+        return out
+
+
+@contextlib.contextmanager
+def _plain_greedy(model, pad: int, eos: set[int]) -> Iterator[None]:
+    """Inside the block ``model.generate()`` is plain greedy decoding, stopping at ``eos``, as the ONNX Runtime loop
+    of :class:`_OrtGreedy`: the model's own generation config, whose processors (repetition penalty, minimum
+    length, suppressed tokens, ...) would change the argmax, is set aside (transformers fills every option left
+    unset in a given config from it)."""
+    from transformers import GenerationConfig
+
+    old = model.generation_config
+    model.generation_config = GenerationConfig(pad_token_id=pad, eos_token_id=sorted(eos) or None,
+                                               bos_token_id=getattr(old, "bos_token_id", None))
+    try:
+        yield
+    finally:
+        model.generation_config = old
+
+
+def validate_generate(model, folder: Path, tokenizer=None, *, prompts: Sequence[str] = DEFAULT_PROMPTS,
+                      max_new_tokens: int = 8, tie_tol: float = 1e-3, raise_on_fail: bool = True,
+                      runner: str = "auto", threads: int | None = None) -> dict[str, Any]:
+    """Greedy generation from the exported ``folder`` vs PyTorch's greedy ``generate()``, per prompt.
+
+    ``runner``: ``"optimum"`` runs ``generate()`` of stock optimum's ``ORTModelForCausalLM.from_pretrained(folder)``,
+    which also checks that the folder's config works with its KV cache sizing (:mod:`exporters.ort_config`);
+    ``"onnxruntime"`` runs a greedy loop with the KV cache over ``folder/model.onnx`` in plain ONNX Runtime
+    (``threads`` intra-op threads) against plain greedy ``generate()`` (argmax, stop at EOS; the model's own
+    generation config is set aside for it, see :func:`_plain_greedy`);
+    ``"auto"`` (default): ``"optimum"`` where ``optimum.onnxruntime`` imports, else ``"onnxruntime"``.
     A divergence where PyTorch's top-2 logits at the first differing step are within ``tie_tol`` of each
     other is counted as a near-tie, not a failure.
 
     Returns:
-        ``{"prompts", "max_new_tokens", "all_equal", "results": [{"prompt", "pt", "ort", "equal", "tie"}]}``.
+        ``{"runner", "max_new_tokens", "tie_tol", "all_equal", "passed", "results": [{"prompt", "prompt_ids",
+        "pt", "ort", "equal", "tie"}]}`` (with ``"optimum_unavailable"``, the import error, when ``"auto"`` fell
+        back to ONNX Runtime).
+
+    Raises:
+        ConfigError: unknown ``runner``.
+        DependencyMissingError: ``runner="optimum"`` and optimum cannot be imported.
+        ValidationError: the folder does not load, generation fails, or (``raise_on_fail``) tokens differ.
     """
     import torch
 
-    require("optimum.onnxruntime", "ONNX generate validation")
-    from optimum.onnxruntime import ORTModelForCausalLM
-
-    try:
-        ort_model = ORTModelForCausalLM.from_pretrained(str(folder), provider="CPUExecutionProvider")
-    except Exception as exc:
-        raise ValidationError(
-            f"optimum's ORTModelForCausalLM cannot load the exported folder: {type(exc).__name__}: {exc}"
-        ) from exc
+    if runner not in GENERATE_RUNNERS:
+        raise ConfigError(f"runner {runner!r} is not valid; use one of {', '.join(GENERATE_RUNNERS)}")
+    ort_cls, why = (None, None) if runner == "onnxruntime" else _optimum_ort_model()
+    if runner == "optimum" and ort_cls is None:
+        require("optimum.onnxruntime", "ONNX generate validation through optimum (runner='optimum')")
+    used = "optimum" if ort_cls is not None else "onnxruntime"
     cfg = model.config
     pad = cfg.pad_token_id if isinstance(cfg.pad_token_id, int) else (
         cfg.eos_token_id if isinstance(cfg.eos_token_id, int) else 0)
-    gen_kw = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1, "pad_token_id": pad,
-              "temperature": None, "top_p": None, "top_k": None}
+    gen_kw: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False, "num_beams": 1,
+                              "pad_token_id": pad, "temperature": None, "top_p": None, "top_k": None}
+    if ort_cls is not None:
+        try:
+            ort_model = ort_cls.from_pretrained(str(folder), provider="CPUExecutionProvider")
+        except Exception as exc:
+            raise ValidationError(
+                f"optimum's ORTModelForCausalLM cannot load the exported folder: {type(exc).__name__}: {exc}"
+            ) from exc
+
+        def run_ort(x, m, ids):
+            return ort_model.generate(input_ids=x, attention_mask=m, **gen_kw)[0].tolist()
+    else:
+        greedy = _OrtGreedy(model, folder, threads)
+
+        def run_ort(x, m, ids):
+            return greedy.generate(ids, max_new_tokens)
     results = []
     for text, ids in zip(prompts, _prompt_ids(tokenizer, prompts, cfg.vocab_size)):
         x = torch.tensor([ids], dtype=torch.long)
         m = torch.ones_like(x)
         with torch.no_grad():
-            pt = model.generate(input_ids=x, attention_mask=m, **gen_kw)[0].tolist()
+            if used == "optimum":
+                pt = model.generate(input_ids=x, attention_mask=m, **gen_kw)[0].tolist()
+            else:
+                with _plain_greedy(model, pad, greedy.eos):
+                    pt = model.generate(input_ids=x, attention_mask=m, **gen_kw)[0].tolist()
             try:
-                on = ort_model.generate(input_ids=x, attention_mask=m, **gen_kw)[0].tolist()
+                on = run_ort(x, m, ids)
             except Exception as exc:
+                where = "ORTModelForCausalLM" if used == "optimum" else "ONNX Runtime"
                 raise ValidationError(
-                    f"generate() through ORTModelForCausalLM failed: {type(exc).__name__}: {exc}"
+                    f"generate() through {where} failed: {type(exc).__name__}: {exc}"
                 ) from exc
         equal = pt == on
         tie = False
@@ -234,12 +338,14 @@ def validate_generate(model, folder: Path, tokenizer=None, *, prompts: Sequence[
         results.append({"prompt": text, "prompt_ids": ids, "pt": pt[len(ids):], "ort": on[len(ids):],
                         "equal": equal, "tie": tie})
     ok = all(r["equal"] or r["tie"] for r in results)
-    res = {"max_new_tokens": max_new_tokens, "tie_tol": tie_tol, "all_equal": all(r["equal"] for r in results),
-           "passed": ok, "results": results}
+    res = {"runner": used, "max_new_tokens": max_new_tokens, "tie_tol": tie_tol,
+           "all_equal": all(r["equal"] for r in results), "passed": ok, "results": results}
+    if why is not None and runner == "auto":
+        res["optimum_unavailable"] = why
     if raise_on_fail and not ok:
         bad = [r for r in results if not (r["equal"] or r["tie"])]
         raise ValidationError(
-            "greedy generate() through ONNX Runtime differs from PyTorch: "
-            + "; ".join(f"{r['prompt']!r}: pt={r['pt']} ort={r['ort']}" for r in bad)
+            f"greedy generation through {'ORTModelForCausalLM' if used == 'optimum' else 'ONNX Runtime'} differs "
+            "from PyTorch: " + "; ".join(f"{r['prompt']!r}: pt={r['pt']} ort={r['ort']}" for r in bad)
         )
     return res

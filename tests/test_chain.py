@@ -14,7 +14,7 @@ def test_prune_save_export_ort_bench(tmp_path):
     from exporters.decode import OrtDecoder
 
     tok = tiny_tokenizer()
-    dense = tiny_model("llama-gqa")  # 6 query heads over 2 KV heads, head_dim 8, hidden 32
+    dense = tiny_model("llama-gqa")  # 6 query heads over 2 KV heads, head_dim 8, hidden 96
     cfg = PruneConfig(ratio=0.5, steps=4, prune_every=2, seq_len=32, batch_size=2, eval_windows=1, eval_seq_len=64,
                       lr=1e-3)
     res = prune(dense, cfg, [tiny_text(2000)], tokenizer=tok)

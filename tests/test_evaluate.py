@@ -284,9 +284,37 @@ def test_ort_model_gives_the_same_numbers(tmp_path):
         assert loglikelihoods(None, tok, reqs, lm=lm) == pytest.approx(loglikelihoods(model, tok, reqs), abs=1e-4)
 
 
+def test_plain_onnxruntime_model_gives_the_same_numbers(tmp_path):
+    """Without optimum an exported folder is scored by OrtCausalLM (plain ONNX Runtime): same perplexity, and the
+    same lm-eval log-likelihoods, as the PyTorch model."""
+    from compressor.evaluation.ort_model import OrtCausalLM
+    from exporters import export_onnx
+
+    model, tok = _saved_llama(tmp_path / "m")
+    export_onnx(tmp_path / "m", tmp_path / "onnx", validate=False)
+    ort = OrtCausalLM(tmp_path / "onnx")
+    assert ev.perplexity(ort, tok, TEXT, seq_len=16)["nll"] == pytest.approx(
+        ev.perplexity(model, tok, TEXT, seq_len=16)["nll"], rel=1e-4)
+    if importlib.util.find_spec("lm_eval") is not None:
+        from compressor.evaluation.harness import loglikelihoods, make_lm
+
+        reqs = [("the cat sat", " on the mat"), ("a b", " c"), ("", " hello there world")] * 3
+        lm = make_lm(ort, tok, batch_size=4)
+        assert type(lm).__name__ == "ORTHFLM"
+        assert loglikelihoods(None, tok, reqs, lm=lm) == pytest.approx(loglikelihoods(model, tok, reqs), abs=1e-4)
+
+
+def _onnx_model_class() -> str:
+    """What `compress eval` loads an ONNX folder with: optimum's class where it imports, else plain ONNX Runtime."""
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return "OrtCausalLM"
+    return "ORTModelForCausalLM"
+
+
 def test_evaluate_onnx_folder_and_own_text_file(tmp_path):
     """`compress eval` on an exported ONNX folder gives the PyTorch folder's numbers; --wikitext2-file is used."""
-    pytest.importorskip("optimum.onnxruntime")
     from click.testing import CliRunner
 
     from compressor.cli import main
@@ -297,7 +325,7 @@ def test_evaluate_onnx_folder_and_own_text_file(tmp_path):
     (tmp_path / "w.txt").write_text(TEXT)
     a = ev.evaluate(tmp_path / "m", "wikitext2", seq_len=16, texts={"wikitext2": tmp_path / "w.txt"})
     b = ev.evaluate(str(tmp_path / "onnx"), "wikitext2", seq_len=16, texts={"wikitext2": str(tmp_path / "w.txt")})
-    assert b.config["source"]["kind"] == "onnx" and b.config["model_class"] == "ORTModelForCausalLM"
+    assert b.config["source"]["kind"] == "onnx" and b.config["model_class"] == _onnx_model_class()
     assert b.results["wikitext2"]["nll"] == pytest.approx(a.results["wikitext2"]["nll"], rel=1e-4)
     assert b.details["wikitext2"]["data"] == str((tmp_path / "w.txt").resolve())
     direct = ev.perplexity(model, tok, TEXT, seq_len=16)
@@ -324,7 +352,6 @@ def test_evaluate_onnx_folder_and_own_text_file(tmp_path):
 
 
 def test_unloadable_onnx_folder_is_a_clear_error(tmp_path):
-    pytest.importorskip("optimum.onnxruntime")
     from click.testing import CliRunner
 
     from compressor.cli import main

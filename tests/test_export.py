@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from compressor.errors import (
     ConfigError,
+    DependencyMissingError,
     ModelLoadError,
     OutputExistsError,
     UnsupportedArchitectureError,
@@ -33,10 +34,58 @@ def _pt(src):
     return AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager").eval()
 
 
+def _has_optimum() -> bool:
+    try:
+        import optimum.onnxruntime  # noqa: F401
+    except Exception:  # noqa: BLE001 - not installed, or not importable beside this transformers
+        return False
+    return True
+
+
+def _ort_run(folder, ids, mask=None):
+    """One forward of the folder's model.onnx in plain onnxruntime with an empty KV cache: (logits, present)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.asarray(ids, np.int64)
+    mask = np.ones_like(ids) if mask is None else np.asarray(mask, np.int64)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    for i in sess.get_inputs():
+        if i.name == "position_ids":
+            feed[i.name] = np.where(mask == 0, 1, np.cumsum(mask, axis=1) - 1)
+        elif i.name.startswith("past_key_values."):
+            feed[i.name] = np.zeros((ids.shape[0], i.shape[1], 0, i.shape[3]), np.float32)
+    out = sess.run(None, feed)
+    return out[0], out[1:]
+
+
+def _ort_greedy(folder, prompt: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
+    """Greedy generation in plain onnxruntime with the graph's own KV cache (fed back step by step)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32) for i in sess.get_inputs()
+            if i.name.startswith("past_key_values.")}
+    outs = [o.name for o in sess.get_outputs()]
+    seq, new = list(prompt), list(prompt)
+    for _ in range(max_new_tokens):
+        n_past = len(seq) - len(new)
+        feed = {"input_ids": np.asarray([new], np.int64), "attention_mask": np.ones((1, len(seq)), np.int64), **past}
+        if "position_ids" in names:
+            feed["position_ids"] = np.arange(n_past, len(seq), dtype=np.int64)[None]
+        res = dict(zip(outs, sess.run(None, feed)))
+        past = {k: res[k.replace("past_key_values.", "present.")] for k in past}
+        nxt = int(res["logits"][0, -1].argmax())
+        seq.append(nxt)
+        new = [nxt]
+        if nxt == eos:
+            break
+    return seq
+
+
 @pytest.mark.parametrize("case", list(EXPORT_CASES))
 def test_onnx_export_parity_and_ort_generate(case, tiny_llama_dir, tmp_path):
-    from optimum.onnxruntime import ORTModelForCausalLM
-
     src = tiny_llama_dir(case)
     src_cfg = (src / "config.json").read_text()
     out = tmp_path / "onnx"
@@ -53,6 +102,12 @@ def test_onnx_export_parity_and_ort_generate(case, tiny_llama_dir, tmp_path):
     assert rep["tolerance"]["fp32_atol"] == 1e-4 and isinstance(rep["opset"], int)
     assert rep["files"]["model.onnx"] == (out / "model.onnx").stat().st_size > 0
     assert rep["validation"]["generate"]["all_equal"]
+    assert rep["exporter"] == "torch" and rep["opset"] == 17 and rep["torch_export"]["position_ids"] is True
+    assert rep["validation"]["generate"]["runner"] == ("optimum" if _has_optimum() else "onnxruntime")
+    assert rep["versions"]["torch"] and rep["versions"]["transformers"]
+    assert rep["inputs"][:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert rep["inputs"][3:] == [f"past_key_values.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
+    assert rep["outputs"] == ["logits"] + [f"present.{i}.{kv}" for i in range(2) for kv in ("key", "value")]
 
     hidden, heads, _, hd, _ = EXPORT_CASES[case]
     cfg = json.loads((out / "config.json").read_text())
@@ -63,7 +118,33 @@ def test_onnx_export_parity_and_ort_generate(case, tiny_llama_dir, tmp_path):
         assert cfg["hidden_size"] == hidden and "lorapress_export" not in cfg
         assert rep["ort_config_adjustment"] is None
 
-    # Independent check with stock optimum: logits with the KV cache, and greedy generate.
+    # Independent check in plain onnxruntime: logits and KV cache of a prefill, and greedy generation with the
+    # graph's own KV cache.
+    pt = _pt(src)
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3, 150]])
+    with torch.no_grad():
+        ref = pt(input_ids=ids, use_cache=True)
+        logits, present = _ort_run(out, ids.numpy())
+        assert np.abs(ref.logits.numpy() - logits).max() < 1e-4
+        assert np.abs(ref.past_key_values.layers[1].values.numpy() - present[3]).max() < 1e-4
+        for p in PROMPTS:
+            x = torch.tensor([[int(w[1:]) + 3 for w in p.split()]])
+            kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": 10, "do_sample": False, "pad_token_id": 2}
+            assert pt.generate(x, **kw)[0].tolist() == _ort_greedy(out, x[0].tolist(), 10, eos=2)
+
+
+@pytest.mark.parametrize("exporter", ["torch", "optimum"])
+def test_folder_loads_in_stock_optimum(exporter, tiny_llama_dir, tmp_path):
+    """Where optimum is installed (the floor-stack CI job): a folder from either exporter loads in stock optimum's
+    ORTModelForCausalLM (head-pruned config adjusted), matches PyTorch's logits and greedy generate, and the
+    export's own generate check ran through it."""
+    pytest.importorskip("optimum.onnxruntime")
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    src = tiny_llama_dir("pruned-gqa")
+    out = tmp_path / "onnx"
+    rep = _export(src, out, exporter=exporter).report
+    assert rep["exporter"] == exporter and rep["validation"]["generate"]["runner"] == "optimum"
     pt = _pt(src)
     ort = ORTModelForCausalLM.from_pretrained(out)
     ids = torch.tensor([[5, 17, 42, 99, 7, 3, 150]])
@@ -77,9 +158,102 @@ def test_onnx_export_parity_and_ort_generate(case, tiny_llama_dir, tmp_path):
             assert pt.generate(x, **kw).tolist() == ort.generate(x, **kw).tolist()
 
 
+def test_optimum_exporter_without_optimum_names_the_install(tiny_llama_dir, tmp_path, monkeypatch):
+    """--exporter optimum where optimum cannot be imported: a clear error before any work, naming the pip line,
+    the transformers cap and the default exporter that needs none."""
+    import sys
+
+    from compressor.cli import main
+
+    monkeypatch.setitem(sys.modules, "optimum", None)  # `import optimum...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "optimum.exporters", None)
+    monkeypatch.setitem(sys.modules, "optimum.exporters.onnx", None)
+    out = tmp_path / "o"
+    with pytest.raises(DependencyMissingError) as ei:
+        export_onnx(tiny_llama_dir("dense-mha"), out, exporter="optimum")
+    msg = str(ei.value)
+    assert 'pip install "lorapress[optimum]"' in msg and "transformers < 4.58" in msg
+    assert "--exporter torch" in msg and "needs no optimum" in msg
+    assert not out.exists()
+    r = CliRunner().invoke(main, ["export", str(tiny_llama_dir("dense-mha")), "--exporter", "optimum",
+                                  "--out", str(out)])
+    assert r.exit_code != 0 and 'pip install "lorapress[optimum]"' in r.output and not out.exists()
+    with pytest.raises(ConfigError, match="exporter 'tf' is not valid"):
+        export_onnx(tiny_llama_dir("dense-mha"), out, exporter="tf")
+    r = CliRunner().invoke(main, ["export", str(tiny_llama_dir("dense-mha")), "--format", "safetensors",
+                                  "--exporter", "optimum", "--out", str(out)])
+    assert r.exit_code == 2 and "--exporter only applies to --format onnx" in r.output
+
+
+def test_generate_check_without_optimum_runs_in_onnxruntime(tiny_llama_dir, tmp_path, monkeypatch):
+    """Without optimum the greedy-generation check runs in plain onnxruntime over model.onnx and still compares
+    with PyTorch: a model that computes something else than the graph fails it."""
+    import sys
+
+    from exporters.validation import validate_generate
+    from tests.tiny import tiny_tokenizer
+
+    monkeypatch.setitem(sys.modules, "optimum", None)  # `import optimum...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "optimum.onnxruntime", None)
+    src = tiny_llama_dir("pruned-mha")
+    rep = _export(src, tmp_path / "o").report
+    gen = rep["validation"]["generate"]
+    assert gen["runner"] == "onnxruntime" and gen["all_equal"] and gen["passed"] and "optimum_unavailable" in gen
+    assert all(len(r["pt"]) == 8 and r["pt"] == r["ort"] for r in gen["results"])
+    model = _pt(src)
+    model.generation_config.repetition_penalty = 50.0  # a generation_config.json's processors: set aside for both
+    model.generation_config.no_repeat_ngram_size = 1
+    again = validate_generate(model, tmp_path / "o", tiny_tokenizer(200), prompts=PROMPTS, runner="onnxruntime")
+    assert again["all_equal"] and [r["pt"] for r in again["results"]] == [r["pt"] for r in gen["results"]]
+    assert model.generation_config.repetition_penalty == 50.0, "the model's generation config is restored"
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)  # PyTorch's greedy token is now the graph's least likely one
+    with pytest.raises(ValidationError, match="greedy generation through ONNX Runtime differs from PyTorch"):
+        validate_generate(model, tmp_path / "o", tiny_tokenizer(200), prompts=PROMPTS, runner="onnxruntime")
+    with pytest.raises(DependencyMissingError, match="optimum"):
+        validate_generate(model, tmp_path / "o", tiny_tokenizer(200), prompts=PROMPTS, runner="optimum")
+
+
+def test_torch_export_is_quiet(tiny_llama_dir, tmp_path):
+    """The tracer's notes on transformers' cache / mask code and torch's notes on its TorchScript exporter are
+    silenced inside the export (the parity and generation checks verify what they warn about)."""
+    import warnings
+
+    from torch.jit import TracerWarning
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _export(tiny_llama_dir("dense-gqa"), tmp_path / "o", validate=False)
+    noisy = [f"{w.category.__name__}: {w.message}" for w in seen
+             if issubclass(w.category, TracerWarning) or "TorchScript" in str(w.message)
+             or "aten::index" in str(w.message) or "feature will be removed" in str(w.message)]
+    assert noisy == []
+
+
+def test_large_graph_weights_become_one_data_file(tiny_llama_dir, tmp_path):
+    """A graph over 2 GiB, which torch's TorchScript exporter writes with one external file per tensor, ends up as
+    model.onnx + model.onnx_data (optimum's layout) computing the same (simulated on a tiny graph)."""
+    import onnx
+
+    from exporters.torch_onnx import _move_graph
+
+    _export(tiny_llama_dir("dense-gqa"), tmp_path / "o", validate=False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proto = onnx.load(str(tmp_path / "o" / "model.onnx"))
+    onnx.save_model(proto, str(scratch / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=False,
+                    size_threshold=0)
+    assert len(list(scratch.iterdir())) > 10, "one file per tensor, as the exporter writes them"
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    _move_graph(scratch, dest / "model.onnx")
+    assert sorted(p.name for p in dest.iterdir()) == ["model.onnx", "model.onnx_data"]
+    ids = np.array([[5, 17, 42, 99, 7]])
+    assert np.array_equal(_ort_run(dest, ids)[0], _ort_run(tmp_path / "o", ids)[0])
+
+
 def test_int8_export_within_tolerance(tiny_llama_dir, tmp_path):
     import onnx
-    from optimum.onnxruntime import ORTModelForCausalLM
 
     src = tiny_llama_dir("pruned-gqa")
     res = _export(src, tmp_path / "int8", int8=True)
@@ -93,10 +267,14 @@ def test_int8_export_within_tolerance(tiny_llama_dir, tmp_path):
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
     assert rep["files"]["model.onnx"] < rep["fp32_onnx_bytes"]
     assert [f for f in res.files if f.endswith(".onnx")] == ["model.onnx"]
-    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "int8")
-    out = ort.generate(torch.tensor([[4, 5, 6]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
-                       max_new_tokens=4, do_sample=False, pad_token_id=2)
-    assert out.shape[1] >= 4
+    assert len(_ort_greedy(tmp_path / "int8", [4, 5, 6], 4)) == 7, "the int8 graph runs with its KV cache"
+    if _has_optimum():
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        ort = ORTModelForCausalLM.from_pretrained(tmp_path / "int8")
+        out = ort.generate(torch.tensor([[4, 5, 6]]), attention_mask=torch.ones(1, 3, dtype=torch.long),
+                           max_new_tokens=4, do_sample=False, pad_token_id=2)
+        assert out.shape[1] >= 4
 
 
 def test_int8_outside_tolerance_raises(tiny_llama_dir, tmp_path):
@@ -191,6 +369,9 @@ def test_bad_options(tiny_llama_dir, tmp_path):
         export_onnx(src, tmp_path / "o", opset=3)
     with pytest.raises(ConfigError, match="atol"):
         export_onnx(src, tmp_path / "o", atol=0)
+    with pytest.raises(ConfigError, match="opset 21 is above 20.*--exporter optimum"):
+        export_onnx(src, tmp_path / "o", opset=21)
+    assert not (tmp_path / "o").exists()
 
 
 def test_cli_export(tiny_llama_dir, tmp_path):
@@ -200,7 +381,9 @@ def test_cli_export(tiny_llama_dir, tmp_path):
     out = tmp_path / "cli"
     r = CliRunner().invoke(main, ["export", src, "--format", "onnx", "--out", str(out), "--threads", "1"])
     assert r.exit_code == 0, r.output
-    assert "fp32 parity" in r.output and "hidden_size 64 -> 32" in r.output
+    assert "fp32 parity" in r.output and "hidden_size 64 -> 32" in r.output and "torch exporter" in r.output
+    assert json.loads((out / "export_report.json").read_text())["exporter"] == "torch"
+    assert "greedy generate via " + ("optimum's ORTModelForCausalLM" if _has_optimum() else "ONNX Runtime") in r.output
     r = CliRunner().invoke(main, ["export", src, "--out", str(out)])
     assert r.exit_code == 2 and "--force" in r.output
     r = CliRunner().invoke(main, ["export", src, "--format", "safetensors", "--int8", "--out", str(tmp_path / "s")])
@@ -251,7 +434,6 @@ def test_export_loaded_model(tiny_llama_dir, tmp_path):
 
 def test_sliding_window_model_exports(tmp_path):
     """Mistral with a window shorter than the check sequence: PyTorch's cache keeps only the window."""
-    from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import MistralConfig, MistralForCausalLM
 
     from tests.tiny import tiny_tokenizer
@@ -264,7 +446,17 @@ def test_sliding_window_model_exports(tmp_path):
     res = _export(model, tmp_path / "o", tokenizer=tiny_tokenizer(200))
     par = res.report["validation"]["parity"]
     assert par["passed"] and par["prompt_len"] + par["decode_steps"] <= 7
-    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "o")
     x = torch.tensor([[5, 6, 7]])
-    kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": 4, "do_sample": False, "pad_token_id": 2}
-    assert model.generate(x, **kw).tolist() == ort.generate(x, **kw).tolist()
+    for n in (4, 14):  # within the window, and well past it (the graph's mask applies the window)
+        kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": n, "do_sample": False, "pad_token_id": 2,
+              "eos_token_id": None}
+        assert model.generate(x, **kw)[0].tolist() == _ort_greedy(tmp_path / "o", [5, 6, 7], n)
+    ids = torch.randint(3, 200, (1, 13), generator=torch.Generator().manual_seed(0))  # a prefill longer than 8
+    with torch.no_grad():
+        assert np.abs(model(input_ids=ids).logits.numpy() - _ort_run(tmp_path / "o", ids.numpy())[0]).max() < 1e-4
+    if _has_optimum():
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        ort = ORTModelForCausalLM.from_pretrained(tmp_path / "o")
+        kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": 4, "do_sample": False, "pad_token_id": 2}
+        assert model.generate(x, **kw).tolist() == ort.generate(x, **kw).tolist()

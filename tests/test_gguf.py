@@ -16,6 +16,7 @@ from compressor.errors import (
     UnsupportedArchitectureError,
     ValidationError,
 )
+from compressor.sizes import rope_theta
 from exporters import export_gguf
 from exporters.gguf_write import interleave_rope_rows
 from tests.tiny import CASES, tiny_bpe_tokenizer, tiny_model
@@ -76,7 +77,7 @@ def test_metadata_and_tensors_round_trip(name, tok, tmp_path):
             "attention.value_length": hd, "rope.dimension_count": hd, "vocab_size": VOCAB}
     for k, v in want.items():
         assert meta[f"{arch}.{k}"] == v, k
-    assert meta[f"{arch}.rope.freq_base"] == pytest.approx(cfg.rope_theta)
+    assert meta[f"{arch}.rope.freq_base"] == pytest.approx(rope_theta(cfg))
     assert meta[f"{arch}.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg.rms_norm_eps)
     assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "gpt-2"
     assert len(meta["tokenizer.ggml.tokens"]) == VOCAB and len(meta["tokenizer.ggml.merges"]) > 0
@@ -226,7 +227,8 @@ def test_unsupported_inputs(tok, tmp_path):
     with pytest.raises(UnsupportedArchitectureError, match="gpt2.*llama.*mistral.*qwen2"):
         export_gguf(gpt2, tmp_path / "a", tokenizer=tok, validate=False)
     m = _model("llama-dense-untied")
-    m.config.intermediate_size = [48, 40]  # per-layer widths, as a non-uniform prune would need
+    # per-layer widths, as a non-uniform prune would need (written past transformers 5's field type check)
+    vars(m.config)["intermediate_size"] = [48, 40]
     with pytest.raises(UnsupportedArchitectureError, match="lists in intermediate_size.*lorapress per-layer config"):
         export_gguf(m, tmp_path / "b", tokenizer=tok, validate=False)
     from tests.tiny import tiny_tokenizer

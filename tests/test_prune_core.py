@@ -25,7 +25,10 @@ def _peft(model, seed=0):
 
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                       "gate_proj", "up_proj", "down_proj"])
-    pm = get_peft_model(model, cfg)
+    from compressor.quiet import quiet_peft_wrap
+
+    with quiet_peft_wrap():
+        pm = get_peft_model(model, cfg)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # B non-zero so merge parity means something
         for n, p in pm.named_parameters():
@@ -135,6 +138,106 @@ def test_save_and_stock_reload_identical(case, tmp_path):
         ref = merged(input_ids=ids).logits
         torch.testing.assert_close(re(input_ids=ids).logits, ref, rtol=0, atol=0)
         torch.testing.assert_close(stock(input_ids=ids).logits, ref, rtol=1e-5, atol=1e-5)
+
+
+def _refuses_heads_not_dividing_hidden() -> bool:
+    """Whether the installed transformers refuses a LlamaConfig whose head count does not divide hidden_size even
+    with an explicit head_dim (transformers >= 5.16)."""
+    from transformers import LlamaConfig
+
+    try:
+        LlamaConfig(hidden_size=32, num_attention_heads=3, num_key_value_heads=3, head_dim=8)
+    except Exception:  # noqa: BLE001 - huggingface_hub's StrictDataclassClassValidationError
+        return True
+    return False
+
+
+def test_uniform_head_count_that_does_not_divide_hidden(tmp_path, caplog):
+    """3 of 4 heads with hidden 32 (head_dim 8). transformers >= 5.16 refuses that stock LlamaConfig, so the run
+    says before it starts that it will write the per-layer remote-code folder (uniform lists), does so, and the
+    report records transformers' reason; older transformers keep a stock folder. Either way masked == merged ==
+    reloaded (with transformers' own loader and with this project's, which runs no code from the folder)."""
+    import json
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    from compressor.config import PruneConfig
+    from compressor.loop import PruneLoop
+    from compressor.models import load_model
+    from compressor.report import build_report
+    from compressor.save import save_model_folder
+    from tests.tiny import tiny_tokenizer
+
+    refuses = _refuses_heads_not_dividing_hidden()
+    model = tiny_model("llama-mha", hidden_size=32, head_dim=8)
+    cfg = PruneConfig(ratio=0.3, head_policy="balanced", steps=4, prune_every=1, seq_len=16, batch_size=2,
+                      eval_windows=0, lr=1e-3)
+    blocks = torch.randint(3, 96, (4, 16), generator=torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING, logger="compressor"):
+        loop = PruneLoop(model, cfg, blocks)
+    notes = [r.getMessage() for r in caplog.records if "remote-code folder" in r.getMessage()]
+    assert loop.widths.final.num_heads == 3 and (loop.stock_config_refused is not None) == refuses
+    assert len(notes) == int(refuses)
+    if refuses:
+        assert "3 attention heads and hidden_size 32" in notes[0] and "divides 32 keeps a stock folder" in notes[0]
+    while not loop.done:
+        loop.step()
+    ids = _ids()
+    with torch.no_grad():
+        masked = loop.masked_model(input_ids=ids).logits
+    merged = loop.finish()
+    with torch.no_grad():
+        ref = merged(input_ids=ids).logits
+    torch.testing.assert_close(ref, masked, rtol=1e-4, atol=1e-5)
+    assert (merged.config.num_attention_heads, merged.config.head_dim) == (3, 8)
+    report = build_report(loop, merged, model_id="tiny", params_before=1, ppl_before=None, ppl_after=None,
+                          wall_time_s=0.0, peak_rss_mb=0.0, ranks_agree=None)
+    out = save_model_folder(merged, tiny_tokenizer(), tmp_path / "out", report=report)
+    saved = json.loads((out / "config.json").read_text())
+    on_disk = json.loads((out / "compression_report.json").read_text())
+    if refuses:
+        assert type(merged).__name__ == "LorapressLlamaForCausalLM" and saved["model_type"] == "lorapress_llama"
+        assert saved["per_layer_num_attention_heads"] == [3, 3] and saved["per_layer_intermediate_size"] == [32, 32]
+        assert (out / "configuration_lorapress.py").is_file() and (out / "modeling_lorapress.py").is_file()
+        reason = on_disk["stock_config_refused"]
+        assert reason == report["stock_config_refused"]
+        assert "hidden size (32) is not a multiple of the number of attention heads (3)" in reason
+        assert report["widths_after"]["num_attention_heads"] == 3 and "per_layer" not in report["widths_after"]
+        reloaded = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, attn_implementation="eager")
+        assert type(reloaded).__name__ == "LorapressLlamaForCausalLM"
+    else:
+        assert type(merged) is type(model) and saved["model_type"] == "llama"
+        assert "stock_config_refused" not in on_disk and not (out / "modeling_lorapress.py").exists()
+        reloaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager")
+    ours, _, _ = load_model(str(out))  # this project's loader: the in-package class, no code from the folder
+    assert type(ours).__name__ == type(merged).__name__
+    with torch.no_grad():
+        for m in (reloaded, ours):
+            torch.testing.assert_close(m(input_ids=ids).logits, ref, rtol=0, atol=0)
+
+
+def test_head_count_without_a_per_layer_fallback_is_refused_before_any_work(tmp_path):
+    """Gemma2 has no per-layer class: where transformers refuses its pruned head count (>= 5.16: 3 heads, hidden
+    32), prune() refuses before reading the calibration data, with the message that says what to do."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from compressor.config import PruneConfig
+    from compressor.errors import CalibrationError
+    from compressor.pruning import prune
+
+    cfg = Gemma2Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=4, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
+                       max_position_embeddings=128, attn_implementation="eager")
+    model = Gemma2ForCausalLM(cfg).eval()
+    run = PruneConfig(ratio=0.3, head_policy="balanced", steps=2, prune_every=1, seq_len=16, eval_windows=0)
+    missing = tmp_path / "no-such-calibration.txt"
+    if _refuses_heads_not_dividing_hidden():
+        with pytest.raises(ConfigError, match="3.*would not load with stock transformers.*keep every attention head"):
+            prune(model, run, str(missing))
+    else:  # the stock config holds 3 heads: the run goes on to read the (missing) calibration file
+        with pytest.raises(CalibrationError):
+            prune(model, run, str(missing))
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, -0.1, 1.5, float("nan")])

@@ -546,7 +546,8 @@ def test_model_folder_with_wrong_or_missing_tensors(w, tmp_path):
     cfg["intermediate_size"] = 64
     (wrong / "config.json").write_text(json.dumps(cfg))
     msg = _clean_error(_invoke(_prune_args(w, tmp_path / "o1")[:1] + [str(wrong)] + _prune_args(w, tmp_path / "o1")[2:]), 2)
-    assert "'model.safetensors'" in msg and "[40, 32]" in msg and "[64, 32]" in msg and "mlp" in msg, msg
+    hidden = cfg["hidden_size"]
+    assert "'model.safetensors'" in msg and f"[40, {hidden}]" in msg and f"[64, {hidden}]" in msg and "mlp" in msg, msg
 
     missing = tmp_path / "missing"
     shutil.copytree(w / "model", missing)

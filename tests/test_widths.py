@@ -1,6 +1,7 @@
 """Per-layer widths (issue #12) on tiny models: masked == merged == reloaded (our loader, and the folder's remote
 code in a Python where this project cannot be imported), transformers' refusal without trust_remote_code,
-config validation, the prune job / CLI, ONNX parity through stock optimum, and GGUF ``deci`` parity in llama.cpp."""
+config validation, the prune job / CLI, ONNX parity (plain onnxruntime; stock optimum where installed), and GGUF
+``deci`` parity in llama.cpp."""
 from __future__ import annotations
 
 import json
@@ -261,27 +262,63 @@ def test_safetensors_export_keeps_the_remote_code(folders, tmp_path):
 
 
 # ---- ONNX ----------------------------------------------------------------------------------------
-def test_onnx_export_of_per_layer_model_parity_and_stock_optimum(folders, tmp_path):
-    pytest.importorskip("optimum.onnxruntime")
-    from optimum.onnxruntime import ORTModelForCausalLM
-
+@pytest.fixture(scope="module")
+def per_layer_onnx(folders, tmp_path_factory):
+    """The llama-gqa per-layer folder exported to ONNX (torch exporter, validated): ``(folder, report)``."""
     from exporters import export_onnx
 
-    res = export_onnx(folders["llama-gqa"][0], tmp_path / "o", threads=1, prompts=("w1 w2 w3 w4", "w5"))
-    v = res.report["validation"]
+    out = tmp_path_factory.mktemp("pl-onnx") / "o"
+    res = export_onnx(folders["llama-gqa"][0], out, threads=1, prompts=("w1 w2 w3 w4", "w5"))
+    return out, res.report
+
+
+def test_onnx_export_of_per_layer_model_parity(folders, per_layer_onnx):
+    """The torch exporter traces the per-layer class itself: the graph holds every layer's real shapes, matches
+    PyTorch in plain onnxruntime, and config.json is the stock one with the real widths beside it."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    out, rep = per_layer_onnx
+    v = rep["validation"]
+    assert rep["exporter"] == "torch"
     assert v["parity"]["passed"] and v["parity"]["max_abs_diff"] < 1e-4 and v["generate"]["passed"]
-    cfg = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert v["generate"]["all_equal"]
+    merged = folders["llama-gqa"][3]
+    dims = {tuple(i.dims) for i in onnx.load(str(out / "model.onnx")).graph.initializer}
+    want = {tuple(layer.mlp.down_proj.weight.shape[::-1]) for layer in merged.model.layers}  # MatMul: transposed
+    assert len(want) == 3 and want <= dims, "each layer's own MLP width is in the graph"
+    sess = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.asarray(IDS, np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "position_ids": np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1))}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feed[i.name] = np.zeros((ids.shape[0], i.shape[1], 0, i.shape[3]), np.float32)
+    got = sess.run(["logits"], feed)[0]
+    assert np.abs(got - folders["llama-gqa"][2].numpy()).max() < 1e-4
+    cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "llama" and "auto_map" not in cfg
     assert cfg["lorapress_export"]["per_layer"]["per_layer_intermediate_size"] == [40, 8, 16]
-    assert not any((tmp_path / "o" / f).exists() for f in REMOTE_CODE_FILES)
+    assert not any((out / f).exists() for f in REMOTE_CODE_FILES)
     from exporters.bench_inputs import count_params, flops_per_token, model_dims
 
-    merged = folders["llama-gqa"][3]
     dims = model_dims(cfg)  # the bench counts every layer's real widths, not the scalars
     assert count_params(dims) == sum(p.numel() for p in merged.parameters())
     linear = sum(m.weight.numel() for m in merged.modules() if isinstance(m, torch.nn.Linear))
     assert flops_per_token(dims, 10)["linear"] == 2 * linear
-    ort = ORTModelForCausalLM.from_pretrained(tmp_path / "o", use_cache=True)
+
+
+def test_onnx_export_of_per_layer_model_parity_and_stock_optimum(folders, per_layer_onnx):
+    """Where optimum is installed (floor-stack job): the torch exporter's per-layer folder loads in stock optimum's
+    ORTModelForCausalLM (which sizes its KV cache from the widest layer's config), and the export's generate check
+    ran through it."""
+    pytest.importorskip("optimum.onnxruntime")
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    out, rep = per_layer_onnx
+    assert rep["validation"]["generate"]["runner"] == "optimum" and rep["validation"]["generate"]["passed"]
+    ort = ORTModelForCausalLM.from_pretrained(out, use_cache=True)
     ids = torch.tensor(IDS)
     got = ort(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert torch.allclose(got, folders["llama-gqa"][2], atol=1e-4)
@@ -289,7 +326,6 @@ def test_onnx_export_of_per_layer_model_parity_and_stock_optimum(folders, tmp_pa
 
 def test_cli_onnx_export_of_per_layer_model(folders, tmp_path):
     """The command (not only the API) exports a per-layer folder and says what its config holds."""
-    pytest.importorskip("optimum.onnxruntime")
     from compressor.cli import main
 
     r = CliRunner().invoke(main, ["export", str(folders["llama-gqa"][0]), "--format", "onnx", "--out",
@@ -332,9 +368,53 @@ def test_gguf_deci_parity_in_llamacpp(case, tmp_path):
     assert meta["deci.feed_forward_length"] == list(c.per_layer_intermediate_size)
     assert meta["deci.attention.head_count"] == list(c.per_layer_num_attention_heads)
     assert meta["deci.attention.head_count_kv"] == list(c.per_layer_num_key_value_heads)
-    assert meta["deci.attention.key_length"] == 8
+    assert meta["deci.attention.key_length"] == groups.layers[0].head_dim
     from exporters.bench_inputs import count_params
     from exporters.gguf_bench import gguf_dims
 
     dims, _ = gguf_dims(tmp_path / "g" / "model.gguf")
     assert count_params(dims) == sum(p.numel() for p in merged.parameters())
+
+
+def test_uniform_lists_folder_works_downstream(tmp_path):
+    """The layout the merge writes when the installed transformers refuses the stock config of uniform widths
+    (tests/test_prune_core.py: a llama head count that does not divide hidden_size): a per-layer folder with uniform
+    lists. This project's loader, the safetensors export (remote code kept), perplexity and the GGUF export (stock
+    llama.cpp 'llama': the widths are uniform; parity in llama.cpp) take it; built by hand where the stock config
+    would do, so every transformers version runs it."""
+    from compressor.evaluation import evaluate
+    from compressor.models import load_model
+    from compressor.widths import to_per_layer
+    from exporters import export_gguf, export_safetensors
+
+    m = tiny_model("llama-mha", vocab=320, hidden_size=32, head_dim=8, initializer_range=0.1, bos_token_id=1,
+                   eos_token_id=2, pad_token_id=0)
+    groups = discover_groups(m)
+    masks = MaskState.full(groups)
+    for lm in masks.layers:
+        lm.heads[1] = False
+        lm.channels[:8] = False
+    merged = merge_and_slice(m, groups, masks).eval()  # 3 heads, hidden 32: per-layer on transformers >= 5.16
+    if type(merged).__name__ == "LlamaForCausalLM":
+        merged = to_per_layer(merged, [3, 3], [3, 3], [40, 40])
+    ref = _logits(merged)
+    src = tmp_path / "src"
+    save_model_folder(merged, tiny_bpe_tokenizer(320), src)
+    cfg = json.loads((src / "config.json").read_text())
+    assert cfg["model_type"] == "lorapress_llama" and cfg["per_layer_num_attention_heads"] == [3, 3]
+    assert cfg["per_layer_intermediate_size"] == [40, 40] and cfg["num_attention_heads"] == 3
+    model, _, _ = load_model(src)
+    assert type(model).__module__ == "compressor.remote_code.modeling_lorapress"
+    assert torch.equal(_logits(model.eval()), ref)
+    st = export_safetensors(src, tmp_path / "s")
+    assert st.report["remote_code"] == list(REMOTE_CODE_FILES)
+    assert torch.equal(_logits(load_model(tmp_path / "s")[0].eval()), ref)
+    text = tmp_path / "eval.txt"
+    text.write_text(tiny_text(400))
+    ppl = evaluate(src, "wikitext2", texts={"wikitext2": text}, seq_len=32, max_windows=2).results["wikitext2"]["ppl"]
+    assert 1.0 < ppl < float("inf")
+    pytest.importorskip("xllamacpp", reason='xllamacpp not installed (pip install "lorapress[gguf]")')
+    g = export_gguf(src, tmp_path / "g", gguf_type="f32")
+    assert g.report["gguf"]["architecture"] == "llama"
+    lp = g.report["validation"]["logprobs"]
+    assert lp["passed"] and lp["max_abs_diff"] < 1e-4 and lp["argmax_agreement"] == 1.0

@@ -5,8 +5,12 @@ import torch
 
 CASES = {
     # name: (config class name, heads, kv heads, head_dim, hidden, intermediate)
-    "llama-mha": ("LlamaConfig", 4, 4, 8, 32, 48),
-    "llama-gqa": ("LlamaConfig", 6, 2, 8, 32, 40),
+    # transformers >= 5.16's LlamaConfig refuses hidden % heads != 0 (explicit head_dim or not): every head count
+    # these llamas can be pruned to divides hidden. llama-mha: dense (heads * head_dim == hidden), any 1-4 heads;
+    # llama-gqa: shaped as a head-pruned model (heads * head_dim != hidden), 6/4/2 heads, hidden a multiple of
+    # 32 (GGUF Q8_0 blocks). Qwen2 and Mistral do not check it.
+    "llama-mha": ("LlamaConfig", 4, 4, 12, 48, 48),
+    "llama-gqa": ("LlamaConfig", 6, 2, 8, 96, 40),
     "qwen2-gqa": ("Qwen2Config", 4, 2, 8, 32, 48),
     "mistral-mqa": ("MistralConfig", 4, 1, 8, 32, 48),
 }
@@ -55,11 +59,17 @@ def tiny_text(n_words: int = 4000, vocab: int = 96, seed: int = 0) -> str:
 
 def tiny_job_inputs(tmp_path, case: str = "llama-gqa", layers: int = 2, n_words: int = 3000):
     """What a prune job reads from disk: a saved tiny model folder ``src`` and a calibration text file ``cal.txt``
-    under ``tmp_path``; returns ``(src, data)``."""
+    under ``tmp_path``; returns ``(src, data)``.
+
+    A Qwen2 folder gets the byte-level BPE tokenizer (and a 320-token vocabulary): transformers 5 loads the
+    tokenizer of every ``qwen2`` folder as its ``Qwen2Tokenizer``, which rebuilds a byte-level BPE from the
+    vocabulary and merges, so the word-level one would not reload as saved (and the save check refuses it)."""
     from compressor.save import save_model_folder
 
     src = tmp_path / "src"
-    save_model_folder(tiny_model(case, layers=layers), tiny_tokenizer(), src)
+    bpe = CASES[case][0] == "Qwen2Config"
+    save_model_folder(tiny_model(case, layers=layers, vocab=320 if bpe else 96),
+                      tiny_bpe_tokenizer() if bpe else tiny_tokenizer(), src)
     data = tmp_path / "cal.txt"
     data.write_text(tiny_text(n_words))
     return src, data

@@ -58,9 +58,12 @@ def require_lm_eval():
 
 
 def is_ort_model(model: Any) -> bool:
-    """True for an optimum ``ORTModelForCausalLM`` (an exported ONNX folder loaded for ONNX Runtime)."""
-    return any(c.__name__ == "ORTModelForCausalLM" and c.__module__.startswith("optimum.")
-               for c in type(model).__mro__)
+    """True for an exported ONNX folder loaded for ONNX Runtime: optimum's ``ORTModelForCausalLM`` or
+    :class:`~compressor.evaluation.ort_model.OrtCausalLM`."""
+    from .ort_model import OrtCausalLM
+
+    return isinstance(model, OrtCausalLM) or any(
+        c.__name__ == "ORTModelForCausalLM" and c.__module__.startswith("optimum.") for c in type(model).__mro__)
 
 
 @functools.lru_cache(maxsize=1)

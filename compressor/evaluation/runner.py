@@ -193,16 +193,22 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
 
 
 def _load_onnx(folder: str):
-    """An exported ONNX folder as ``(ORTModelForCausalLM, tokenizer)``."""
+    """An exported ONNX folder as ``(model, tokenizer)``: optimum's ``ORTModelForCausalLM`` where
+    ``optimum.onnxruntime`` imports, else :class:`~compressor.evaluation.ort_model.OrtCausalLM` (plain ONNX Runtime)."""
     from ..errors import ModelLoadError
-    from ..optional import require
-
-    ORTModelForCausalLM = require("optimum.onnxruntime", "evaluating an ONNX folder").ORTModelForCausalLM
-    from transformers import AutoTokenizer
+    from .ort_model import OrtCausalLM
 
     try:
-        model = ORTModelForCausalLM.from_pretrained(folder)
+        from optimum.onnxruntime import ORTModelForCausalLM
+        loader: Any = ORTModelForCausalLM.from_pretrained
+    except Exception:  # noqa: BLE001 - no optimum (or none that imports beside this transformers): ORT directly
+        loader = OrtCausalLM
+    from transformers import AutoTokenizer
+
+    name = "ORTModelForCausalLM" if loader is not OrtCausalLM else "ONNX Runtime"
+    try:
+        model = loader(folder)
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:  # noqa: BLE001 - any loader failure: say which folder and why
-        raise ModelLoadError(f"cannot load ONNX folder {folder!r} with ORTModelForCausalLM: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"cannot load ONNX folder {folder!r} with {name}: {type(exc).__name__}: {exc}") from exc
     return model, tok

@@ -66,16 +66,17 @@ class _PerLayerCausalLM:
                 self._init_weights(mod)
 
 
-class LorapressLlamaForCausalLM(_PerLayerCausalLM, LlamaForCausalLM):  # type: ignore[misc]
-    config_class = LorapressLlamaConfig  # type: ignore[assignment]
+# the type: ignore comments are needed with transformers 4's annotations only
+class LorapressLlamaForCausalLM(_PerLayerCausalLM, LlamaForCausalLM):  # type: ignore[misc, unused-ignore]
+    config_class = LorapressLlamaConfig  # type: ignore[assignment, unused-ignore]
 
 
-class LorapressMistralForCausalLM(_PerLayerCausalLM, MistralForCausalLM):  # type: ignore[misc]
-    config_class = LorapressMistralConfig  # type: ignore[assignment]
+class LorapressMistralForCausalLM(_PerLayerCausalLM, MistralForCausalLM):  # type: ignore[misc, unused-ignore]
+    config_class = LorapressMistralConfig  # type: ignore[assignment, unused-ignore]
 
 
-class LorapressQwen2ForCausalLM(_PerLayerCausalLM, Qwen2ForCausalLM):  # type: ignore[misc]
-    config_class = LorapressQwen2Config  # type: ignore[assignment]
+class LorapressQwen2ForCausalLM(_PerLayerCausalLM, Qwen2ForCausalLM):  # type: ignore[misc, unused-ignore]
+    config_class = LorapressQwen2Config  # type: ignore[assignment, unused-ignore]
 
 
 #: stock ``model_type`` -> per-layer causal LM class
