@@ -28,6 +28,29 @@ def drop_gguf_tokenizer_model(folder: str | os.PathLike) -> bool:
     return False
 
 
+#: ``tokenizer_class`` values transformers 5 writes that transformers 4.x cannot resolve -> the name both resolve to
+#: the same fast tokenizer
+PORTABLE_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def portable_tokenizer_class(folder: str | os.PathLike) -> str | None:
+    """Rewrite a ``tokenizer_config.json`` ``tokenizer_class`` only transformers 5 knows (``TokenizersBackend``) to
+    ``PreTrainedTokenizerFast``, which transformers 4.57 and 5 both load from ``tokenizer.json``, so a folder saved
+    on either stack loads on the other. Returns the class name written, or None when nothing changed."""
+    import json
+
+    path = Path(folder) / "tokenizer_config.json"
+    if not path.is_file():
+        return None
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    new = PORTABLE_TOKENIZER_CLASSES.get(cfg.get("tokenizer_class"))
+    if new is None:
+        return None
+    cfg["tokenizer_class"] = new
+    path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return new
+
+
 def save_tokenizer(tokenizer: Any, folder: str | os.PathLike, *, check: bool = True,
                    sample: str = "Hello world, this is a test.") -> dict[str, Any]:
     """Save ``tokenizer`` into ``folder``, drop a GGUF ``tokenizer.model``, and check that it reloads.
@@ -51,6 +74,7 @@ def save_tokenizer(tokenizer: Any, folder: str | os.PathLike, *, check: bool = T
         return {"saved": False, "removed_gguf_tokenizer_model": False, "reload_ok": None}
     tokenizer.save_pretrained(str(folder))
     removed = drop_gguf_tokenizer_model(folder)
+    portable_tokenizer_class(folder)
     if not check:
         return {"saved": True, "removed_gguf_tokenizer_model": removed, "reload_ok": None}
     from transformers import AutoTokenizer

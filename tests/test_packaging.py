@@ -128,3 +128,19 @@ def test_ci_runs_the_readme_test_command_verbatim():
     start = readme.index("**Tests**:")
     block = readme[start:].split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
     assert "pytest" in block and block in ci.splitlines()
+
+
+def test_a_saved_tokenizer_names_a_class_transformers_4_and_5_both_load(tmp_path):
+    import json
+
+    from transformers import AutoTokenizer
+
+    from compressor.save import save_tokenizer
+    from tests.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    rep = save_tokenizer(tok, tmp_path)
+    assert rep["reload_ok"]
+    cls = json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"]
+    assert cls != "TokenizersBackend"  # transformers 4.57 has no such class
+    assert AutoTokenizer.from_pretrained(tmp_path)("w1 w2").input_ids == tok("w1 w2").input_ids
