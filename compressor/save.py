@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,6 +27,46 @@ def drop_gguf_tokenizer_model(folder: str | os.PathLike) -> bool:
                 p.unlink()
                 return True
     return False
+
+
+def legacy_rope_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The RoPE keys transformers 4.x reads, derived from transformers 5's ``rope_parameters`` in ``config`` (a
+    ``config.json`` dict); empty when the dict already has ``rope_theta`` or no ``rope_parameters``.
+
+    Transformers 5 writes only ``rope_parameters`` (``{"rope_type", "rope_theta", ...}``, or one such dict per
+    attention type, e.g. Gemma 3's ``full_attention`` / ``sliding_attention``); 4.x ignores it and falls back to its
+    default ``rope_theta`` (10000 for Llama), so a folder saved on 5 would silently compute other positions on 4.x.
+    The legacy keys are ``rope_theta``, ``rope_scaling`` (None for the default type) and, for a separate sliding
+    type, ``rope_local_base_freq``. Transformers 5 reads the folder from ``rope_parameters`` as before.
+    """
+    rp = config.get("rope_parameters")
+    if not isinstance(rp, dict) or "rope_theta" in config:
+        return {}
+    full = rp.get("full_attention", rp) if isinstance(rp.get("full_attention"), dict) else rp
+    if not isinstance(full.get("rope_theta"), (int, float)):
+        return {}
+    out: dict[str, Any] = {"rope_theta": full["rope_theta"]}
+    scaling = {k: v for k, v in full.items() if k != "rope_theta"}
+    out["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else scaling
+    sliding = rp.get("sliding_attention")
+    if isinstance(sliding, dict) and isinstance(sliding.get("rope_theta"), (int, float)):
+        out["rope_local_base_freq"] = sliding["rope_theta"]
+    return out
+
+
+def add_legacy_rope_keys(folder: str | os.PathLike) -> dict[str, Any]:
+    """Add :func:`legacy_rope_keys` to ``folder/config.json`` (where it needs them); returns what was added."""
+    import json
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return {}
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    extra = legacy_rope_keys(cfg)
+    if extra:
+        cfg.update(extra)
+        path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return extra
 
 
 #: ``tokenizer_class`` values transformers 5 writes that transformers 4.x cannot resolve -> the name both resolve to
@@ -103,6 +144,7 @@ def save_model_folder(model: PreTrainedModel, tokenizer: Any, out: str | os.Path
 
     with atomic_output_dir(out, force=force, expected_bytes=weight_bytes(model)) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
+        add_legacy_rope_keys(tmp)
         if is_per_layer(model.config):
             from .widths import write_remote_code
 

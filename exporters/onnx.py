@@ -52,7 +52,7 @@ from compressor.lock import locks_output
 from compressor.models import is_onnx_folder
 from compressor.optional import require
 from compressor.quiet import quiet_onnx_export
-from compressor.save import drop_gguf_tokenizer_model, save_tokenizer
+from compressor.save import add_legacy_rope_keys, drop_gguf_tokenizer_model, save_tokenizer
 
 from .int8 import INT8_CHECK_TEXT, INT8_EXCLUDE_DEFAULT, quantize_int8, validate_int8
 from .loading import load_for_export
@@ -282,6 +282,7 @@ def _export_with_torch(model, tmp: Path, opset: int | None) -> dict[str, Any]:
     try:
         with as_stock(model):
             model.config.save_pretrained(tmp)
+            add_legacy_rope_keys(tmp)  # optimum on transformers 4.x reads rope_theta
             gen = getattr(model, "generation_config", None)
             if gen is not None and model.can_generate():
                 gen.save_pretrained(tmp)

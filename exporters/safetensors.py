@@ -18,7 +18,7 @@ from typing import Any
 from compressor.errors import ExportError
 from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
 from compressor.lock import locks_output
-from compressor.save import save_tokenizer
+from compressor.save import add_legacy_rope_keys, save_tokenizer
 from compressor.sizes import is_per_layer
 
 from .loading import load_for_export
@@ -68,6 +68,7 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
             if isinstance(exc, OSError) and exc.errno in WRITE_FAULT_ERRNOS:
                 raise  # atomic_output_dir names the output and the space needed
             raise ExportError(f"saving the model failed: {type(exc).__name__}: {exc}") from exc
+        add_legacy_rope_keys(tmp)  # transformers 4.x reads rope_theta, not transformers 5's rope_parameters
         if is_per_layer(model.config):  # per-layer widths: the folder carries its remote code
             from compressor.widths import write_remote_code
 
