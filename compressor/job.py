@@ -34,17 +34,24 @@ def checkpoint_path(out: str | os.PathLike, checkpoint_dir: str | os.PathLike | 
     return Path(checkpoint_dir) if checkpoint_dir else Path(str(Path(out)) + ".ckpt")
 
 
-def check_job_paths(out: str | os.PathLike, ckpt: Path, *, resume: bool, force: bool, from_plan: Any = None) -> None:
-    """The checkpoint policy, checked before any heavy work (a checkpoint to resume is verified too)."""
-    from .checkpoint import checkpoint_step, has_checkpoint, verify_checkpoint
-    from .io import check_output_dir
-
+def check_job_args(out: str | os.PathLike, ckpt: Path, *, resume: bool, from_plan: Any = None) -> None:
+    """What can be refused before the output locks are taken: arguments and paths that are not folders (nothing
+    here reads what an earlier or a live run wrote)."""
     if resume and from_plan:
         raise ConfigError("--resume and --from-plan cannot be used together")
     if Path(out).exists() and not Path(out).is_dir():
         raise ConfigError(f"output path {str(out)!r} is an existing file; give a folder path")
     if ckpt.exists() and not ckpt.is_dir():
         raise ConfigError(f"checkpoint path {str(ckpt)!r} is an existing file; give a folder with --checkpoint-dir")
+
+
+def check_job_paths(out: str | os.PathLike, ckpt: Path, *, resume: bool, force: bool, from_plan: Any = None) -> None:
+    """The checkpoint policy, checked under the output locks before any heavy work (a checkpoint to resume is
+    verified too): a live run holding the output is refused as such before anything reads its files."""
+    from .checkpoint import checkpoint_step, has_checkpoint, verify_checkpoint
+    from .io import check_output_dir
+
+    check_job_args(out, ckpt, resume=resume, from_plan=from_plan)
     if not resume:
         check_output_dir(out, force)
     elif Path(out).is_dir() and any(Path(out).iterdir()) and not force:
@@ -113,11 +120,11 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
     """
     say = say or (lambda msg: None)
     ckpt = checkpoint_path(out, checkpoint_dir)
-    check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)  # fast refusals first
+    check_job_args(out, ckpt, resume=resume, from_plan=from_plan)  # fast refusals first
     with contextlib.ExitStack() as locks:
-        for path in (out, ckpt):  # what the recovery of killed runs does is logged as warnings
+        for path in (out, ckpt):  # a live run is refused here; the recovery of killed runs is logged as warnings
             locks.enter_context(output_lock(path))
-        check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)  # as it is under the locks
+        check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)  # what earlier runs left
         return _run_job(model, out, ckpt, config, data=data, text_field=text_field, eval_data=eval_data,
                         resume=resume, from_plan=from_plan, force=force, allow_pickle=allow_pickle,
                         trust_remote_code=trust_remote_code, progress=progress, say=say)

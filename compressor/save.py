@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:

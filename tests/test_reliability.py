@@ -193,6 +193,18 @@ def test_api_takes_the_lock_too(w, tmp_path, holder):
     assert not ckpt.exists()
 
 
+def test_resume_on_a_live_run_without_a_checkpoint_names_the_run(w, tmp_path, holder):
+    """A second `--resume` on the output of a live run that has not checkpointed yet: refused as held by that run,
+    not as "no checkpoint" (the lock is taken before anything reads the earlier run's files)."""
+    out = tmp_path / "live"
+    h = holder(out)
+    msg = _clean_error(_invoke(_prune_args(w, out, "--resume")), 2)
+    assert f"pid {h.p.pid}" in msg and "no checkpoint" not in msg, msg
+    h.kill()
+    msg = _clean_error(_invoke(_prune_args(w, out, "--resume")), 1)  # nobody holds it: the checkpoint policy speaks
+    assert "no checkpoint" in msg, msg
+
+
 def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
     out = tmp_path / "x"
     with output_lock(out):
