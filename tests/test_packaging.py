@@ -77,7 +77,8 @@ def test_every_extra_a_message_names_exists_and_installs_its_module():
 
 
 def test_a_missing_optional_package_names_the_extra(monkeypatch):
-    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    for name in ("onnxruntime", "onnxruntime.quantization"):  # import -> ImportError, even if imported before
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(DependencyMissingError, match=r'benchmarking needs .*onnxruntime.*pip install "lorapress\[onnx\]"'):
         require("onnxruntime.quantization", "benchmarking")
     assert install_line("lm_eval.tasks") == 'pip install "lorapress[eval]"'
