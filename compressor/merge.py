@@ -57,14 +57,16 @@ def stock_config_refusal(config: Any, updates: dict[str, int] | None = None) -> 
     """Why the installed transformers would not load ``config`` (with ``updates``) as its stock config class, in one
     line, or None if it would. A per-layer config (:mod:`compressor.widths`) is judged by its stock class with its
     scalars (the widest layer): for a uniform one, the reason it is not a stock config."""
-    from .sizes import PER_LAYER_KEYS, is_per_layer
+    from .sizes import is_per_layer
 
     cls: Any = type(config)
-    drop: tuple[str, ...] = ("quantization_config", "_pre_quantization_dtype")
+    d = config.to_dict()
     if is_per_layer(config):
-        cls = next(c for c in cls.__mro__[1:] if c.__module__.startswith("transformers."))
-        drop += (*PER_LAYER_KEYS, "model_type", "auto_map", "architectures", "transformers_version")
-    d = {k: v for k, v in config.to_dict().items() if k not in drop}
+        from .widths import stock_config_kwargs
+
+        cls, d = stock_config_kwargs(config)
+    for key in ("quantization_config", "_pre_quantization_dtype"):
+        d.pop(key, None)
     d.update(updates or {})
     try:
         cls.from_dict(d)

@@ -93,15 +93,26 @@ def _swap_config(model: nn.Module, old: Any, new: Any) -> None:
             mod.config = new
 
 
+def stock_class(cls: Any) -> Any:
+    """The stock transformers class a per-layer class extends (the first ``transformers.*`` class in its MRO)."""
+    return next(c for c in cls.__mro__[1:] if c.__module__.startswith("transformers."))
+
+
+def stock_config_kwargs(config: Any) -> tuple[Any, dict[str, Any]]:
+    """``(stock config class, its keyword arguments)`` of per-layer ``config``: the scalars (the widest layer),
+    without the per-layer lists and the keys that name the per-layer type."""
+    drop = (*PER_LAYER_KEYS, "model_type", "auto_map", "architectures", "transformers_version")
+    return stock_class(type(config)), {k: v for k, v in config.to_dict().items() if k not in drop}
+
+
 def _stock_config(config: Any):
     """The stock config of per-layer ``config``: its scalars (the widest layer), no per-layer lists. Built without
     the stock class's validators (transformers >= 5): a per-layer config may hold a head count that the stock one
     refuses (see :func:`compressor.merge.check_pruned_config`); this object only stands in for it in memory."""
     cls = per_layer_model_class(config)
-    stock_cfg_cls: Any = next(c for c in type(config).__mro__[1:] if c.__module__.startswith("transformers."))
-    drop = (*PER_LAYER_KEYS, "model_type", "auto_map", "architectures", "transformers_version")
+    stock_cfg_cls, kwargs = stock_config_kwargs(config)
     new = stock_cfg_cls.__new__(stock_cfg_cls)
-    unvalidated(stock_cfg_cls.__init__)(new, **{k: v for k, v in config.to_dict().items() if k not in drop})
+    unvalidated(stock_cfg_cls.__init__)(new, **kwargs)
     new._attn_implementation = getattr(config, "_attn_implementation", None)
     new._name_or_path = getattr(config, "_name_or_path", "")
     return cls, new
@@ -119,7 +130,7 @@ def as_stock(model: nn.Module) -> Iterator[nn.Module]:
         yield model
         return
     cls, new = _stock_config(old)
-    stock_cls = next(c for c in cls.__mro__[1:] if c.__module__.startswith("transformers."))
+    stock_cls = stock_class(cls)
     _swap_config(model, old, new)
     model.__class__ = stock_cls
     try:
