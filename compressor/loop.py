@@ -319,11 +319,13 @@ class PruneLoop:
         accelerator: an ``accelerate.Accelerator`` for data-parallel runs (None: one process).
         model_id: names the model in the run id that guards resume.
         groups: the model's groups (discovered when not given).
+        output: :func:`check_output_config` of this model, config and groups where the caller already ran it
+            (checked here when not given).
     """
 
     def __init__(self, model: Any, config: PruneConfig, blocks: torch.Tensor, *,
                  plan: dict[str, Any] | None = None, accelerator: Any = None, model_id: str = "model",
-                 groups: ModelGroups | None = None):
+                 groups: ModelGroups | None = None, output: tuple[WidthPlan, str | None] | None = None):
         self.cfg = config
         self.blocks = blocks
         self.acc = accelerator
@@ -345,7 +347,7 @@ class PruneLoop:
         if len(shapes) != 1:
             raise ConfigError(f"layers have different widths {sorted(shapes)}; only uniform models are supported")
         # refuse now, not after the run, widths whose config would not reload
-        self.widths, refusal = check_output_config(model, self.groups, config)
+        self.widths, refusal = output or check_output_config(model, self.groups, config)
         #: the installed transformers' refusal of the uniform stock config when the result is written as a
         #: per-layer remote-code folder instead (None: a stock folder, or per-layer widths anyway)
         self.stock_config_refused = refusal

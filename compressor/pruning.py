@@ -195,7 +195,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     from .loop import check_output_config
 
     groups = discover_groups(model)
-    check_output_config(model, groups, config)  # infeasible widths, or a result that would not reload: refused now
+    output = check_output_config(model, groups, config)  # infeasible widths, or a result that would not reload
     with trace.phase("calibration"):
         blocks = as_blocks(data, tokenizer, config, add_bos=needs_bos(model.config))
     max_pos = getattr(model.config, "max_position_embeddings", None)
@@ -215,7 +215,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     # one run per checkpoint folder: a second prune() on it fails at once (OutputLockedError)
     with _Stop() as stop, output_lock(checkpoint_dir) if checkpoint_dir is not None else contextlib.nullcontext(), \
             trace.phase("loop"):
-        loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id, groups=groups)
+        loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id, groups=groups,
+                         output=output)
         if resume:
             _resume(loop, checkpoint_dir)
         while not loop.done:
