@@ -6,6 +6,8 @@ Both sides return ``{output name: [2-D float64 arrays]}`` with the same names (`
 """
 from __future__ import annotations
 
+from .torch_onnx import cache_tensors
+
 
 def kv_layout(session) -> tuple[list[str], list[str], dict[str, tuple]]:
     """Past input names, present output names and past input shapes (with str for symbolic dims)."""
@@ -49,12 +51,6 @@ class OrtDecoder:
         return outs[0], outs[1:]
 
 
-def _pt_kv(cache, layer: int):
-    if hasattr(cache, "layers"):
-        return cache.layers[layer].keys, cache.layers[layer].values
-    return cache[layer][0], cache[layer][1]
-
-
 def _collect(outputs: dict, name: str, arr, valid) -> None:
     """Append the valid positions of ``arr`` to ``outputs[name]`` as a float64 2-D array.
 
@@ -94,7 +90,7 @@ def pt_run(model, ids, mask, steps: int, forced=None, *, index_positions: bool =
         _collect(outs, "prefill.logits", o.logits.numpy(), valid)
         n_layers = model.config.num_hidden_layers
         for i in range(n_layers):
-            k, v = _pt_kv(cache, i)
+            k, v = cache_tensors(cache, i)
             _collect(outs, "prefill.present.key", k.numpy(), valid)
             _collect(outs, "prefill.present.value", v.numpy(), valid)
         logits = o.logits
@@ -113,7 +109,7 @@ def pt_run(model, ids, mask, steps: int, forced=None, *, index_positions: bool =
         if steps:
             valid = mask.astype(bool)
             for i in range(n_layers):
-                k, v = _pt_kv(cache, i)
+                k, v = cache_tensors(cache, i)
                 _collect(outs, "decode.present.key", k.numpy(), valid)
                 _collect(outs, "decode.present.value", v.numpy(), valid)
     return outs, tokens
