@@ -4,7 +4,7 @@ Public API:
     load_texts(source, *, text_field="text", max_docs=None) -> list[str]
     pack_blocks(tokenizer, texts, seq_len, *, max_blocks=None, add_bos=True, seed=None) -> LongTensor [N, seq_len]
     check_seq_len(seq_len, config) -> int
-    load_eval_text(name) -> str          # exact wikitext2 / ptb evaluation strings
+    load_eval_text(name) -> str          # exact wikitext2 / ptb evaluation strings (file, shared folder, datasets)
 
 Example:
     >>> from calibration import load_texts, pack_blocks
@@ -13,6 +13,7 @@ Example:
 from .data import (
     BUILTIN_SOURCES,
     CalibrationDependencyError,
+    EvalDataMissingError,
     check_seq_len,
     load_eval_text,
     load_texts,
@@ -24,6 +25,7 @@ from .data import (
 __all__ = [
     "BUILTIN_SOURCES",
     "CalibrationDependencyError",
+    "EvalDataMissingError",
     "check_seq_len",
     "load_eval_text",
     "load_texts",

@@ -11,7 +11,8 @@ The pruning code calls three functions:
 * :func:`pack_blocks` tokenizes those documents as one stream and cuts it into ``[N, seq_len]`` blocks;
 * :func:`check_seq_len` validates a block length against a model config.
 
-:func:`load_eval_text` returns the exact strings perplexity is measured on (``wikitext2``, ``ptb``).
+:func:`load_eval_text` returns the exact strings perplexity is measured on (``wikitext2``, ``ptb``): from a file,
+the shared data folder or the ``datasets`` library; :class:`EvalDataMissingError` when none holds them.
 
 Example:
     >>> texts = load_texts("wiki", max_docs=2000)                     # doctest: +SKIP
@@ -21,12 +22,13 @@ Example:
 """
 from __future__ import annotations
 
-from .corpora import SHARED_DATA_ENV, load_eval_text, shared_data_dir
+from .corpora import SHARED_DATA_ENV, EvalDataMissingError, load_eval_text, shared_data_dir
 from .files import BUILTIN_SOURCES
 from .sources import CalibrationDependencyError, load_texts
 from .tokens import check_seq_len, pack_blocks, tokenize_text
 
 __all__ = [
-    "BUILTIN_SOURCES", "SHARED_DATA_ENV", "CalibrationDependencyError", "check_seq_len", "load_eval_text",
+    "BUILTIN_SOURCES", "SHARED_DATA_ENV", "CalibrationDependencyError", "EvalDataMissingError", "check_seq_len",
+    "load_eval_text",
     "load_texts", "pack_blocks", "shared_data_dir", "tokenize_text",
 ]

@@ -12,9 +12,9 @@ from compressor.errors import CalibrationError
 #: Built-in corpora accepted by :func:`load_texts` (name -> description).
 BUILTIN_SOURCES = {
     "wiki": "Wikipedia lead sections (asset wiki-summaries-en, 10,033 articles, CC BY-SA)",
-    "wikitext2": "WikiText-2 raw test split (shared/data/wikitext2/test.txt)",
-    "ptb": "Penn Treebank test split (asset treebank, else shared/data/ptb/ptb.test.txt); "
-           "ptb:train / ptb:valid / ptb:test pick a split",
+    "wikitext2": "WikiText-2 raw test split (shared/data/wikitext2/test.txt, else the datasets library)",
+    "ptb": "Penn Treebank test split (asset treebank, else shared/data/ptb/ptb.test.txt, else the datasets "
+           "library); ptb:train / ptb:valid / ptb:test pick a split",
 }
 
 #: Environment variable naming the shared data folder (the one holding ``wikitext2/`` and ``ptb/``).

@@ -64,7 +64,8 @@ def load_texts(source: str | os.PathLike, *, text_field: str = "text", max_docs:
               mapping titles to strings or to objects with ``text_field``;
             * ``wiki``: Wikipedia lead sections (asset ``wiki-summaries-en``, field ``extract``);
             * ``wikitext2``: WikiText-2 raw *test* split from the shared data folder
-              (``$COMPRESS_SHARED_DATA``, else ``<repo>/../shared/data``, else ``./../shared/data``);
+              (``$COMPRESS_SHARED_DATA``, else ``<repo>/../shared/data``, else ``./../shared/data``), else
+              through the ``datasets`` library (see :func:`~calibration.corpora.load_eval_text`);
             * ``ptb`` (test split; ``ptb:train``/``ptb:valid``/``ptb:test``): one document per sentence;
             * ``hf:NAME[:CONFIG]:SPLIT``: ``datasets.load_dataset(NAME, CONFIG, split=SPLIT)[text_field]``.
             Built-in names take precedence over a file of the same name; write ``./wiki`` for the file.

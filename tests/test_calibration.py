@@ -178,6 +178,7 @@ def test_wikitext2_from_env(shared):
 
 
 def test_shared_data_not_found(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # no datasets fallback (tests/test_eval_data.py tests it)
     monkeypatch.setenv("COMPRESS_SHARED_DATA", str(tmp_path / "nowhere"))
     monkeypatch.setattr(corpora, "__file__", str(tmp_path / "a" / "b" / "corpora.py"))
     monkeypatch.chdir(tmp_path)
