@@ -154,7 +154,8 @@ class Compensator:
                 gkk = gkk + lam * torch.eye(len(K), dtype=gd.dtype, device=gd.device)
                 x = torch.linalg.solve(gkk, gd[K][:, R])  # [K, R] = G_KK⁻¹ G_KR
                 delta = w[:, R].double() @ x.t().to(w.device)  # [out, K] (statistics may sit on another device)
-                w0[:, K] += delta.to(w0.dtype)
+                # in float32, rounded once to W0's dtype (a base held in bfloat16 under autocast)
+                w0[:, K] = (w0[:, K].float() + delta.float()).to(w0.dtype)
                 changed += 1
         return changed
 

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -182,6 +183,8 @@ class PruneConfig:
     eval_seq_len: int = _opt(512, "Tokens per perplexity window.", result=False)
     save_every: int = _opt(0, "Write a resumable checkpoint every N optimizer steps (0: only on Ctrl-C).",
                            result=False)
+    device: str = _opt("auto", "Where the run computes: auto (the first CUDA GPU torch sees, else the CPU), cpu, cuda "
+                               "or cuda:N.", result=False)
     dtype: str = _opt("float32", "Dtype of the float weights.", choices=("float32", "bfloat16"))
     amp: str = _opt("auto", "Mixed precision of the fine-tune's forward passes (training, teacher, compensation "
                            "statistics): off (float32), bf16 (torch.autocast to bfloat16; weights, LoRA, optimizer, "
@@ -237,6 +240,8 @@ class PruneConfig:
         if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
             raise bad("max_grad_norm", "must be >= 0 (0: no clipping)")
         parse_skip_layers(self.skip_layers, None)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()):
+            raise bad("device", "use auto, cpu, cuda or cuda:N")
         if self.criterion == "residual" and not self.compensate:
             raise ConfigError("criterion='residual' scores what compensation cannot replace and needs compensate=True; "
                               "drop --no-compensate, or use criterion 'activation'")

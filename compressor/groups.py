@@ -229,7 +229,11 @@ def discover_groups(model: nn.Module, *, verify: bool = True) -> ModelGroups:
     ids = torch.arange(min(8, vocab), device=device).unsqueeze(0) % vocab
     was_training = base.training
     base.eval()
-    with tracing_mode(base):
+    # a base held in bfloat16 (compressor.models.hold_projections) is traced under autocast, as it runs
+    held = base.get_input_embeddings().weight.dtype != next(
+        (m.weight.dtype for m in base.modules() if isinstance(m, torch.nn.Linear)), torch.float32)
+    cast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if held else contextlib.nullcontext()
+    with tracing_mode(base), cast:
         try:
             dg = tp.DependencyGraph().build_dependency(
                 base, example_inputs={"input_ids": ids, "use_cache": False},

@@ -91,7 +91,7 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
               checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
               from_plan: str | os.PathLike | None = None, force: bool = False, allow_pickle: bool = False,
               trust_remote_code: bool = False, progress: Callable[[dict[str, Any]], None] | None = None,
-              say: Callable[[str], None] | None = None):
+              say: Callable[[str], None] | None = None, memory_check: bool = True):
     """Do what ``compress prune`` does and return the :class:`~compressor.pruning.PruneResult`.
 
     Args:
@@ -109,6 +109,8 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
         trust_remote_code: allow the model folder's own Python code (``auto_map`` in its config.json) to run.
         progress: called after every step with the step record.
         say: called with one-line status messages.
+        memory_check: refuse, before any weight is read, a run whose predicted peak memory exceeds the free memory
+            of its device (:mod:`compressor.plan`; the error names the options that would fit).
 
     One run per output: the locks of ``out`` and of the checkpoint folder are held for the whole job
     (:func:`compressor.lock.output_lock`); a second job on either fails at once with
@@ -127,13 +129,16 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
         check_job_paths(out, ckpt, resume=resume, force=force, from_plan=from_plan)  # what earlier runs left
         return _run_job(model, out, ckpt, config, data=data, text_field=text_field, eval_data=eval_data,
                         resume=resume, from_plan=from_plan, force=force, allow_pickle=allow_pickle,
-                        trust_remote_code=trust_remote_code, progress=progress, say=say)
+                        trust_remote_code=trust_remote_code, progress=progress, say=say, memory_check=memory_check)
 
 
 def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, eval_data, resume, from_plan, force,
-             allow_pickle, trust_remote_code, progress, say):
+             allow_pickle, trust_remote_code, progress, say, memory_check):
     from .checkpoint import check_plan, checkpoint_step, has_checkpoint, load_plan, save_plan
+    from .device import resolve_device
+    from .loop import held_linear_dtype
     from .models import load_config, load_model, resolve_model
+    from .plan import check_fits, plan_run
     from .plots import picture_note, write_prune_png
     from .pruning import check_writable, prune
     from .save import save_model_folder
@@ -141,6 +146,12 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     source = resolve_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     model_config = load_config(source, trust_remote_code=trust_remote_code)
     check_writable(config, model_config.model_type)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = resolve_device(config.device)
+    if memory_check:  # before any weight is read: refuse what would not fit, naming what would
+        mem_plan, alts, _ = plan_run(source.spec, config, device, allow_pickle=allow_pickle,
+                                     trust_remote_code=trust_remote_code)
+        check_fits(mem_plan, alts)
     from calibration import check_seq_len, load_texts, pack_blocks
 
     trace = MemoryTrace()  # per-phase RSS into the report (memory_phases)
@@ -153,7 +164,10 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     say(f"Loading {source.spec} ...")
     with trace.phase("load"):
         mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits,
-                                 allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                                 allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                                 linear_dtype=None if distributed else held_linear_dtype(
+                                     config, device, getattr(model_config, "hidden_size", None)),
+                                 device=None if distributed else device)
     check_seq_len(config.seq_len, mdl.config)
     with trace.phase("tokenize"):
         blocks = pack_blocks(tok, texts, config.seq_len, max_blocks=config.max_blocks, seed=config.seed,
@@ -165,7 +179,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     mdl.config._name_or_path = source.spec
     try:
         res = prune(mdl, config, blocks, tokenizer=tok, eval_text=eval_text, checkpoint_dir=ckpt, resume=resume,
-                    plan=plan, progress=progress, memory=trace)
+                    plan=plan, progress=progress, memory=trace, memory_check=False)
     except KeyboardInterrupt as exc:
         raise KeyboardInterrupt(str(ckpt) if has_checkpoint(ckpt) else "") from exc
     res.report["model"] = source.spec

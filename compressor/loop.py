@@ -33,29 +33,17 @@ from .checkpoint import rng_state, set_rng_state
 from .compensation import TOKENS_CAP, TOKENS_PER_INPUT, Compensator, base_weights
 from .config import PruneConfig, parse_skip_layers
 from .criteria import get_criterion
+from .device import native_bf16, resolve_device
 from .errors import ConfigError, NonFiniteError
 from .groups import ModelGroups, discover_groups
 from .loss import supports_chunked_loss, training_loss
 from .masking import MaskState, mask_lowest
 from .merge import check_pruned_config, merge_and_slice, pruned_config_updates
+from .models import hold_projections
 from .schedule import Widths, layer_params, prune_events, solve_widths, widths_at
 from .scoring import LayerScores, MovingAverage, model_scores
 
 log = logging.getLogger("compressor")
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 matrices natively: a CPU with AMX tiles or AVX512-BF16 (Intel
-    Sapphire Rapids and later, Cooper Lake, AMD Zen 4 and later), a CUDA GPU with bf16. Measured on 2 cores, a
-    SmolLM2-135M step under autocast: 1.40-1.54 x faster with AMX, 1.49 x on an AMD EPYC with AVX512-BF16."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    if device.type == "cpu":
-        for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-            probe = getattr(torch.cpu, name, None)
-            if probe is not None and probe():
-                return True
-    return False
 
 
 #: ``amp='auto'`` leaves models narrower than this in float32: their matrix products are too small for bfloat16
@@ -70,6 +58,15 @@ def resolve_amp(cfg: PruneConfig, device: torch.device, hidden_size: int | None 
         return True
     wide = hidden_size is None or hidden_size >= AMP_MIN_HIDDEN
     return cfg.amp == "auto" and cfg.dtype == "float32" and not cfg.base_bits and wide and native_bf16(device)
+
+
+def held_linear_dtype(cfg: PruneConfig, device: torch.device, hidden_size: int | None = None) -> str | None:
+    """``bfloat16`` when the run computes under bfloat16 autocast (:func:`resolve_amp`) and its criterion needs no
+    float32 gradient of ``W``: the frozen decoder projections are then held once in bfloat16 (no float32 master
+    beside autocast's copies; embeddings, norms, LoRA, optimizer and statistics stay float32). None otherwise."""
+    if not resolve_amp(cfg, device, hidden_size) or get_criterion(cfg.criterion).needs_weight_grad:
+        return None
+    return "bfloat16"
 
 
 @dataclass
@@ -330,8 +327,7 @@ class PruneLoop:
         self.blocks = blocks
         self.acc = accelerator
         acc = accelerator
-        self.device = acc.device if acc is not None else (
-            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.device = acc.device if acc is not None else resolve_device(config.device)
         self.world: int
         self.rank: int
         self.world, self.rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
@@ -364,6 +360,12 @@ class PruneLoop:
         self.model = model
         if getattr(model, "device", self.device) != self.device and not getattr(model, "is_quantized", False):
             model.to(self.device)
+        #: the dtype the frozen decoder projections are held in (None: the model's own dtype)
+        self.held = held_linear_dtype(config, self.device, self.groups.hidden_size)
+        #: the dtype the checkpoint of the model declares (the output's dtype when the base is held in bfloat16)
+        self.source_dtype = getattr(model, "lorapress_source_dtype", None) or _float_dtype_name(model)
+        if self.held is not None:
+            hold_projections(model, getattr(torch, self.held))
         self.pm = wrap_lora(model, config)
         if config.gradient_checkpointing:
             # non-reentrant: LoRA weights get gradients although the embeddings' outputs do not require grad
@@ -645,6 +647,14 @@ class PruneLoop:
         gathered = self.acc.gather(flat.unsqueeze(0)).cpu()
         return bool((gathered == gathered[0]).all())
 
+    @property
+    def output_dtype(self) -> torch.dtype | None:
+        """The merged model's dtype: with a base held in bfloat16, the checkpoint's own 16-bit dtype or float32;
+        otherwise None (the model's dtype, :func:`compressor.merge.merge_and_slice`)."""
+        if self.held is None:
+            return None
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.source_dtype or "", torch.float32)
+
     def finish(self) -> nn.Module:
         """Fold LoRA into the base and slice the masked groups: the plain, smaller model (of the per-layer class
         of its architecture when the layers end with different widths, see :mod:`compressor.widths`)."""
@@ -655,9 +665,16 @@ class PruneLoop:
         self.dense_base, self._base = None, {}
         if self.cfg.gradient_checkpointing:
             checkpointing(self.model, False)
-        merged = merge_and_slice(self.pm, self.groups, self.masks)
+        merged = merge_and_slice(self.pm, self.groups, self.masks, dtype=self.output_dtype)
         merged.eval()
         return merged
+
+
+def _float_dtype_name(model: nn.Module) -> str | None:
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            return str(p.dtype).replace("torch.", "")
+    return None
 
 
 @contextlib.contextmanager

@@ -115,6 +115,14 @@ def check_pruned_config(config: Any, updates: dict[str, int]) -> str | None:
     return refusal
 
 
+def _free(linear: nn.Module) -> None:
+    """Release the storage of a replaced float projection (its module is dropped right after the merge)."""
+    for name in ("weight", "bias"):
+        t = getattr(linear, name, None)
+        if isinstance(t, torch.Tensor) and t.dtype.is_floating_point and type(t) in (torch.Tensor, nn.Parameter):
+            t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+
+
 def _kept(lg: LayerGroups, lm: LayerMask, part: str) -> torch.Tensor:
     """Indices of the rows (q/k/v/gate/up) or columns (o/down) of logical projection ``part`` that stay."""
     return torch.nonzero(part_mask(lg, lm, part)).flatten()
@@ -129,6 +137,10 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
         groups: from :func:`compressor.groups.discover_groups` (sizes before pruning).
         masks: which heads/channels to keep; ``None`` keeps everything (plain merge).
         dtype: dtype of the new weights (default: the model's float dtype; float32 for 8-bit bases).
+
+    Projections are merged and sliced one at a time and each replaced weight is freed at once, so the merge holds
+    the output plus about one float32 projection; ``model`` is consumed (use the returned model). Every check runs
+    before that: when one fails, ``model`` is left unchanged.
 
     Raises:
         NonFiniteError: a merged weight contains NaN/inf (the model is left unchanged in that case).
@@ -154,31 +166,39 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
             raise ValueError(f"layer {i} would keep {h} attention heads and {c} MLP channels; every layer needs "
                              f">= 1 of each")
     arch = groups.architecture
-    new_modules: list[dict[str, nn.Linear]] = []
-    for i, (layer, lg, lm, (heads, _)) in enumerate(zip(layers, groups.layers, masks.layers, kept)):
+    for i, (layer, lg, (heads, _)) in enumerate(zip(layers, groups.layers, kept)):
         if lg.gqa:
             per = lg.heads_per_kv
             counts = {sum(1 for h in heads if h // per == g) for g in range(lg.num_kv_heads)}
             if len(counts) != 1 or 0 in counts:
                 raise ValueError(f"layer {i}: GQA masks must keep the same number (≥1) of query heads per KV group")
-        mods: dict[str, nn.Linear] = {}
-        for proj in arch.projections:
+        for proj in arch.projections:  # one merged projection at a time, checked and dropped
             w, b = merged_weight(projection(layer, proj.name))
             if not torch.isfinite(w).all() or (b is not None and not torch.isfinite(b).all()):
                 raise NonFiniteError(f"layer {i} {proj.name}: merged weight has NaN/inf; refusing to write the model")
+            del w, b
+    # the scalar config fields hold the widest layer (per-layer widths: compressor.widths)
+    updates = pruned_config_updates(groups, max(heads_n), max(inter_n))
+    updates["num_key_value_heads"] = max(kv_n)
+    #: transformers' refusal of the uniform stock config: the model becomes the per-layer class with uniform lists
+    refusal = check_pruned_config(base.config, updates) if uniform else None
+    # all checks passed: from here the model is consumed. Layer by layer, each projection is merged and sliced
+    # and the old weight freed at once: the merge holds the output plus about one projection in float32.
+    new_modules: list[dict[str, nn.Linear]] = []
+    for layer, lg, lm in zip(layers, groups.layers, masks.layers):
+        mods: dict[str, nn.Linear] = {}
+        for proj in arch.projections:
+            mod = projection(layer, proj.name)
+            w, b = merged_weight(mod)
             if proj.row_pruned:  # a fused projection keeps its parts' rows, each at its offset
                 rows = torch.cat([start + _kept(lg, lm, part) for part, start, _ in lg.part_offsets(proj)])
                 w, b = slice_rows(w, b, rows)
             else:
                 w = slice_cols(w, _kept(lg, lm, proj.parts[0]))
             mods[proj.name] = new_linear(w, b, dtype)
+            del w, b
+            _free(getattr(mod, "base_layer", mod))
         new_modules.append(mods)
-    # the scalar config fields hold the widest layer (per-layer widths: compressor.widths)
-    updates = pruned_config_updates(groups, max(heads_n), max(inter_n))
-    updates["num_key_value_heads"] = max(kv_n)
-    #: transformers' refusal of the uniform stock config: the model becomes the per-layer class with uniform lists
-    refusal = check_pruned_config(base.config, updates) if uniform else None
-    # all checks passed: unwrap peft and install the new modules
     if base is not model:
         base = strip_peft(model)
     blocks = {p.name: p.block for p in arch.projections}

@@ -28,6 +28,7 @@ from torch import nn
 from .architectures import needs_bos
 from .checkpoint import PLAN_FILE, has_checkpoint, load_checkpoint, load_plan, save_checkpoint, save_plan
 from .config import PruneConfig
+from .device import resolve_device
 from .errors import CalibrationError, ConfigError, NonFiniteError, ResumeError
 from .groups import ModelGroups
 from .lock import output_lock
@@ -35,6 +36,7 @@ from .loop import DataOrder, PruneLoop, StepRecord, wrap_lora
 from .loss import distill_loss
 from .masking import MaskState
 from .memory import MemoryTrace, peak_rss_mb
+from .models import held_dtype
 from .report import build_report, count_params
 from .scoring import LayerScores
 
@@ -141,7 +143,7 @@ def _distributed():
 def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, eval_text: str | None = None,
           checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
           plan: dict[str, Any] | None = None, progress: ProgressFn | None = None,
-          memory: MemoryTrace | None = None) -> PruneResult:
+          memory: MemoryTrace | None = None, memory_check: bool = True) -> PruneResult:
     """Prune ``model`` with LoRAPrune and return the merged, smaller model.
 
     Args:
@@ -162,6 +164,9 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         memory: a :class:`compressor.memory.MemoryTrace` to record the phases into (``load`` when ``model`` is a
             spec, ``calibration``, ``perplexity_before``, ``loop``, ``merge``, ``perplexity_after``); default a new
             one. The report gets them as ``memory_phases`` and its ``peak_rss_mb`` is the trace's overall peak.
+        memory_check: predict the run's peak memory from the model's config first (:mod:`compressor.plan`; the
+            report's ``memory_plan``) and refuse, before any weight is read, a run that would not fit its device
+            (:class:`~compressor.plan.InsufficientMemoryError`, naming the options that would fit).
 
     Returns:
         :class:`PruneResult`.
@@ -174,12 +179,23 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     """
     t_start = time.time()
     trace = memory if memory is not None else MemoryTrace()
+    acc = _distributed()
+    device = acc.device if acc is not None else resolve_device(config.device)
+    from .plan import check_fits, plan_run
+
+    mem_plan, alts, resident = plan_run(model, config, device)
+    if memory_check:
+        check_fits(mem_plan, alts, resident=resident)
     if not isinstance(model, nn.Module):
-        from .models import load_model
+        from .loop import held_linear_dtype
+        from .models import load_config, load_model, resolve_model
 
         model_id = str(model)
         with trace.phase("load"):
-            model, tok, _ = load_model(model, dtype=config.dtype, base_bits=config.base_bits)
+            hidden = getattr(load_config(resolve_model(model)), "hidden_size", None)
+            model, tok, _ = load_model(model, dtype=config.dtype, base_bits=config.base_bits,
+                                       linear_dtype=held_linear_dtype(config, device, hidden),
+                                       device=device if acc is None else None)
         tokenizer = tokenizer or tok
     else:
         model_id = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
@@ -203,10 +219,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         raise ConfigError(f"seq_len {blocks.shape[1]} is above the model's limit max_position_embeddings={max_pos}")
     if checkpoint_dir is None and (resume or config.save_every):
         raise ConfigError("resume / save_every need a checkpoint folder (checkpoint_dir)")
-    acc = _distributed()
     is_main = acc is None or acc.is_main_process
     params_before = count_params(model)
-    device = acc.device if acc is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if model.device != device and not getattr(model, "is_quantized", False):
         model.to(device)
     with trace.phase("perplexity_before"):
@@ -243,6 +257,7 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
                           ppl_after=ppl_after, wall_time_s=time.time() - t_start, peak_rss_mb=trace.overall_peak_mb,
                           ranks_agree=ranks_agree)
     report["memory_phases"] = trace.as_list()
+    report["memory_plan"] = mem_plan.as_dict()
     return PruneResult(merged, report, loop.ema.value, loop.masks, loop.groups, loop.history)
 
 
@@ -277,9 +292,13 @@ def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneCo
     was = model.training
     model.eval()
     seq = min(cfg.eval_seq_len, getattr(model.config, "max_position_embeddings", cfg.eval_seq_len))
+    # a base held in bfloat16 (compressor.models.hold_projections) runs under autocast, as in the fine-tune
+    held = held_dtype(unwrap(model)) is not None
     try:
-        r = perplexity(unwrap(model), tokenizer, text, seq_len=seq, max_windows=cfg.eval_windows,
-                       add_bos=default_add_bos(model, tokenizer))
+        device_type = next(model.parameters()).device.type
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16) if held else contextlib.nullcontext():
+            r = perplexity(unwrap(model), tokenizer, text, seq_len=seq, max_windows=cfg.eval_windows,
+                           add_bos=default_add_bos(model, tokenizer))
     finally:
         model.train(was)
     return r

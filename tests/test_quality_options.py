@@ -722,9 +722,9 @@ def test_compensation_current_statistics_see_the_earlier_masks():
 
 
 def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypatch):
-    """amp='bf16': the training, teacher and compensation forward passes run under bfloat16 autocast; the
-    weights, LoRA factors, gradients, compensation statistics and the merged output stay float32, masked ==
-    merged holds and a resumed run is bit-exact. 'auto' follows the hardware probe; bad combinations are refused
+    """amp='bf16': the training, teacher and compensation forward passes run under bfloat16 autocast; the frozen
+    decoder projections are held once in bfloat16, the embeddings, norms, LoRA factors, gradients, compensation
+    statistics and the merged output stay float32, masked == merged holds and a resumed run is bit-exact. 'auto' follows the hardware probe; bad combinations are refused
     with the value named."""
     from compressor import loop as loop_mod
 
@@ -737,7 +737,9 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
     a.step()
     h.remove()
     assert seen and all(d == torch.bfloat16 for d in seen), seen  # teacher and student passes
-    assert all(p.dtype == torch.float32 for p in a.pm.parameters())
+    held = {n: p.dtype for n, p in a.pm.named_parameters() if ".base_layer." in n}
+    assert held and set(held.values()) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for n, p in a.pm.named_parameters() if ".base_layer." not in n)
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in a.trainable)
     grams = [g for layer in a.comp.gram for g in layer.values() if g is not None]
     assert grams and all(g.dtype == torch.float32 for g in grams)  # statistics of the first step's passes
@@ -751,6 +753,9 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
         assert ra.loss == rb.loss and math.isfinite(ra.loss)
     ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
     a.pm.eval()
+    from compressor.models import hold_projections
+
+    hold_projections(a.pm, torch.float32)  # the same held weights in float32: the masked model computed exactly
     with torch.no_grad():
         masked = a.pm(input_ids=ids).logits
     wa, wb = a.finish(), b.finish()

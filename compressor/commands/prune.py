@@ -100,9 +100,14 @@ def config_from_cli(ctx: click.Context, opts: dict, *, separate: bool, config_fi
               help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the predicted peak memory per phase (from the model's config; no weight is read), the "
+                   "device's free memory and the options that would fit, then exit.")
+@click.option("--no-memory-check", "no_memory_check", is_flag=True,
+              help="Start even when the predicted peak memory exceeds the device's free memory.")
 @click.pass_context
 def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, checkpoint_dir, resume, from_plan,
-              config_file, allow_pickle, trust_remote_code, force, quiet, **opts):
+              config_file, allow_pickle, trust_remote_code, force, quiet, dry_run, no_memory_check, **opts):
     """Prune MODEL (default: the built-in smollm2-135m) with LoRAPrune and save a smaller HF model.
 
     MODEL is a built-in name (smollm2-135m, qwen2.5-coder-0.5b, gemma3-270m), a Hugging Face folder, a .gguf file
@@ -117,6 +122,9 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
     from compressor.job import prune_job
 
     cfg = config_from_cli(ctx, opts, separate=separate, config_file=config_file, recipe=recipe)
+    if dry_run:
+        _dry_run(model, cfg, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        return
     if quiet:
         from compressor.quiet import no_progress_bars
 
@@ -126,7 +134,7 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
         res = prune_job(model, out, cfg, data=data, text_field=text_field, eval_data=eval_data,
                         checkpoint_dir=checkpoint_dir, resume=resume, from_plan=from_plan, force=force,
                         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
-                        say=lambda m: _say(quiet, m))
+                        say=lambda m: _say(quiet, m), memory_check=not no_memory_check)
     except KeyboardInterrupt as exc:
         if str(exc):
             click.echo(f"\nInterrupted; checkpoint in {exc} — continue with the same command plus --resume.", err=True)
@@ -149,6 +157,26 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
         top = max(phases, key=lambda p: p["peak_mb"])
         _say(quiet, "Peak RSS per phase (MiB): " + ", ".join(f"{p['phase']} {p['peak_mb']:.0f}" for p in phases)
              + f" (highest: {top['phase']}; compression_report.json memory_phases)")
+
+
+def _dry_run(model, cfg: PruneConfig, *, allow_pickle: bool, trust_remote_code: bool) -> None:
+    """``--dry-run``: the memory plan of this run and of the alternatives, on stdout; nothing is loaded or written."""
+    from compressor.device import resolve_device
+    from compressor.models import DEFAULT_MODEL
+    from compressor.plan import GiB, plan_run
+
+    device = resolve_device(cfg.device)
+    plan, alts, _ = plan_run(model or DEFAULT_MODEL, cfg, device, allow_pickle=allow_pickle,
+                             trust_remote_code=trust_remote_code)
+    click.echo(f"{model or DEFAULT_MODEL}: ratio {cfg.ratio}, {cfg.steps} steps, batch {cfg.batch_size} x "
+               f"{cfg.seq_len} tokens")
+    for line in plan.lines():
+        click.echo(line)
+    if alts:
+        click.echo("other options (predicted peak):")
+        for label, p in alts:
+            fit = "" if p.fits is None else ("  fits" if p.fits else "  does not fit")
+            click.echo(f"  {label:<58} {p.peak / GiB:7.2f} GiB{fit}")
 
 
 def _say(quiet: bool, msg: str) -> None:

@@ -1,0 +1,170 @@
+"""Memory at scale: the device option, the base held in bfloat16, the layer-wise merge and the memory plan."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from compressor import PruneConfig
+from compressor.device import resolve_device
+from compressor.errors import ConfigError
+from compressor.models import held_dtype, hold_projections, load_model
+from compressor.plan import (
+    ALTERNATIVES,
+    InsufficientMemoryError,
+    alternatives,
+    check_fits,
+    model_shape,
+    plan_memory,
+)
+
+from .tiny import tiny_model, tiny_tokenizer
+
+
+def _folder(tmp_path, case="llama-mha", **config):
+    m = tiny_model(case, **config)
+    d = tmp_path / "m"
+    m.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return m, d
+
+
+# ---- --device --------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["cpu", "CPU", "auto"])
+def test_device_names(spec):
+    dev = resolve_device(spec)
+    assert dev.type in ("cpu", "cuda")
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "tpu", "cuda:0:1"])
+def test_bad_device_is_named_with_the_valid_ones(spec):
+    with pytest.raises(ConfigError, match=f"device {spec!r}.*auto, cpu, cuda or cuda:N"):
+        resolve_device(spec)
+    with pytest.raises(ConfigError, match="device="):
+        PruneConfig(ratio=0.5, device=spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_a_gpu_says_so():
+    with pytest.raises(ConfigError, match="sees no CUDA GPU; use --device cpu"):
+        resolve_device("cuda:0")
+
+
+# ---- the frozen base held once in bfloat16 -------------------------------------------------------------
+@pytest.mark.parametrize("case", ["llama-mha", "qwen2-gqa"])
+def test_load_holds_projections_in_bf16_and_the_rest_in_float32(tmp_path, case):
+    """Loaded straight in the held dtypes (no float32 copy of the projections); under autocast the logits are
+    bit-identical to the float32 model's, because autocast rounds a float32 projection to bfloat16 anyway."""
+    ref, d = _folder(tmp_path, case, tie_word_embeddings=True)
+    held, _, _ = load_model(str(d), linear_dtype="bfloat16")
+    dtypes = {n: p.dtype for n, p in held.named_parameters()}
+    assert all(v == torch.bfloat16 for n, v in dtypes.items() if "_proj." in n)
+    assert all(v == torch.float32 for n, v in dtypes.items() if "_proj." not in n)
+    assert held.lm_head.weight is held.model.embed_tokens.weight
+    assert held_dtype(held) == torch.bfloat16 and held_dtype(ref) is None
+    assert held.lorapress_source_dtype == "float32"
+    x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(ref(input_ids=x).logits, held(input_ids=x).logits)
+    assert hold_projections(ref, torch.bfloat16) > 0  # the in-place route gives the same model
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(ref(input_ids=x).logits, held(input_ids=x).logits)
+
+
+def test_linear_dtype_needs_a_float32_run(tmp_path):
+    _, d = _folder(tmp_path)
+    with pytest.raises(ConfigError, match="linear_dtype 'bfloat16' with dtype 'bfloat16'"):
+        load_model(str(d), dtype="bfloat16", linear_dtype="bfloat16")
+
+
+def test_prune_with_a_held_base_writes_the_checkpoint_dtype(tmp_path):
+    """amp='bf16' end to end from a folder: the base is held in bfloat16 during the run, the merged model is
+    float32 for a float32 checkpoint and bfloat16 for a bfloat16 one; the report has the memory plan."""
+    from compressor import prune
+    from compressor.pruning import as_blocks
+
+    from .tiny import tiny_text
+
+    for src_dtype in (torch.float32, torch.bfloat16):
+        m = tiny_model("llama-mha").to(src_dtype)
+        d = tmp_path / str(src_dtype)
+        m.save_pretrained(d)
+        tiny_tokenizer().save_pretrained(d)
+        cfg = PruneConfig(ratio=0.5, steps=4, prune_every=2, amp="bf16", seq_len=32, batch_size=2,
+                          eval_windows=0, device="cpu")
+        blocks = as_blocks([tiny_text(2000)], tiny_tokenizer(), cfg)
+        res = prune(str(d), cfg, blocks)
+        assert {p.dtype for p in res.model.parameters()} == {src_dtype}
+        plan = res.report["memory_plan"]
+        assert plan["held"] == "bfloat16 projections" and plan["peak_gib"] > 0 and plan["fits"] in (True, None)
+
+
+# ---- the layer-wise merge ------------------------------------------------------------------------------
+def test_merge_frees_each_replaced_projection():
+    from compressor.groups import decoder_layers, discover_groups
+    from compressor.merge import merge_and_slice
+
+    from .tiny import masked_lora
+
+    pm, masks = masked_lora("llama-mha")
+    groups = discover_groups(pm, verify=False)
+    old = [layer.self_attn.o_proj.base_layer.weight for layer in decoder_layers(pm)]
+    merged = merge_and_slice(pm, groups, masks)
+    assert all(w.numel() == 0 for w in old)  # freed as the merge went, not all at the end
+    assert discover_groups(merged).num_layers == groups.num_layers
+
+
+# ---- the memory plan ---------------------------------------------------------------------------------------
+def test_model_shape_counts_what_the_model_holds():
+    m = tiny_model("qwen2-gqa", tie_word_embeddings=True)
+    sh = model_shape(m.config)
+    lin = sum(mod.weight.numel() + (0 if mod.bias is None else mod.bias.numel())
+              for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and ".layers." in n)
+    total = sum(p.numel() for p in m.parameters())  # tied once
+    assert sh.linear_params == lin and sh.params == total
+    assert (sh.layers, sh.hidden, sh.heads, sh.kv_heads, sh.head_dim) == (2, 32, 4, 2, 8)
+
+
+def test_plan_parts_follow_the_options():
+    sh = model_shape(tiny_model("llama-mha").config)
+    cpu = torch.device("cpu")
+    base = PruneConfig(ratio=0.5, amp="bf16")
+    p = plan_memory(sh, base, cpu, free=2**40)
+    assert p.held == "bfloat16 projections" and p.parts["autocast_copies"] == 0
+    assert p.parts["base"] == 2 * sh.linear_params + 4 * sh.other_params
+    off = plan_memory(sh, dataclasses.replace(base, amp="off"), cpu, free=2**40)
+    assert off.held == "float32" and off.parts["base"] == 4 * sh.params
+    ckpt = plan_memory(sh, dataclasses.replace(base, gradient_checkpointing=True), cpu, free=2**40)
+    assert ckpt.parts["activations"] < p.parts["activations"]
+    nocomp = plan_memory(sh, dataclasses.replace(base, compensate=False), cpu, free=2**40)
+    assert nocomp.parts["statistics"] == 0 < p.parts["statistics"]
+    assert p.parts["statistics"] == 4 * sh.layers * (sh.intermediate ** 2 + (sh.heads * sh.head_dim) ** 2)
+    assert p.fits and p.peak == max(p.phases.values())
+
+
+def test_a_run_that_does_not_fit_is_refused_naming_what_would():
+    sh = model_shape(tiny_model("llama-mha").config)
+    cpu = torch.device("cpu")
+    cfg = PruneConfig(ratio=0.5, amp="bf16", batch_size=8, seq_len=128)
+    p = plan_memory(sh, cfg, cpu, free=2**40)
+    free = int((p.peak - 1) / 0.92)  # just too little for the default, enough for checkpointing
+    p = plan_memory(sh, cfg, cpu, free=free)
+    alts = alternatives(sh, cfg, cpu, free=free)
+    assert [label for label, _ in alts] == [label for label, o in ALTERNATIVES if not o.get("base_bits")]
+    with pytest.raises(InsufficientMemoryError, match=r"needs about .* GiB on cpu .* --gradient-checkpointing \(peak"):
+        check_fits(p, alts)
+    check_fits(p, alts, resident=p.peak)  # the weights already loaded are not counted twice
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+    from compressor.cli import main
+
+    _, d = _folder(tmp_path)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["prune", str(d), "--ratio", "0.5", "--out", str(out), "--dry-run",
+                                  "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "predicted memory on cpu" in r.output and "<- peak" in r.output and "--gradient-checkpointing" in r.output
+    assert not out.exists()
