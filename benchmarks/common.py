@@ -53,7 +53,7 @@ def cpu_name() -> str | None:
 def machine() -> dict:
     import torch
 
-    from compressor.loop import native_bf16
+    from compressor.device import native_bf16
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(), "platform": platform.platform(), "cpu": cpu_name(),

@@ -146,7 +146,7 @@ def main() -> None:
     check_result_name(ap, a.name, "step_speed_epyc")
     import torch
 
-    from compressor.loop import native_bf16
+    from compressor.device import native_bf16
     from compressor.models import load_model
 
     path = dense_hf_dir(a.model)

@@ -88,11 +88,12 @@ class PruneConfig:
         seed: seed of data order, LoRA init and the random criterion.
         eval_windows, eval_seq_len: perplexity before/after on held-out text (0 windows: skip).
         save_every: write a resumable checkpoint every this many optimizer steps (0: only on Ctrl-C).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`compressor.device.resolve_device`).
         dtype: dtype of the float weights (``float32``, ``bfloat16``).
         amp: ``off``, ``bf16`` (the fine-tune's forward passes under ``torch.autocast`` to bfloat16; master weights,
             LoRA, optimizer, scores and statistics stay float32) or ``auto`` (``bf16`` where the hardware has native
             bfloat16 matmuls, AMX or AVX512-BF16 on a CPU or bf16 on a CUDA GPU, for models at least 256 wide; the
-            default; :func:`compressor.loop.resolve_amp`).
+            default; :func:`compressor.precision.resolve_amp`).
         distill: weight of a distillation term in the fine-tune loss, in [0, 1]:
             ``(1 - distill) · CE + distill · KL(dense ‖ pruned)`` per token. The teacher is the same model with
             LoRA and masks switched off (no second copy of the weights; one more forward pass per step).
@@ -103,6 +104,8 @@ class PruneConfig:
             ``current`` (collected again before every mask update, with the earlier masks applied).
         compensate_tokens: calibration tokens behind the least-squares statistics (None: 64 × the widest
             compensated input, at most 65,536; fewer tokens than inputs leave the regression under-determined).
+        compensate_store: where those statistics are kept: ``device``, ``host``, ``disk`` or ``auto``
+            (:func:`compressor.plan.resolve_store`).
         loss_chunk_tokens: compute the LM head and the loss this many positions at a time (same loss and
             gradients, without the full ``[batch, seq, vocab]`` logits in memory); 0 uses the stock
             ``model(input_ids, labels=...)`` loss. Data-parallel runs always use the stock loss.
@@ -155,6 +158,12 @@ class PruneConfig:
                                           "collected once before the first mask update) or 'current' (collected "
                                           "afresh before every mask update from the model as it is then: earlier "
                                           "masks applied, LoRA trained so far).", choices=("dense", "current"))
+    compensate_store: str = _opt("auto", "Where compensation's statistics (one in x in float32 matrix per layer and "
+                                         "projection) are kept: device (the run's device), host (CPU memory, one "
+                                         "layer at a time on the device at a fold), disk (one file per layer, "
+                                         "collected a group of layers per forward pass at the first mask update) or "
+                                         "auto (device when the run fits with them, else host on a GPU with room in "
+                                         "host memory, else disk).", choices=("auto", "device", "host", "disk"))
     lora_r: int = _opt(8, "LoRA rank.")
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")

@@ -69,9 +69,10 @@ def check_job_paths(out: str | os.PathLike, ckpt: Path, *, resume: bool, force: 
         verify_checkpoint(ckpt)
 
 
-def eval_text_for(eval_data: str | None) -> str | None:
-    """Held-out text for perplexity before/after: ``wikitext2``, ``ptb``, a file, ``none`` or ``auto``."""
-    from calibration import load_texts
+def eval_text_for(eval_data: str | None, say: Callable[[str], None] | None = None) -> str | None:
+    """Held-out text for perplexity before/after: ``wikitext2``, ``ptb``, a file, ``none`` or ``auto``
+    (WikiText-2 where it can be found, else none: ``say`` is told why)."""
+    from calibration import EvalDataMissingError, load_texts
     from calibration.data import load_eval_text
 
     if eval_data in (None, "", "none"):
@@ -79,7 +80,9 @@ def eval_text_for(eval_data: str | None) -> str | None:
     if eval_data == "auto":
         try:
             return load_eval_text("wikitext2")
-        except Exception:
+        except EvalDataMissingError as exc:
+            if say is not None:
+                say(f"No perplexity before/after: {exc}. Pass --eval-data PATH, ptb or none.")
             return None
     if eval_data in ("wikitext2", "ptb") or eval_data.startswith("ptb:"):
         return load_eval_text(eval_data)
@@ -136,10 +139,10 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
              allow_pickle, trust_remote_code, progress, say, memory_check):
     from .checkpoint import check_plan, checkpoint_step, has_checkpoint, load_plan, save_plan
     from .device import resolve_device
-    from .loop import held_linear_dtype
     from .models import load_config, load_model, resolve_model
     from .plan import check_fits, plan_run
     from .plots import picture_note, write_prune_png
+    from .precision import held_linear_dtype
     from .pruning import check_writable, prune
     from .save import save_model_folder
 
@@ -160,7 +163,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
         plan = load_plan(from_plan) if from_plan else None
         if plan is not None:
             check_plan(plan, model_config, source.spec)
-        eval_text = eval_text_for(eval_data)
+        eval_text = eval_text_for(eval_data, say)
     say(f"Loading {source.spec} ...")
     with trace.phase("load"):
         mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits,
@@ -186,6 +189,8 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     res.report["calibration"] = {"source": str(data), "text_field": text_field, "blocks": int(blocks.shape[0]),
                                  "seq_len": int(blocks.shape[1])}
     res.report["eval_data"] = eval_data
+    if eval_data == "auto" and eval_text is None:
+        res.report["perplexity_skipped"] = "auto: WikiText-2 not found (see the message of the run)"
     res.report["checkpoint_dir"] = str(ckpt)
     res.report["picture"] = picture_note("pruning.png")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:

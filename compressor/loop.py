@@ -21,6 +21,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,40 +34,18 @@ from .checkpoint import rng_state, set_rng_state
 from .compensation import TOKENS_CAP, TOKENS_PER_INPUT, Compensator, base_weights
 from .config import PruneConfig, parse_skip_layers
 from .criteria import get_criterion
-from .device import native_bf16, resolve_device
+from .device import resolve_device
 from .errors import ConfigError, NonFiniteError
 from .groups import ModelGroups, discover_groups
 from .loss import supports_chunked_loss, training_loss
 from .masking import MaskState, mask_lowest
 from .merge import check_pruned_config, merge_and_slice, pruned_config_updates
 from .models import hold_projections
+from .precision import AMP_MIN_HIDDEN, held_linear_dtype, resolve_amp  # noqa: F401 - re-exported
 from .schedule import Widths, layer_params, prune_events, solve_widths, widths_at
 from .scoring import LayerScores, MovingAverage, model_scores
 
 log = logging.getLogger("compressor")
-
-
-#: ``amp='auto'`` leaves models narrower than this in float32: their matrix products are too small for bfloat16
-#: to pay (a 64-wide test model's run is 1.4 x slower under autocast, measured), and they keep exact float32 figures
-AMP_MIN_HIDDEN = 256
-
-
-def resolve_amp(cfg: PruneConfig, device: torch.device, hidden_size: int | None = None) -> bool:
-    """Whether the fine-tune runs its forward passes under bfloat16 autocast (``cfg.amp``; ``auto``: only in
-    float32 runs of models at least :data:`AMP_MIN_HIDDEN` wide, on hardware with native bfloat16 matmuls)."""
-    if cfg.amp == "bf16":
-        return True
-    wide = hidden_size is None or hidden_size >= AMP_MIN_HIDDEN
-    return cfg.amp == "auto" and cfg.dtype == "float32" and not cfg.base_bits and wide and native_bf16(device)
-
-
-def held_linear_dtype(cfg: PruneConfig, device: torch.device, hidden_size: int | None = None) -> str | None:
-    """``bfloat16`` when the run computes under bfloat16 autocast (:func:`resolve_amp`) and its criterion needs no
-    float32 gradient of ``W``: the frozen decoder projections are then held once in bfloat16 (no float32 master
-    beside autocast's copies; embeddings, norms, LoRA, optimizer and statistics stay float32). None otherwise."""
-    if not resolve_amp(cfg, device, hidden_size) or get_criterion(cfg.criterion).needs_weight_grad:
-        return None
-    return "bfloat16"
 
 
 @dataclass
@@ -318,11 +297,14 @@ class PruneLoop:
         groups: the model's groups (discovered when not given).
         output: :func:`check_output_config` of this model, config and groups where the caller already ran it
             (checked here when not given).
+        statistics_dir: where compensation keeps its statistics when they go to disk (``compensate_store``;
+            default a temporary folder).
     """
 
     def __init__(self, model: Any, config: PruneConfig, blocks: torch.Tensor, *,
                  plan: dict[str, Any] | None = None, accelerator: Any = None, model_id: str = "model",
-                 groups: ModelGroups | None = None, output: tuple[WidthPlan, str | None] | None = None):
+                 groups: ModelGroups | None = None, output: tuple[WidthPlan, str | None] | None = None,
+                 statistics_dir: str | os.PathLike | None = None):
         self.cfg = config
         self.blocks = blocks
         self.acc = accelerator
@@ -373,7 +355,13 @@ class PruneLoop:
         self.masks = MaskState.full(self.groups).install(self.pm, self.groups)
         self.scorer = ActivationScorer(self.pm, self.groups) if self.crit.group_level and plan is None else None
         self.ema = MovingAverage(config.lam, config.ema_start)
-        self.comp: Compensator | None = Compensator(self.pm, self.groups) if config.compensate else None
+        self.comp: Compensator | None = None
+        if config.compensate:
+            store, per_pass = self._statistics_store(model)
+            if store == "disk" and acc is not None:
+                raise ConfigError("compensate_store='disk' cannot run data-parallel; use 'device' or 'host'")
+            self.comp = Compensator(self.pm, self.groups, store=store, layers_per_pass=per_pass,
+                                    folder=None if statistics_dir is None else Path(statistics_dir))
         # compensation edits W0 of o_proj/down_proj in place; the distillation teacher must stay the dense
         # model, so it runs on a copy of those weights taken while they are still dense (swapped in, not copied)
         #: the base weights compensation edits (o_proj, down_proj), by name
@@ -413,6 +401,16 @@ class PruneLoop:
         #: called as ``observe(loop)`` after each step's backward pass, before scoring and the optimizer step
         self.observers: list[Any] = []
         self.train_model.train()
+
+    def _statistics_store(self, model: nn.Module) -> tuple[str, int]:
+        """Where compensation's statistics go (:func:`compressor.plan.resolve_store`, with the weights already
+        on the device counted as resident)."""
+        from .plan import model_shape, resolve_store
+
+        if self.cfg.compensate_store in ("device", "host"):
+            return self.cfg.compensate_store, self.groups.num_layers
+        resident = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == self.device.type)
+        return resolve_store(model_shape(unwrap(model).config), self.cfg, self.device, resident=resident)
 
     def autocast(self):
         """Context for a forward pass under the run's mixed precision (a no-op when ``amp`` is off)."""
@@ -566,8 +564,8 @@ class PruneLoop:
         start = self.pos + self.rank * n
         try:
             with contextlib.nullcontext() if masked else self.masks.bypassed(), self.autocast():
-                self.comp.collect_from(self.pm, [self.data.take(start + i, min(cfg.batch_size, n - i)).to(self.device)
-                                                 for i in range(0, n, cfg.batch_size)])
+                self.comp.collect_grouped(self.pm, [self.data.take(start + i, min(cfg.batch_size, n - i)).to(
+                    self.device) for i in range(0, n, cfg.batch_size)])
         finally:
             self.pm.train(was_training)
 

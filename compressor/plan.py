@@ -8,10 +8,10 @@
   dequantizes the whole file before casting);
 - **steps**: the base, autocast's bfloat16 copies of float32 projections kept for the backward pass, LoRA with its
   gradients and AdamW state, compensation's ``in × in`` float32 statistics per layer (on the run's device or in
-  host memory, :func:`stats_on_host`), the dense teacher's copy of the compensated weights, the activations a
+  host memory or on disk, :func:`resolve_store`), the dense teacher's copy of the compensated weights, the activations a
   backward pass keeps (all layers; one layer's plus each layer's input with gradient checkpointing) and the
   LM head's logits;
-- **fold**: the steps' state without activations, plus the float64 solve of one layer's compensation;
+- **fold**: the steps' state without activations, plus one layer's matrix and its float64 solve;
 - **merge**: the base, shrinking layer by layer, and the output as it grows (:func:`compressor.merge.merge_and_slice`);
 - **save**: the output.
 
@@ -129,8 +129,11 @@ class MemoryPlan:
     phases: dict[str, int]
     parts: dict[str, int]
     free: int | None
-    stats_on_host: bool = False
+    #: where compensation's statistics go (None: no compensation) and, on disk, the layers per pass
+    store: str | None = None
+    layers_per_pass: int | None = None
     host_parts: dict[str, int] = field(default_factory=dict)
+    disk_parts: dict[str, int] = field(default_factory=dict)
 
     @property
     def peak(self) -> int:
@@ -150,7 +153,9 @@ class MemoryPlan:
         return {"device": self.device, "held": self.held, "peak_gib": gib(self.peak), "peak_phase": self.peak_phase,
                 "phases_gib": {k: gib(v) for k, v in self.phases.items()},
                 "parts_gib": {k: gib(v) for k, v in self.parts.items()},
-                "stats_on_host": self.stats_on_host, "host_parts_gib": {k: gib(v) for k, v in self.host_parts.items()},
+                "statistics_store": self.store, "layers_per_pass": self.layers_per_pass,
+                "host_parts_gib": {k: gib(v) for k, v in self.host_parts.items()},
+                "disk_parts_gib": {k: gib(v) for k, v in self.disk_parts.items()},
                 "free_gib": None if self.free is None else gib(self.free), "fits": self.fits}
 
     def lines(self) -> list[str]:
@@ -162,6 +167,9 @@ class MemoryPlan:
         out.append(f"  parts (GiB): {parts}")
         if self.host_parts:
             out.append("  in host memory (GiB): " + ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.host_parts.items()))
+        if self.disk_parts:
+            out.append("  on disk (GiB): " + ", ".join(f"{k} {v / GiB:.2f}" for k, v in self.disk_parts.items())
+                       + f", collected {self.layers_per_pass} layer(s) per pass")
         if self.free is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             out.append(f"  free on {self.device}: {self.free / GiB:.2f} GiB -> {verdict} "
@@ -169,14 +177,37 @@ class MemoryPlan:
         return out
 
 
-def stats_on_host(shape: ModelShape, cfg: PruneConfig, device: torch.device, total: int | None = None) -> bool:
-    """Whether compensation's statistics are held in host memory rather than on ``device``: on a CUDA device when
-    they would take more than a quarter of its memory (they are read one layer at a time at a fold)."""
-    if not cfg.compensate or device.type != "cuda":
-        return False
-    if total is None:
-        total = torch.cuda.get_device_properties(device).total_memory if torch.cuda.is_available() else None
-    return total is not None and _stats_bytes(shape) > total // 4
+def resolve_store(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, free: int | None = None,
+                  total: int | None = None, resident: int = 0, host_free: int | None = None) -> tuple[str, int]:
+    """Where compensation's statistics go (``cfg.compensate_store``; ``auto``: on ``device`` when the whole run
+    fits there with them, else in host memory on a CUDA device when they take at most half of it, else on disk)
+    and, for ``disk``, how many layers one statistics pass collects (as many as fit). ``resident``: bytes of
+    weights already loaded on ``device`` (not in ``free`` any more)."""
+    L = shape.layers
+    store = cfg.compensate_store if cfg.compensate else "device"
+    if store not in ("auto", "disk"):
+        return store, L
+    if free is None:
+        from .device import free_memory_bytes
+
+        free = free_memory_bytes(device)
+    if store == "auto":
+        on_device = plan_memory(shape, cfg, device, store="device", free=free, total=total)
+        if free is None or on_device.peak - resident <= FIT_SHARE * free:
+            return "device", L
+        if device.type == "cuda":
+            if host_free is None:
+                from .device import free_memory_bytes
+
+                host_free = free_memory_bytes(torch.device("cpu"))
+            if host_free is not None and _stats_bytes(shape) <= host_free // 2:
+                return "host", L
+    if free is None:
+        return "disk", L
+    without = plan_memory(shape, cfg, device, store="disk", layers_per_pass=0, free=free, total=total)
+    per_layer = _stats_bytes(shape) // L
+    room = FIT_SHARE * free + resident - without.peak
+    return "disk", int(max(1, min(L, room // per_layer)))
 
 
 def _stats_bytes(shape: ModelShape) -> int:
@@ -188,7 +219,8 @@ def _lora_params(shape: ModelShape, r: int) -> int:
 
 
 def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gguf: bool = False,
-                source_dtype: str | None = None, free: int | None = None, total: int | None = None) -> MemoryPlan:
+                source_dtype: str | None = None, free: int | None = None, total: int | None = None,
+                store: str | None = None, layers_per_pass: int | None = None) -> MemoryPlan:
     """The predicted memory of pruning a model of ``shape`` with ``cfg`` on ``device`` (see the module doc).
 
     Args:
@@ -199,9 +231,11 @@ def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gg
         source_dtype: the dtype its checkpoint declares (a bfloat16 checkpoint pruned with a bfloat16-held base
             is written in bfloat16, else float32).
         free, total: free and total memory of ``device`` (default: measured now, :func:`compressor.device.free_memory_bytes`).
+        store, layers_per_pass: where compensation's statistics go and, on disk, how many layers one pass collects
+            (default: :func:`resolve_store`).
     """
     from .device import free_memory_bytes
-    from .loop import held_linear_dtype, resolve_amp
+    from .precision import held_linear_dtype, resolve_amp
 
     amp = resolve_amp(cfg, device, shape.hidden)
     held = held_linear_dtype(cfg, device, shape.hidden)
@@ -218,11 +252,17 @@ def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gg
         base, held_name, proj_bytes = 4 * (lin + other), "float32", 4.0
     copies = 2 * lin if amp and held is None and not cfg.base_bits and cfg.dtype == "float32" else 0
     lora = 16 * _lora_params(shape, cfg.lora_r)  # weights, gradients, two AdamW moments, float32
-    if total is None and device.type == "cuda" and torch.cuda.is_available():
-        total = torch.cuda.get_device_properties(device).total_memory
-    host_stats = stats_on_host(shape, cfg, device, total)
+    if free is None:
+        free = free_memory_bytes(device)
+    if store is None:
+        store, layers_per_pass = resolve_store(shape, cfg, device, free=free, total=total)
     stats = _stats_bytes(shape) if cfg.compensate else 0
-    stats_dev = 0 if host_stats else stats
+    if store == "device":
+        stats_dev = stats
+    elif store == "disk":
+        stats_dev = stats * int(layers_per_pass if layers_per_pass is not None else shape.layers) // shape.layers
+    else:
+        stats_dev = 0
     teacher = 0
     if cfg.compensate and cfg.teacher == "dense" and (cfg.distill > 0 or cfg.distill_hidden > 0):
         teacher = int(proj_bytes * shape.layers * (2 * shape.hidden * shape.intermediate
@@ -238,7 +278,8 @@ def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gg
         acts = int(tokens * shape.layers * per_layer_token)
     chunk = cfg.loss_chunk_tokens if cfg.loss_chunk_tokens > 0 else tokens
     logits = 4 * shape.vocab * (3 * min(chunk, tokens) + (tokens if cfg.distill > 0 else 0))
-    fold = 32 * shape.intermediate ** 2 if cfg.compensate else 0
+    # one layer's matrix on the device, its kept rows and the float64 solve (compressor.compensation.fold)
+    fold = 14 * shape.intermediate ** 2 if cfg.compensate else 0
     ratio_kept = 1.0 - cfg.ratio
     out_e = 4.0
     if held is not None:
@@ -256,17 +297,20 @@ def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gg
         + lora + 12 * largest_proj,
         "save": process + output,
     }
-    if free is None:
-        free = free_memory_bytes(device)
     parts = {"base": base, "autocast_copies": copies, "lora_adamw": lora, "statistics": stats_dev,
              "teacher_copy": teacher, "activations": acts, "logits": logits, "fold_solve": fold, "output": output,
              "process": process}
+    host = {"statistics": stats} if store == "host" and stats else {}
+    disk = {"statistics": stats} if store == "disk" and stats else {}
     return MemoryPlan(device=str(device), held=held_name, phases=phases, parts=parts, free=free,
-                      stats_on_host=host_stats, host_parts={"statistics": stats} if host_stats else {})
+                      store=store if cfg.compensate else None, layers_per_pass=layers_per_pass,
+                      host_parts=host, disk_parts=disk)
 
 
 #: options a run that does not fit may take instead, in the order they are suggested (label, overrides)
 ALTERNATIVES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("--compensate-store disk", {"compensate_store": "disk"}),
+    ("--compensate-store disk --gradient-checkpointing", {"compensate_store": "disk", "gradient_checkpointing": True}),
     ("--gradient-checkpointing", {"gradient_checkpointing": True}),
     ("--batch-size 2 --grad-accum 2", {"batch_size": 2, "grad_accum": 2}),
     ("--gradient-checkpointing --batch-size 1 --grad-accum 4",

@@ -187,8 +187,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     if memory_check:
         check_fits(mem_plan, alts, resident=resident)
     if not isinstance(model, nn.Module):
-        from .loop import held_linear_dtype
         from .models import load_config, load_model, resolve_model
+        from .precision import held_linear_dtype
 
         model_id = str(model)
         with trace.phase("load"):
@@ -230,7 +230,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
     with _Stop() as stop, output_lock(checkpoint_dir) if checkpoint_dir is not None else contextlib.nullcontext(), \
             trace.phase("loop"):
         loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id, groups=groups,
-                         output=output)
+                         output=output, statistics_dir=None if checkpoint_dir is None
+                         else os.path.join(checkpoint_dir, "compensation"))
         if resume:
             _resume(loop, checkpoint_dir)
         while not loop.done:

@@ -1,7 +1,13 @@
 """Shared fixtures. Keep minimal; helpers that only one test file needs belong in that file."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# no test reaches a dataset hub: WikiText-2 / PTB come from ../shared/data or a test's own files (the datasets
+# library, where installed, would otherwise spend ~25 s retrying the network before it gives up)
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 #: Tiny LLaMA shapes for the exporter tests: (hidden, heads, kv heads, head_dim, intermediate).
 #: ``pruned-*`` have head_dim != hidden // heads, as head pruning leaves them.

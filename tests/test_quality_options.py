@@ -767,14 +767,16 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
 
     # off: no autocast; auto: the hardware probe decides, and never for bfloat16 weights or an 8-bit base
     assert not _loop(amp="off", steps=2).amp
-    monkeypatch.setattr(loop_mod, "native_bf16", lambda device: True)
+    from compressor import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     assert loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"))
     assert loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"), hidden_size=576)
     assert not loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"), hidden_size=64)  # too narrow to pay
     assert not _loop(amp="auto", steps=2).amp  # the tiny test model
     assert not loop_mod.resolve_amp(_cfg(amp="auto", dtype="bfloat16"), torch.device("cpu"))
     assert not loop_mod.resolve_amp(_cfg(amp="auto", base_bits=8, compensate=False), torch.device("cpu"))
-    monkeypatch.setattr(loop_mod, "native_bf16", lambda device: False)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     assert not loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"))
     with pytest.raises(ConfigError, match="amp='fp8'.*off, bf16, auto"):
         _cfg(amp="fp8")
@@ -786,12 +788,12 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
 
 @pytest.mark.parametrize("amx,avx512_bf16,expected", [(True, False, True), (False, True, True), (False, False, False)])
 def test_native_bf16_on_a_cpu_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
-    import compressor.loop as loop_mod
+    from compressor.device import native_bf16
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-    assert loop_mod.native_bf16(torch.device("cpu")) is expected
-    assert loop_mod.native_bf16(torch.device("meta")) is False
+    assert native_bf16(torch.device("cpu")) is expected
+    assert native_bf16(torch.device("meta")) is False
 
 
 @pytest.mark.parametrize("criterion", ["activation", "lora"])

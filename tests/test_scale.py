@@ -147,13 +147,14 @@ def test_plan_parts_follow_the_options():
 def test_a_run_that_does_not_fit_is_refused_naming_what_would():
     sh = model_shape(tiny_model("llama-mha").config)
     cpu = torch.device("cpu")
-    cfg = PruneConfig(ratio=0.5, amp="bf16", batch_size=8, seq_len=128)
+    cfg = PruneConfig(ratio=0.5, amp="bf16", batch_size=8, seq_len=128, compensate_store="device")
     p = plan_memory(sh, cfg, cpu, free=2**40)
     free = int((p.peak - 1) / 0.92)  # just too little for the default, enough for checkpointing
     p = plan_memory(sh, cfg, cpu, free=free)
     alts = alternatives(sh, cfg, cpu, free=free)
     assert [label for label, _ in alts] == [label for label, o in ALTERNATIVES if not o.get("base_bits")]
-    with pytest.raises(InsufficientMemoryError, match=r"needs about .* GiB on cpu .* --gradient-checkpointing \(peak"):
+    with pytest.raises(InsufficientMemoryError,
+                       match=r"needs about .* GiB on cpu .*these would fit: .*--gradient-checkpointing \(peak"):
         check_fits(p, alts)
     check_fits(p, alts, resident=p.peak)  # the weights already loaded are not counted twice
 
@@ -168,3 +169,125 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     assert r.exit_code == 0, r.output
     assert "predicted memory on cpu" in r.output and "<- peak" in r.output and "--gradient-checkpointing" in r.output
     assert not out.exists()
+
+
+# ---- compensation's statistics off the device ------------------------------------------------------------
+def _compensators(tmp_path, case="llama-gqa"):
+    import copy
+
+    from compressor.compensation import Compensator
+    from compressor.groups import discover_groups
+
+    from .tiny import lora_with_random_b
+
+    m = tiny_model(case, layers=3)
+    groups = discover_groups(m)
+    a = lora_with_random_b(m)
+    b = copy.deepcopy(a)
+    return groups, (a, Compensator(a, groups)), (b, Compensator(b, groups, store="disk", folder=tmp_path / "stats",
+                                                                   layers_per_pass=2))
+
+
+def test_disk_statistics_equal_the_device_ones_and_fold_the_same(tmp_path):
+    """Collected two layers per pass (each pass stops after its group), written one file per layer and read back
+    one layer at a time: the same matrices, the same tokens and the same folded weights as in memory."""
+    from compressor.compensation import base_weights
+    from compressor.masking import MaskState, mask_lowest
+
+    from .tiny import random_scores
+
+    groups, (ma, ca), (mb, cb) = _compensators(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 96, (2, 16), generator=g) for _ in range(3)]
+    ca.collect_from(ma, batches)
+    cb.collect_grouped(mb, batches)
+    assert ca.tokens == cb.tokens == 3 * 2 * 16
+    assert all(v is None for layer in cb.gram for v in layer.values())  # nothing left in memory
+    assert sorted(p.name for p in (tmp_path / "stats").iterdir()) == [f"layer{i}.safetensors" for i in range(3)]
+    ca.stop_collecting()
+    cb.stop_collecting()
+    for i in range(3):
+        for kind in ("channels", "heads"):
+            assert torch.equal(ca.gram[i][kind], cb._layer_gram(i)[kind])
+    masks = MaskState.full(groups)
+    old = [(m.heads.clone(), m.channels.clone()) for m in masks.layers]
+    mask_lowest(masks, random_scores(groups), groups, 2, groups.layers[0].intermediate_size // 2)
+    new = [(m.heads, m.channels) for m in masks.layers]
+    assert ca.fold(old, new) == cb.fold(old, new) > 0
+    wa, wb = base_weights(ma, groups), base_weights(mb, groups)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    state = cb.state_dict()
+    assert state["store"] == "disk" and state["gram"] == []  # a checkpoint does not carry the matrices
+    cb.release()
+    assert len(list((tmp_path / "stats").iterdir())) == 3  # a given folder keeps them (for resuming)
+    from compressor.compensation import Compensator
+
+    own = Compensator(mb, groups, store="disk", layers_per_pass=3)
+    own.collect_grouped(mb, [torch.randint(0, 96, (2, 16))])
+    folder = own.folder
+    assert folder is not None and len(list(folder.iterdir())) == 3
+    own.release()
+    assert not folder.exists()  # a temporary one is removed
+
+
+def test_a_disk_checkpoint_without_its_files_is_refused(tmp_path):
+    from compressor.compensation import Compensator
+
+    groups, _, (mb, cb) = _compensators(tmp_path)
+    cb.collect_grouped(mb, [torch.randint(0, 96, (2, 16))])
+    cb.stop_collecting()
+    state = cb.state_dict()
+    (tmp_path / "stats" / "layer1.safetensors").unlink()
+    fresh = Compensator(mb, groups, store="disk", folder=tmp_path / "stats")
+    with pytest.raises(ConfigError, match="statistics of layer 1 are missing"):
+        fresh.load_state_dict(state)
+    with pytest.raises(ConfigError, match="resume it with --compensate-store disk"):
+        Compensator(mb, groups).load_state_dict(state)
+
+
+@pytest.mark.parametrize("store", ["disk", "host"])
+def test_a_run_with_statistics_off_the_device_resumes_exactly(tmp_path, store):
+    """compensate_store disk / host end to end: masked == merged, and a run resumed from a mid-run state (disk:
+    its files stay in the statistics folder) ends bit-identical to the uninterrupted one."""
+    import copy
+
+    from compressor.loop import PruneLoop
+    from compressor.pruning import as_blocks
+
+    from .tiny import tiny_text
+
+    cfg = PruneConfig(ratio=0.5, steps=8, prune_every=2, prune_until=0.5, seq_len=32, batch_size=2,
+                      compensate_tokens=256, compensate_store=store, amp="off", eval_windows=0)
+    blocks = as_blocks([tiny_text(3000)], tiny_tokenizer(), cfg)
+    a = PruneLoop(tiny_model("llama-gqa"), cfg, blocks, statistics_dir=tmp_path / "a")
+    assert a.comp is not None and a.comp.store == store
+    for _ in range(3):  # past the first mask update: the statistics exist
+        a.step()
+    st = copy.deepcopy(a.state_dict())
+    b = PruneLoop(tiny_model("llama-gqa"), cfg, blocks, statistics_dir=tmp_path / "a")
+    b.load_state_dict(st)
+    while not a.done:
+        ra, rb = a.step(), b.step()
+        assert ra.loss == rb.loss
+    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
+    a.pm.eval()
+    with torch.no_grad():
+        masked = a.pm(input_ids=ids).logits
+    wa, wb = a.finish(), b.finish()
+    with torch.no_grad():
+        assert torch.allclose(masked, wa(input_ids=ids).logits, atol=1e-4)
+    sa, sb = wa.state_dict(), wb.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_auto_store_goes_to_disk_when_the_statistics_do_not_fit():
+    from compressor.plan import resolve_store
+
+    sh = model_shape(tiny_model("llama-mha").config)
+    cpu = torch.device("cpu")
+    cfg = PruneConfig(ratio=0.5, amp="bf16")
+    assert resolve_store(sh, cfg, cpu, free=2**40) == ("device", sh.layers)
+    need = plan_memory(sh, cfg, cpu, free=2**40, store="device").peak
+    store, per_pass = resolve_store(sh, cfg, cpu, free=int(need / 0.92) - 1)
+    assert store == "disk" and 1 <= per_pass < sh.layers
+    assert resolve_store(sh, dataclasses.replace(cfg, compensate_store="host"), cpu, free=1) == ("host", sh.layers)

@@ -74,7 +74,8 @@ def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int |
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="Report path [default: MODEL_DIR/eval_report.json].")
 @click.option("--wikitext2-file", type=click.Path(dir_okay=False), default=None,
-              help="Text file for the wikitext2 task [default: ../shared/data/wikitext2/test.txt or $COMPRESS_SHARED_DATA].")
+              help="Text file for the wikitext2 task [default: $COMPRESS_SHARED_DATA or ../shared/data, else the datasets "
+                   "library or its cache].")
 @click.option("--ptb-file", type=click.Path(dir_okay=False), default=None,
               help="Text file for the ptb task [default: the treebank package's test split, or shared data].")
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle weights (pytorch_model.bin); they can run code.")
