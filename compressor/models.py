@@ -26,7 +26,8 @@ SUPPORTED_MODEL_TYPES = supported()
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
 
 #: built-in model names -> asset name (see :mod:`compressor.assets`).
-BUILTIN_MODELS = {"smollm2-135m": "smollm2-135m", "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b", "gemma3-270m": "gemma3-270m"}
+BUILTIN_MODELS = {"smollm2-135m": "smollm2-135m", "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b", "gemma3-270m": "gemma3-270m",
+                  "qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b"}
 DEFAULT_MODEL = "smollm2-135m"
 
 PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

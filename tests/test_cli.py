@@ -29,3 +29,32 @@ def test_every_public_name_resolves():
     for name in compressor.__all__:
         assert getattr(compressor, name) is not None, name
     assert issubclass(compressor.ConfigError, compressor.CompressError)
+
+
+def test_prune_help_fits_a_screen_with_the_essentials_first():
+    """`compress prune --help`: at most 60 lines, the essentials in full, every other option named under its
+    section; `--help-all` describes every option; no dates, timings or README pointers in any help text."""
+    import re
+
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    short = CliRunner().invoke(main, ["prune", "--help"])
+    assert short.exit_code == 0, short.output
+    lines = short.output.splitlines()
+    assert len(lines) <= 60, len(lines)
+    essentials = short.output.split("Essentials:")[1].split("(compress prune --help-all)")[0]
+    for flag in ("--ratio FRACTION", "--out", "--data", "--steps", "--device", "--dtype", "--resume", "--config",
+                 "--dry-run", "--quiet"):
+        assert flag in essentials, flag
+    assert "[required, here or in --config]" in " ".join(essentials.split())
+    full = CliRunner().invoke(main, ["prune", "--help-all"])
+    assert full.exit_code == 0
+    cmd = main.get_command(None, "prune")
+    for p in cmd.params:
+        if p.param_type_name == "option" and not p.hidden:
+            assert p.opts[0] in short.output, p.opts[0]  # named in the short help
+            assert p.opts[0] in full.output
+    for text in (short.output, full.output):
+        assert not re.search(r"\b20\d\d-\d\d-\d\d\b|until 20\d\d|README| s a step", text), text

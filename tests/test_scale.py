@@ -291,3 +291,37 @@ def test_auto_store_goes_to_disk_when_the_statistics_do_not_fit():
     store, per_pass = resolve_store(sh, cfg, cpu, free=int(need / 0.92) - 1)
     assert store == "disk" and 1 <= per_pass < sh.layers
     assert resolve_store(sh, dataclasses.replace(cfg, compensate_store="host"), cpu, free=1) == ("host", sh.layers)
+
+
+# ---- on a CUDA GPU (skipped elsewhere; benchmarks/gpu_check.sh runs them on a lent device) ---------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_load_prune_and_merge_stay_on_the_device(tmp_path):
+    """Loaded straight onto the GPU in the held dtypes, pruned with statistics in host memory, merged there."""
+    from compressor import prune
+    from compressor.pruning import as_blocks
+
+    from .tiny import tiny_text
+
+    _, d = _folder(tmp_path)
+    held, _, _ = load_model(str(d), linear_dtype="bfloat16", device="cuda")
+    assert {p.device.type for p in held.parameters()} == {"cuda"}
+    cfg = PruneConfig(ratio=0.5, steps=4, prune_every=2, amp="bf16", seq_len=32, batch_size=2, eval_windows=0,
+                      device="cuda", compensate_store="host", compensate_tokens=128)
+    res = prune(str(d), cfg, as_blocks([tiny_text(2000)], tiny_tokenizer(), cfg))
+    assert {p.device.type for p in res.model.parameters()} == {"cuda"}
+    assert res.report["memory_plan"]["device"].startswith("cuda")
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_plan_reads_the_free_memory_of_the_gpu():
+    from compressor.plan import plan_memory
+
+    sh = model_shape(tiny_model("llama-mha").config)
+    p = plan_memory(sh, PruneConfig(ratio=0.5), torch.device("cuda"))
+    free, _ = torch.cuda.mem_get_info()
+    assert p.free is not None and abs(p.free - free) < 2**30 and p.parts["process"] == 0

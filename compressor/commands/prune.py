@@ -17,6 +17,65 @@ from compressor.config import RECIPES, PruneConfig, cli_fields
 DEFAULT_CLI_SAVE_EVERY = 25
 
 
+#: ``compress prune --help``: the essentials in full, then one line per section; ``--help-all``: every section in
+#: full. Options in no section are listed under the last one.
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Essentials", ("ratio", "out", "data", "steps", "device", "dtype", "resume", "config_file", "dry_run", "quiet")),
+    ("Output and runs", ("force", "checkpoint_dir", "save_every", "from_plan", "eval_data", "eval_windows",
+                         "eval_seq_len", "text_field", "recipe", "no_memory_check", "allow_pickle",
+                         "trust_remote_code")),
+    ("Memory and speed", ("amp", "gradient_checkpointing", "compensate_store", "batch_size", "grad_accum",
+                          "seq_len", "max_blocks", "loss_chunk_tokens", "base_bits")),
+    ("Recipe", ("criterion", "compensate", "distill", "teacher", "lr", "lora_r", "lora_alpha", "widths",
+                "min_channels", "head_policy", "skip_layers", "prune_every", "prune_until", "schedule",
+                "channel_multiple", "seed")),
+    ("Research knobs", ()),
+)
+
+
+class SectionedCommand(click.Command):
+    """A command whose ``--help`` shows the essentials and the names of the other options by section, and whose
+    ``--help-all`` shows every option under its section title."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        help_option = self.get_help_option(ctx)
+        records: dict[str, tuple[str, str]] = {}
+        for p in self.get_params(ctx):
+            rec = p.get_help_record(ctx) if isinstance(p, click.Option) else None
+            if rec is not None and p.name is not None:
+                records["help" if p is help_option else p.name] = rec
+        placed = {n for _, names in SECTIONS for n in names}
+        full = ctx.meta.get("help_all", False)
+        for title, names in SECTIONS:
+            names = names or tuple(sorted(n for n in records if n not in placed and n not in ("help", "help_all")))
+            rows = [records[n] for n in names if n in records]
+            if not rows:
+                continue
+            if full or title == SECTIONS[0][0]:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+            else:
+                flags = [r[0].split(" ")[0].rstrip(",") for r in rows]
+                with formatter.section(f"{title} (compress prune --help-all)"):
+                    line = ""
+                    for i, flag in enumerate(flags):  # whole option names per line (no break at a hyphen)
+                        item = flag + ("," if i < len(flags) - 1 else "")
+                        if line and formatter.current_indent + len(line) + 1 + len(item) > formatter.width:
+                            formatter.write(" " * formatter.current_indent + line + "\n")
+                            line = ""
+                        line = f"{line} {item}" if line else item
+                    formatter.write(" " * formatter.current_indent + line + "\n")
+        with formatter.section("Help"):
+            formatter.write_dl([records[n] for n in ("help_all", "help") if n in records])
+
+
+def _help_all(ctx, param, value):
+    if value and not ctx.resilient_parsing:
+        ctx.meta["help_all"] = True
+        click.echo(ctx.get_help(), color=ctx.color)
+        ctx.exit()
+
+
 def _ratio(ctx, param, value):
     if value is None:
         return None
@@ -38,12 +97,13 @@ def _config_options(fn):
         base = next((t for t in args if t is not type(None)), typ) if args else typ
         default = DEFAULT_CLI_SAVE_EVERY if f.name == "save_every" else f.default
         shown = "" if default is None or f.name == "ratio" else f" [{default}]"
-        help_text = f.metadata["help"] + shown
+        help_text = f.metadata["help"] + (" [required, here or in --config]" if f.name == "ratio" else shown)
         name = "--" + f.name.replace("_", "-")
         choices = f.metadata.get("choices")
         kw: dict = {"default": None, "help": help_text}
         if f.name == "ratio":
             kw["callback"] = _ratio
+            kw["metavar"] = "FRACTION"
         elif base is bool:
             name = f"{name}/--no-{f.name.replace('_', '-')}"
         elif choices:
@@ -76,14 +136,16 @@ def config_from_cli(ctx: click.Context, opts: dict, *, separate: bool, config_fi
     return PruneConfig(**{**defaults, **given})
 
 
-@click.command("prune")
+@click.command("prune", cls=SectionedCommand)
 @click.argument("model", required=False, default=None)
+@click.option("--help-all", is_flag=True, expose_value=False, is_eager=True, callback=_help_all,
+              help="Show every option, by section, and exit.")
 @click.option("--out", "out", required=True, type=click.Path(), help="Output folder (a Hugging Face model folder).")
 @click.option("--data", default="wiki", show_default=True,
               help="Calibration text: a .txt/.jsonl/.json file, a built-in name (wiki, wikitext2, ptb) or hf:NAME:SPLIT.")
 @click.option("--text-field", default="text", show_default=True, help="Field of a .jsonl/.json row that holds the text.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="Named set of defaults: default (measured best, see README), paper (LoRAPrune's Algorithm 1 and "
+              help="Named set of defaults: default (measured best, docs/why-defaults.md), paper (LoRAPrune's Algorithm 1 and "
                    "criterion as published) or official (its official code's schedule and aggregation).")
 @_config_options
 @click.option("--separate", is_flag=True, help="Baseline: one-shot pruning from the first prune-every steps' scores, then fine-tune.")
@@ -101,8 +163,7 @@ def config_from_cli(ctx: click.Context, opts: dict, *, separate: bool, config_fi
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 @click.option("--dry-run", is_flag=True,
-              help="Print the predicted peak memory per phase (from the model's config; no weight is read), the "
-                   "device's free memory and the options that would fit, then exit.")
+              help="Print the predicted peak memory per phase and the options that would fit, then exit.")
 @click.option("--no-memory-check", "no_memory_check", is_flag=True,
               help="Start even when the predicted peak memory exceeds the device's free memory.")
 @click.pass_context
@@ -110,8 +171,8 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
               config_file, allow_pickle, trust_remote_code, force, quiet, dry_run, no_memory_check, **opts):
     """Prune MODEL (default: the built-in smollm2-135m) with LoRAPrune and save a smaller HF model.
 
-    MODEL is a built-in name (smollm2-135m, qwen2.5-coder-0.5b, gemma3-270m), a Hugging Face folder, a .gguf file
-    or a hub id.
+    MODEL is a built-in name (smollm2-135m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, gemma3-270m), a Hugging Face
+    folder, a .gguf file or a hub id.
     Writes OUT/ (safetensors, config, tokenizer), OUT/compression_report.json, OUT/pruning.png and
     OUT/pruning_plan.safetensors, through a temporary folder renamed into place.
 
