@@ -84,7 +84,8 @@ def predict(name: str, args, free: int | None) -> dict:
     device = resolve_device(args.device) if not args.predict_only else torch.device(args.device.split(":")[0])
     total = None if free is None else free
     shape = model_shape(hf_config(name))
-    cfg = run_config(args)
+    # planning for a GPU this machine does not have: assume one that multiplies bfloat16 (A100, H100, H200)
+    cfg = run_config(args, amp="bf16") if args.predict_only and device.type == "cuda" else run_config(args)
     plan = plan_memory(shape, cfg, device, free=free, total=total, source_dtype="bfloat16")
     alts = alternatives(shape, cfg, device, free=free, total=total, source_dtype="bfloat16")
     return {"params": shape.params, "linear_params": shape.linear_params,

@@ -43,6 +43,10 @@ for _name in ("transformers.models.llama.tokenization_llama_fast", "transformers
 # says the model types differ; only that message, for those model types, is dropped.
 _drop_messages("transformers.configuration_utils", "You are using a model of type `lorapress_")
 
+# transformers 5's GGUF loader warns that packed GGUF weights compute fastest in float32 when a run holds its base in
+# bfloat16; lorapress loads GGUF weights dequantized (plain Linear layers), so the advice does not apply.
+_drop_messages("transformers.quantizers.quantizer_gguf", "Loading a GGUF checkpoint with its weights packed")
+
 # transformers 4.57.3+ warns of a broken Mistral tokenizer regex on every saved folder with a >100k vocabulary
 # (every Qwen / Gemma output); dropped only where the folder's model type is not a Mistral one.
 _install_mistral_regex_filter()

@@ -647,9 +647,9 @@ class PruneLoop:
 
     @property
     def output_dtype(self) -> torch.dtype | None:
-        """The merged model's dtype: with a base held in bfloat16, the checkpoint's own 16-bit dtype or float32;
-        otherwise None (the model's dtype, :func:`compressor.merge.merge_and_slice`)."""
-        if self.held is None:
+        """The merged model's dtype: with a base held in bfloat16 or in 8 bits, the checkpoint's own 16-bit dtype
+        or float32; otherwise None (the model's dtype, :func:`compressor.merge.merge_and_slice`)."""
+        if self.held is None and not self.cfg.base_bits:
             return None
         return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.source_dtype or "", torch.float32)
 

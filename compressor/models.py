@@ -354,7 +354,10 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
 
             raise ConfigError(f"linear_dtype {linear_dtype!r} with dtype {dtype!r} is not valid; use "
                               f"linear_dtype='bfloat16' with dtype='float32', or linear_dtype=None")
-        kwargs["dtype"] = torch.bfloat16
+        # a GGUF file is dequantized whole in float32 anyway, and transformers would dequantize the float32-kept
+        # modules through bfloat16: load it in float32 and hold the projections afterwards (below)
+        if not source.gguf_file:
+            kwargs["dtype"] = torch.bfloat16
     if device is not None and torch.device(device).type != "cpu":
         kwargs["device_map"] = {"": str(torch.device(device))}
     if not allow_pickle:
@@ -399,7 +402,8 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         model.config._name_or_path = source.spec
     model.config.use_cache = True
     if linear_dtype is not None and base_bits is None:
-        hold_projections(model, torch.bfloat16)  # whatever the name list above missed
+        hold_projections(model, torch.bfloat16)  # a GGUF model, and whatever a folder load left in another dtype
+    if linear_dtype is not None or base_bits is not None:
         model.lorapress_source_dtype = source_dtype(cfg)  # what the checkpoint holds, not the held copy
     return model, tokenizer, source
 

@@ -29,7 +29,7 @@ def providers_for(ort: Any, provider: str) -> list[str]:
     available = ort.get_available_providers()
     if name not in available:
         raise DependencyMissingError(
-            f"--provider {provider} needs {name}, which this onnxruntime {ort.__version__} lacks "
+            f"--device {provider} needs {name}, which this onnxruntime {ort.__version__} lacks "
             f"(available: {', '.join(available)}); install onnxruntime-gpu and a matching CUDA/cuDNN"
             if provider == "cuda" else f"{name} is not available in this onnxruntime (available: {available})"
         )

@@ -281,8 +281,8 @@ def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gg
     # one layer's matrix on the device, its kept rows and the float64 solve (compressor.compensation.fold)
     fold = 14 * shape.intermediate ** 2 if cfg.compensate else 0
     ratio_kept = 1.0 - cfg.ratio
-    out_e = 4.0
-    if held is not None:
+    out_e = 2.0 if cfg.dtype == "bfloat16" else 4.0
+    if held is not None or cfg.base_bits:
         out_e = 2.0 if source_dtype in ("bfloat16", "float16") else 4.0
     output = int(out_e * (ratio_kept * lin + other))
     largest_proj = max((i * o for i, o in shape.projections), default=0)

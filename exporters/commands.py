@@ -25,6 +25,40 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+#: ``compress export --quantize``: value -> (formats it applies to, what it does)
+QUANTIZE: dict[str, tuple[tuple[str, ...], str]] = {
+    "int8": (("onnx",), "onnx, dynamic int8 MatMul weights (MLP down_proj kept fp32), validated with a looser "
+                        "tolerance: relative NLL increase <= 5%, next-token agreement >= 80% where the fp32 top-2 "
+                        "margin is >= 0.25"),
+    "int4": (("onnx-genai",), "onnx-genai, 4-bit MatMulNBits weights (block 32), validated: relative NLL increase "
+                              "<= 10%, next-token agreement >= 70% where the fp32 top-2 margin is >= 0.25, after the "
+                              "exact check of the fp32 build"),
+    "f16": (("gguf",), "gguf, float16 weights (norms and biases stay f32)"),
+    "q8_0": (("gguf",), "gguf, llama.cpp's 8-bit blocks (norms and biases stay f32)"),
+}
+
+
+def _quantize(ctx: click.Context, fmt: str, quantize: str | None, int8: bool, int4: bool,
+              gguf_type: str) -> tuple[bool, bool, str]:
+    """``--quantize`` as the old flags it replaces (``--int8``, ``--int4``, ``--type``: accepted, deprecated)."""
+    given = {name for name in ("int8", "int4", "gguf_type")
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    for name in sorted(given):
+        flag = {"int8": "--int8", "int4": "--int4", "gguf_type": f"--type {gguf_type}"}[name]
+        new = {"int8": "int8", "int4": "int4", "gguf_type": gguf_type}[name]
+        click.echo(f"note: {flag} is deprecated and will be removed in the next release; use --quantize {new}",
+                   err=True)
+    if quantize is None:
+        return int8, int4, gguf_type
+    if given:
+        raise ConfigError(f"--quantize {quantize} replaces --int8, --int4 and --type; give only --quantize")
+    formats = QUANTIZE[quantize][0]
+    if fmt not in formats:
+        valid = ", ".join(f"{k} ({'/'.join(v[0])})" for k, v in QUANTIZE.items())
+        raise ConfigError(f"--quantize {quantize} does not apply to --format {fmt}; valid: {valid}")
+    return quantize == "int8", quantize == "int4", quantize if fmt == "gguf" else gguf_type
+
+
 @click.command("export")
 @click.argument("model_dir")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "onnx-genai", "safetensors", "gguf"]), default="onnx",
@@ -39,21 +73,18 @@ def _mib(n: int) -> str:
 @click.option("--force", is_flag=True, help="Replace a non-empty output folder.")
 @click.option("--no-validate", is_flag=True,
               help="ONNX: skip the ONNX Runtime vs PyTorch checks; GGUF: skip the llama.cpp checks.")
-@click.option("--type", "gguf_type", default="f32", show_default=True,
-              help="GGUF: weight type, one of f32, f16, q8_0 (norms and biases stay f32).")
+@click.option("--quantize", type=click.Choice(list(QUANTIZE)), default=None,
+              help="Weight type of the export: " + "; ".join(f"{k}: {v[1]}" for k, v in QUANTIZE.items())
+                   + ". Default: fp32 (gguf f32).")
+@click.option("--type", "gguf_type", default="f32", hidden=True, help="Deprecated: --quantize f16|q8_0.")
 @click.option("--tokenizer-pre", default=None,
               help="GGUF: llama.cpp's BPE pre-tokenizer name (e.g. smollm, qwen2, llama-bpe, gpt-2); default: "
                    "detected from the tokenizer.")
-@click.option("--int8", is_flag=True,
-              help="ONNX: dynamic int8 quantization of the MatMul weights (MLP down_proj kept fp32), validated "
-                   "with a looser tolerance: relative NLL increase <= 5%, next-token agreement >= 80% where the fp32 top-2 margin is >= 0.25.")
+@click.option("--int8", is_flag=True, hidden=True, help="Deprecated: --quantize int8.")
 @click.option("--optimize", is_flag=True,
               help="ONNX: fuse the graph with ONNX Runtime's transformer optimizer (RotaryEmbedding, "
                    "SkipSimplifiedLayerNormalization; attention stays unfused), validated as usual.")
-@click.option("--int4", is_flag=True,
-              help="ONNX-genai: 4-bit MatMulNBits weights (block 32), validated with a looser tolerance: relative "
-                   "NLL increase <= 10%, next-token agreement >= 70% where the fp32 top-2 margin is >= 0.25; the "
-                   "fp32 build of the same graph gets the exact check first.")
+@click.option("--int4", is_flag=True, hidden=True, help="Deprecated: --quantize int4.")
 @click.option("--exporter", type=click.Choice(["torch", "optimum"]), default="torch", show_default=True,
               help="ONNX: what writes the graph. torch: torch's own exporter (torch.onnx.export, TorchScript tracer) "
                    "traces the model with optimum's graph inputs and outputs; needs no optimum. optimum: optimum's "
@@ -72,46 +103,48 @@ def _mib(n: int) -> str:
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pickle weights (pytorch_model.bin); they can run code.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
-def export_cmd(model_dir, fmt, out, force, no_validate, gguf_type, tokenizer_pre, int8, optimize, int4, exporter, opset,
-               atol, rtol, noise_factor, threads, allow_pickle, trust_remote_code):
+@click.pass_context
+def export_cmd(ctx, model_dir, fmt, out, force, no_validate, quantize, gguf_type, tokenizer_pre, int8, optimize, int4,
+               exporter, opset, atol, rtol, noise_factor, threads, allow_pickle, trust_remote_code):
     """Export MODEL_DIR (HF folder, .gguf file or built-in name) to ONNX, safetensors or GGUF.
 
     \b
     compress export pruned/ --format onnx --out pruned_onnx
     compress export pruned/ --format onnx --exporter optimum --out pruned_onnx
-    compress export pruned/ --format onnx --int8 --out pruned_onnx_int8
+    compress export pruned/ --format onnx --quantize int8 --out pruned_onnx_int8
     compress export pruned/ --format onnx --optimize --out pruned_onnx_fused
-    compress export pruned/ --format onnx-genai [--int4] --out pruned_genai
+    compress export pruned/ --format onnx-genai [--quantize int4] --out pruned_genai
     compress export model.gguf --format safetensors --out model_hf
-    compress export pruned/ --format gguf --type q8_0 --out pruned_gguf
+    compress export pruned/ --format gguf --quantize q8_0 --out pruned_gguf
 
     The ONNX folder holds model.onnx, config.json, the tokenizer and export_report.json (tolerances,
     measured differences, opset, files and sizes). The GGUF folder holds model.gguf and export_report.json.
     """
+    int8, int4, gguf_type = _quantize(ctx, fmt, quantize, int8, int4, gguf_type)
     if fmt != "gguf" and (gguf_type != "f32" or tokenizer_pre):
-        raise ConfigError("--type and --tokenizer-pre only apply to --format gguf")
+        raise ConfigError("--quantize f16/q8_0 (--type) and --tokenizer-pre only apply to --format gguf")
     if optimize and fmt != "onnx":
         raise ConfigError(f"--optimize only applies to --format onnx (got --format {fmt}; onnx-genai graphs are fused "
                           f"already)")
     if exporter != "torch" and fmt != "onnx":
         raise ConfigError(f"--exporter only applies to --format onnx (got --format {fmt})")
     if int4 and fmt != "onnx-genai":
-        raise ConfigError(f"--int4 only applies to --format onnx-genai (got --format {fmt}; --format onnx has --int8)")
+        raise ConfigError(f"--quantize int4 only applies to --format onnx-genai (got --format {fmt}; --format onnx has --quantize int8)")
     if fmt == "onnx-genai":
         if int8 or opset is not None:
-            raise ConfigError("--int8 and --opset only apply to --format onnx; use --int4 for a quantized onnx-genai graph")
+            raise ConfigError("--quantize int8 and --opset only apply to --format onnx; use --quantize int4 for a quantized onnx-genai graph")
         _export_genai(model_dir, out, force, not no_validate, int4, atol, rtol, noise_factor, threads, allow_pickle,
                       trust_remote_code)
         return
     if fmt == "gguf":
         if int8 or opset is not None:
-            raise ConfigError("--int8 and --opset only apply to --format onnx; use --type q8_0 for an 8-bit GGUF")
+            raise ConfigError("--quantize int8 and --opset only apply to --format onnx; use --quantize q8_0 for an 8-bit GGUF")
         _export_gguf(model_dir, out, force, not no_validate, gguf_type, tokenizer_pre, threads, allow_pickle,
                      trust_remote_code)
         return
     if fmt == "safetensors":
         if int8 or opset is not None:
-            raise ConfigError("--int8 and --opset only apply to --format onnx")
+            raise ConfigError("--quantize int8 and --opset only apply to --format onnx")
         from .safetensors import export_safetensors
 
         res = export_safetensors(model_dir, out, force=force, allow_pickle=allow_pickle,
@@ -233,8 +266,11 @@ def _export_gguf(model_dir, out, force, validate, gguf_type, tokenizer_pre, thre
 @click.command("bench")
 @click.argument("onnx_dir")
 @click.option("--baseline", default=None, help="Second exported ONNX folder, timed alternately in the same run.")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="cuda needs onnxruntime-gpu and CUDA.")
+@click.option("--device", "device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where ONNX Runtime runs: cpu (default) or cuda (its CUDA provider; needs onnxruntime-gpu and "
+                   "CUDA).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), default=None, hidden=True,
+              help="Deprecated: --device.")
 @click.option("--threads", type=int, default=None, help="intra-op threads (default: os.cpu_count()).")
 @click.option("--runs", type=int, default=20, show_default=True, help="Timed runs per case.")
 @click.option("--warmup", type=int, default=3, show_default=True, help="Untimed runs per case first.")
@@ -246,8 +282,8 @@ def _export_gguf(model_dir, out, force, validate, gguf_type, tokenizer_pre, thre
               help="Folder for bench_report.json (default: inside ONNX_DIR).")
 @click.option("--no-memory", is_flag=True, help="Skip the peak-RSS probe (a child process per model).")
 @click.option("--force", is_flag=True, help="Replace an existing bench_report.json.")
-def bench_cmd(onnx_dir, baseline, provider, threads, runs, warmup, prompt_lengths, decode_batches, context, out,
-              no_memory, force):
+def bench_cmd(onnx_dir, baseline, device, provider, threads, runs, warmup, prompt_lengths, decode_batches, context,
+              out, no_memory, force):
     """ONNX Runtime latency of an exported ONNX_DIR (optionally vs --baseline); llama.cpp latency of a GGUF.
 
     A folder written by `compress export --format gguf` (or a .gguf file) is timed in llama.cpp instead:
@@ -263,11 +299,17 @@ def bench_cmd(onnx_dir, baseline, provider, threads, runs, warmup, prompt_length
     file size; parameter count; FLOPs/token = 2*(linear params incl. lm_head) + 4*L*H*d*T.
     Writes bench_report.json into --out (default ONNX_DIR; an existing one only with --force) and prints a table.
     """
+    if provider is not None:
+        if device is not None and device != provider:
+            raise ConfigError(f"--provider {provider} (deprecated) and --device {device} disagree; give only --device")
+        click.echo(f"note: --provider is deprecated and will be removed in the next release; use --device {provider}",
+                   err=True)
+    provider = device or provider or "cpu"
     from .gguf_bench import bench_gguf, find_gguf_file
 
     if find_gguf_file(onnx_dir) is not None:
         if provider != "cpu":
-            raise ConfigError("a GGUF file is benchmarked in llama.cpp on the CPU; --provider cuda applies to ONNX")
+            raise ConfigError("a GGUF file is benchmarked in llama.cpp on the CPU; --device cuda applies to ONNX")
         rep = bench_gguf(onnx_dir, baseline, threads=threads, runs=runs, warmup=warmup,
                          prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"),
                          decode_batches=_int_list(decode_batches, "--decode-batches"), context=context, out=out,

@@ -193,8 +193,10 @@ CASES = [
          ["'{w}/corrupt'", "corrupt or incomplete"]),
     Case("export-out-not-empty", ["export", "{w}/model", "--out", "{out}"], ["'{out}'", "--force"], prep="full"),
     Case("export-out-is-file", ["export", "{w}/model", "--out", "{out}"], ["'{out}'", "existing file"], prep="file"),
-    Case("export-int8-with-safetensors", ["export", "{w}/model", "--format", "safetensors", "--int8", "--out", "{out}"],
-         ["--int8", "--format onnx"]),
+    Case("export-int8-with-safetensors", ["export", "{w}/model", "--format", "safetensors", "--quantize", "int8",
+                                          "--out", "{out}"], ["--quantize int8", "--format safetensors", "int8 (onnx)"]),
+    Case("export-old-int8-with-safetensors", ["export", "{w}/model", "--format", "safetensors", "--int8", "--out",
+                                              "{out}"], ["--int8 is deprecated", "--quantize int8", "--format onnx"]),
     Case("export-unknown-format", ["export", "{w}/model", "--format", "tflite", "--out", "{out}"],
          ["'tflite' is not one of", "'onnx'", "'safetensors'"]),
     # ---- bench
@@ -206,7 +208,7 @@ CASES = [
     Case("bench-runs-0", ["bench", "{w}/fakeonnx", "--runs", "0", "--out", "{out}"], ["runs", ">= 1", "got 0"]),
     Case("bench-prompt-lengths-not-int", ["bench", "{w}/fakeonnx", "--prompt-lengths", "a,b", "--out", "{out}"],
          ["--prompt-lengths", "'a,b'", "integers"]),
-    Case("bench-unknown-provider", ["bench", "{w}/fakeonnx", "--provider", "tpu", "--out", "{out}"],
+    Case("bench-unknown-device", ["bench", "{w}/fakeonnx", "--device", "tpu", "--out", "{out}"],
          ["'tpu' is not one of", "'cpu'", "'cuda'"]),
 ]
 
@@ -328,7 +330,7 @@ def test_bench_provider_cuda_without_cuda(w, tmp_path):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("CUDA is available here")
     fake = w / "fakeonnx"
-    r = CliRunner().invoke(main, ["bench", str(fake), "--provider", "cuda", "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(main, ["bench", str(fake), "--device", "cuda", "--out", str(tmp_path / "out")])
     msg = _assert_clean_error(r, 1)
     assert "cuda" in msg.lower() and "onnxruntime-gpu" in msg
 

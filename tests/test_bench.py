@@ -137,7 +137,11 @@ def test_cli_bench(onnx_dirs, tmp_path):
     assert (tmp_path / "bench_report.json").read_text() == first
     r = CliRunner().invoke(main, args + ["--force"])
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(main, ["bench", str(model), "--provider", "cuda", "--runs", "1", "--force"])
+    r = CliRunner().invoke(main, ["bench", str(model), "--device", "cuda", "--runs", "1", "--force"])
     assert r.exit_code == 1 and "CUDAExecutionProvider" in r.output
+    r = CliRunner().invoke(main, ["bench", str(model), "--provider", "cuda", "--runs", "1", "--force"])
+    assert r.exit_code == 1 and "--provider is deprecated" in r.output and "--device cuda" in r.output
+    r = CliRunner().invoke(main, ["bench", str(model), "--provider", "cuda", "--device", "cpu"])
+    assert r.exit_code == 2 and "disagree" in r.output
     r = CliRunner().invoke(main, ["bench", str(model), "--prompt-lengths", "a,b"])
     assert r.exit_code == 2 and "--prompt-lengths" in r.output

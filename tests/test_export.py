@@ -391,7 +391,12 @@ def test_cli_export(tiny_llama_dir, tmp_path):
     r = CliRunner().invoke(main, ["export", src, "--out", str(out)])
     assert r.exit_code == 2 and "--force" in r.output
     r = CliRunner().invoke(main, ["export", src, "--format", "safetensors", "--int8", "--out", str(tmp_path / "s")])
-    assert r.exit_code == 2 and "--int8" in r.output
+    assert r.exit_code == 2 and "--quantize int8" in r.output and "--int8 is deprecated" in r.output
+    r = CliRunner().invoke(main, ["export", src, "--format", "gguf", "--quantize", "int8", "--out", str(tmp_path / "g")])
+    assert r.exit_code == 2 and "--quantize int8 does not apply to --format gguf" in r.output
+    r = CliRunner().invoke(main, ["export", src, "--format", "onnx", "--quantize", "int8", "--int8", "--out",
+                                  str(tmp_path / "o")])
+    assert r.exit_code == 2 and "give only --quantize" in r.output
     r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "z")])
     assert r.exit_code == 2 and "Error:" in r.output
 

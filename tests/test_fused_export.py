@@ -202,8 +202,8 @@ def test_cli_fused_option_errors(fused_dir, tmp_path):
 
     src = str(fused_dir("pruned-mha"))
     r = CliRunner().invoke(main, ["export", src, "--format", "onnx", "--int4", "--out", str(tmp_path / "a")])
-    assert r.exit_code == 2 and "--int4 only applies to --format onnx-genai" in r.output
+    assert r.exit_code == 2 and "--quantize int4 only applies to --format onnx-genai" in r.output
     r = CliRunner().invoke(main, ["export", src, "--format", "onnx-genai", "--optimize", "--out", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--optimize only applies to --format onnx" in r.output
     r = CliRunner().invoke(main, ["export", src, "--format", "onnx-genai", "--int8", "--out", str(tmp_path / "c")])
-    assert r.exit_code == 2 and "--int4" in r.output
+    assert r.exit_code == 2 and "--quantize int4" in r.output

@@ -275,7 +275,7 @@ def test_cli_export_and_bench(tok, tmp_path):
     _model("llama-headpruned-gqa-tied").save_pretrained(src)
     tok.save_pretrained(src)
     out = tmp_path / "gg"
-    r = CliRunner().invoke(main, ["export", str(src), "--format", "gguf", "--type", "q8_0", "--out", str(out)])
+    r = CliRunner().invoke(main, ["export", str(src), "--format", "gguf", "--quantize", "q8_0", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "llama.cpp vs PyTorch" in r.output and "tokenizer: llama.cpp == HF" in r.output
     r = CliRunner().invoke(main, ["export", str(src), "--format", "gguf", "--out", str(out)])
