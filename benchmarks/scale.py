@@ -286,6 +286,10 @@ def plot(out: dict, path: Path) -> None:
     base = [p["predicted"]["base_bf16_gib"] for p in out["runs"].values()]
     ax.plot(xs, [1.3 + 1.5 / b for b in base], ":", color="gray", label="aim: 1.3 x base + 1.5 GiB")
     ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("parameters (billions)")
     ax.set_ylabel("peak memory / bytes of the bf16 base")
     ax.set_title(f"Peak memory of the default prune on {out['device']}")
