@@ -12,7 +12,7 @@
 #                        wall time of what takes ~13 min on 2 CPU cores
 #   4. resources       : benchmarks/resources.py on CUDA: LoRA-guided vs vanilla Taylor vs LoRA-8bit (+ checkpointing),
 #                        peak GPU memory and step time of the scoring step (where the paper's 0.47x memory should show)
-#   5. bench-cuda      : ONNX export of step 1's model and `compress bench --provider cuda` vs the dense export, only
+#   5. bench-cuda      : ONNX export of step 1's model and `compress bench --device cuda` vs the dense export, only
 #                        where onnxruntime has the CUDA provider and optimum imports (else recorded as skipped)
 #   summary.json       : rc and seconds of every step (and why a step was skipped).
 #
@@ -114,7 +114,7 @@ if "$PY" -c "import onnxruntime as o, optimum; assert 'CUDAExecutionProvider' in
    && [ -d "$WORK/smollm2-50-bf16" ]; then
   step export-pruned 120 "${CLI[@]}" export "$WORK/smollm2-50-bf16" --format onnx --out "$WORK/onnx-50" --force
   step export-dense 120 "${CLI[@]}" export "$MODEL" --format onnx --out "$WORK/onnx-dense" --force
-  step bench-cuda 120 "${CLI[@]}" bench "$WORK/onnx-50" --baseline "$WORK/onnx-dense" --provider cuda --runs 10 \
+  step bench-cuda 120 "${CLI[@]}" bench "$WORK/onnx-50" --baseline "$WORK/onnx-dense" --device cuda --runs 10 \
     --out "$WORK/bench-cuda"
 else
   NOTE[bench-cuda]="skipped: onnxruntime has no CUDAExecutionProvider here or optimum is missing (see env.json)"
