@@ -318,7 +318,7 @@ def test_every_config_field_is_a_cli_option_with_its_help():
     from compressor.cli import main
     from compressor.config import cli_fields
 
-    out = CliRunner().invoke(main, ["prune", "--help"], terminal_width=200).output
+    out = CliRunner().invoke(main, ["prune", "--help-all"], terminal_width=200).output
     for f in cli_fields():
         assert "--" + f.name.replace("_", "-") in out, f.name
         assert f.metadata["help"].split()[0] in out
