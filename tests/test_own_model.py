@@ -57,6 +57,8 @@ def offline_hub(tmp_path, monkeypatch):
 
     if hasattr(tf_hub, "_is_offline_mode"):  # transformers 4.x keeps its own copy, also read at import
         monkeypatch.setattr(tf_hub, "_is_offline_mode", True)
+    if hasattr(tf_hub, "TRANSFORMERS_CACHE"):  # and its default cache_dir, read at import too
+        monkeypatch.setattr(tf_hub, "TRANSFORMERS_CACHE", str(cache))
     assert constants.HF_HUB_OFFLINE  # huggingface_hub 0.x has no is_offline_mode()
     return cache
 
