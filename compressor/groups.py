@@ -230,9 +230,10 @@ def discover_groups(model: nn.Module, *, verify: bool = True) -> ModelGroups:
     was_training = base.training
     base.eval()
     # a base held in bfloat16 (compressor.models.hold_projections) is traced under autocast, as it runs
-    held = base.get_input_embeddings().weight.dtype != next(
-        (m.weight.dtype for m in base.modules() if isinstance(m, torch.nn.Linear)), torch.float32)
-    cast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if held else contextlib.nullcontext()
+    from .models import held_dtype
+
+    held = held_dtype(base)
+    cast = torch.autocast(device_type=device.type, dtype=held) if held is not None else contextlib.nullcontext()
     with tracing_mode(base), cast:
         try:
             dg = tp.DependencyGraph().build_dependency(

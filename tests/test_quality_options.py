@@ -17,7 +17,7 @@ from compressor.masking import MaskState, mask_lowest
 from compressor.pruning import as_blocks, prune
 from compressor.schedule import progress_at, prune_events, solve_widths, widths_at
 from compressor.scoring import LayerScores, MovingAverage, layer_scores, projection_tensors
-from tests.tiny import tiny_job_inputs, tiny_model, tiny_text, tiny_tokenizer
+from tests.tiny import assert_resumed_run_matches, tiny_job_inputs, tiny_model, tiny_text, tiny_tokenizer
 
 
 def _cfg(**kw):
@@ -707,18 +707,7 @@ def test_compensation_current_statistics_see_the_earlier_masks():
     st = copy.deepcopy(a.state_dict())
     b = _loop("llama-mha", compensate_stats="current", **kw)
     b.load_state_dict(st)
-    while not a.done:
-        ra, rb = a.step(), b.step()
-        assert ra.loss == rb.loss
-    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
-    a.pm.eval()
-    with torch.no_grad():
-        masked = a.pm(input_ids=ids).logits
-    wa, wb = a.finish(), b.finish()
-    with torch.no_grad():
-        assert torch.allclose(masked, wa(input_ids=ids).logits, atol=1e-4)
-    sa, sb = wa.state_dict(), wb.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_resumed_run_matches(a, b)
 
 
 def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypatch):

@@ -20,7 +20,7 @@ from compressor.plan import (
     plan_memory,
 )
 
-from .tiny import tiny_model, tiny_tokenizer
+from .tiny import assert_resumed_run_matches, tiny_model, tiny_tokenizer
 
 
 def _folder(tmp_path, case="llama-mha", **config):
@@ -266,18 +266,7 @@ def test_a_run_with_statistics_off_the_device_resumes_exactly(tmp_path, store):
     st = copy.deepcopy(a.state_dict())
     b = PruneLoop(tiny_model("llama-gqa"), cfg, blocks, statistics_dir=tmp_path / "a")
     b.load_state_dict(st)
-    while not a.done:
-        ra, rb = a.step(), b.step()
-        assert ra.loss == rb.loss
-    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
-    a.pm.eval()
-    with torch.no_grad():
-        masked = a.pm(input_ids=ids).logits
-    wa, wb = a.finish(), b.finish()
-    with torch.no_grad():
-        assert torch.allclose(masked, wa(input_ids=ids).logits, atol=1e-4)
-    sa, sb = wa.state_dict(), wb.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert_resumed_run_matches(a, b)
 
 
 def test_auto_store_goes_to_disk_when_the_statistics_do_not_fit():

@@ -141,3 +141,20 @@ def tiny_bpe_tokenizer(vocab: int = 320, bos: str = "<s>", add_bos: bool = False
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token="</s>", unk_token="<|endoftext|>",
                                    pad_token="<|endoftext|>")
+
+
+def assert_resumed_run_matches(a, b):
+    """Run loop ``a`` and its resumed copy ``b`` to the end: equal losses at every step, masked == merged for
+    ``a`` and bit-identical merged weights."""
+    while not a.done:
+        ra, rb = a.step(), b.step()
+        assert ra.loss == rb.loss
+    ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
+    a.pm.eval()
+    with torch.no_grad():
+        masked = a.pm(input_ids=ids).logits
+    wa, wb = a.finish(), b.finish()
+    with torch.no_grad():
+        assert torch.allclose(masked, wa(input_ids=ids).logits, atol=1e-4)
+    sa, sb = wa.state_dict(), wb.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
