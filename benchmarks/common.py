@@ -21,7 +21,7 @@ DENSE_WIKITEXT2_20 = {"smollm2-135m": (20.97, "benchmarks/results/screen_50_60.j
 
 
 def cache_root() -> Path:
-    from compressor.assets import cache_dir
+    from compressor.core.assets import cache_dir
 
     return cache_dir()
 
@@ -31,8 +31,8 @@ def dense_hf_dir(name: str = "smollm2-135m") -> Path:
     out = cache_root() / f"{name}-hf"
     if (out / "config.json").is_file():
         return out
-    from compressor.models import load_model
-    from compressor.save import save_model_folder
+    from compressor.modeling.loading import load_model
+    from compressor.modeling.save import save_model_folder
 
     model, tok, _ = load_model(name)
     save_model_folder(model, tok, out, force=True)
@@ -53,7 +53,7 @@ def cpu_name() -> str | None:
 def machine() -> dict:
     import torch
 
-    from compressor.device import native_bf16
+    from compressor.core.device import native_bf16
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
             "threads": torch.get_num_threads(), "platform": platform.platform(), "cpu": cpu_name(),
@@ -63,7 +63,7 @@ def machine() -> dict:
 def write_result(name: str, data: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    from compressor.io import write_json
+    from compressor.core.io import write_json
 
     write_json(path, data)
     print(f"wrote {path}")

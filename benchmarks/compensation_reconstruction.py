@@ -39,10 +39,10 @@ def main() -> None:
     import torch
 
     from calibration.data import load_eval_text
-    from compressor.config import PruneConfig
-    from compressor.groups import decoder_layers
-    from compressor.models import load_model
-    from compressor.pruning import as_blocks
+    from compressor.algorithm.api import as_blocks
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.groups import decoder_layers
+    from compressor.modeling.loading import load_model
 
     m, tok, _ = load_model(str(dense_hf_dir(a.model)))
     m.eval()

@@ -24,7 +24,7 @@ def main() -> None:
 
     from calibration.data import load_eval_text
     from compressor.evaluation.perplexity import default_add_bos, perplexity
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     text = load_eval_text("wikitext2")
     ppl: dict[str, float] = {}

@@ -47,15 +47,15 @@ def main() -> None:
     a = ap.parse_args()
 
 
-    from compressor.activation import ActivationScorer
-    from compressor.adapters import lora_parts
-    from compressor.config import PruneConfig
-    from compressor.criteria import get_criterion
-    from compressor.groups import decoder_layers, projection
-    from compressor.loop import PruneLoop
-    from compressor.models import load_model
-    from compressor.pruning import as_blocks
-    from compressor.scoring import layer_scores, projection_tensors
+    from compressor.algorithm.activation_scorer import ActivationScorer
+    from compressor.algorithm.api import as_blocks
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.criteria import get_criterion
+    from compressor.algorithm.groups import decoder_layers, projection
+    from compressor.algorithm.loop import PruneLoop
+    from compressor.algorithm.scoring import layer_scores, projection_tensors
+    from compressor.modeling.adapters import lora_parts
+    from compressor.modeling.loading import load_model
 
     dense = dense_hf_dir()
     model, tok, _ = load_model(str(dense))

@@ -154,7 +154,7 @@ def _dense(model: str) -> dict:
 def _step_time(report: dict) -> float:
     """Seconds of all training steps, summed over every process of a resumed run (``wall_time_s`` is the last
     process's only); derived from the history, so reports written before ``step_time_total_s`` existed get it too."""
-    from compressor.report import step_time_total
+    from compressor.algorithm.summary import step_time_total
 
     return round(step_time_total(report.get("history") or []), 1)
 

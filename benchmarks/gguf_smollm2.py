@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from compressor.io import write_json
+from compressor.core.io import write_json
 
 
 def _tokenizer_fields(path: Path) -> dict:
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "gguf_smollm2.json"))
     args = ap.parse_args(argv)
 
-    from compressor.models import resolve_model
+    from compressor.modeling.loading import resolve_model
     from exporters import export_gguf
     from exporters.gguf_bench import bench_gguf
 

@@ -5,14 +5,14 @@ drift in machine load hits all alike):
 
 * ``lora-unmerged``: the dense model with LoRA adapters on every prunable projection (peft, rank
   ``--lora-r``, B non-zero), as during pruning: each projection computes ``W x + B A x``;
-* ``merged``: the same adapters folded into the weights (:func:`compressor.merge.merge_and_slice` without
+* ``merged``: the same adapters folded into the weights (:func:`compressor.algorithm.merge.merge_and_slice` without
   masks): a plain dense model;
 * ``pruned-merged``: the pruned model (``PRUNED``, a folder written by ``compress prune``), LoRA merged and
   pruned groups sliced away.
 
 Cases: one forward pass (prefill, no KV cache) at batch 1 of ``--seq-lens`` tokens (default 2048, as the
 paper, and 128). Reported per case and variant: median / p90 / min latency over ``--runs`` runs after
-``--warmup``, tokens/s, FLOPs per token (:mod:`compressor.flops`; LoRA adds ``2 r (in + out)`` per adapted
+``--warmup``, tokens/s, FLOPs per token (:mod:`compressor.algorithm.flops`; LoRA adds ``2 r (in + out)`` per adapted
 projection), and the ratios to ``merged``. Before timing, ``merged`` logits are checked against
 ``lora-unmerged`` (max |diff| <= 1e-3: merging must not change the function), so the comparison is of equals.
 
@@ -47,8 +47,8 @@ def _lora_flops(model, r: int) -> float:
 
 
 def _flops(config, seq_len: int) -> float:
-    from compressor.flops import flops_per_token
-    from compressor.sizes import model_sizes
+    from compressor.algorithm.flops import flops_per_token
+    from compressor.modeling.sizes import model_sizes
 
     return flops_per_token(model_sizes(config), (seq_len + 1) / 2)["total"]
 
@@ -59,10 +59,10 @@ def build_variants(dense, pruned, lora_r: int, seed: int = 0) -> dict:
 
     import torch
 
-    from compressor.config import PruneConfig
-    from compressor.groups import discover_groups
-    from compressor.loop import wrap_lora
-    from compressor.merge import merge_and_slice
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.groups import discover_groups
+    from compressor.algorithm.loop import wrap_lora
+    from compressor.algorithm.merge import merge_and_slice
 
     groups = discover_groups(dense)
     lora = wrap_lora(dense, PruneConfig(ratio=0.5, lora_r=lora_r, seed=seed))
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     else:
         if not (args.dense and args.pruned):
             ap.error("give DENSE and PRUNED (or --smoke)")
-        from compressor.models import load_model
+        from compressor.modeling.loading import load_model
 
         dense, _, _ = load_model(args.dense)
         pruned, _, _ = load_model(args.pruned)
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
             print(f"  {name:14s} {r['median_ms']:9.2f} ms  {r['tokens_per_s']:10.1f} tok/s  latency x{r['latency_vs_merged']:.3f}"
                   f"  FLOPs x{r['flops_vs_merged']:.3f} (vs merged)")
     if args.out is not None:
-        from compressor.io import write_json
+        from compressor.core.io import write_json
 
         write_json(args.out, result)
     else:

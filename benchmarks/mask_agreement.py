@@ -28,13 +28,13 @@ def main() -> None:
     ap.add_argument("--ratios", default="0.1,0.2,0.5")
     a = ap.parse_args()
     from calibration import load_texts, pack_blocks
-    from compressor.config import PruneConfig
-    from compressor.criteria import get_criterion
-    from compressor.loop import PruneLoop
-    from compressor.masking import MaskState, mask_lowest
-    from compressor.models import load_model
-    from compressor.schedule import solve_widths
-    from compressor.scoring import MovingAverage, model_scores
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.criteria import get_criterion
+    from compressor.algorithm.loop import PruneLoop
+    from compressor.algorithm.masking import MaskState, mask_lowest
+    from compressor.algorithm.schedule import solve_widths
+    from compressor.algorithm.scoring import MovingAverage, model_scores
+    from compressor.modeling.loading import load_model
 
     model_dir = a.model or str(dense_hf_dir())
     model, tok, _ = load_model(model_dir)

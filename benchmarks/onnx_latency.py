@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from compressor.errors import CompressError
-from compressor.io import write_json
+from compressor.core.errors import CompressError
+from compressor.core.io import write_json
 
 
 def _ints(s: str) -> list[int]:
@@ -38,7 +38,7 @@ def _ints(s: str) -> list[int]:
 
 def ensure_onnx(spec: str, work: Path, label: str, *, int8: bool, force: bool, threads: int | None) -> tuple[Path, dict]:
     """Return an ONNX folder for ``spec``: itself if it already is one, else a fresh validated export."""
-    from compressor.models import is_onnx_folder
+    from compressor.modeling.loading import is_onnx_folder
 
     if is_onnx_folder(spec):
         return Path(spec), {"exported": False}

@@ -26,7 +26,7 @@ class _Graph:
     def __init__(self, folder: Path, threads: int) -> None:
         from types import SimpleNamespace
 
-        from compressor.ort import ort_session
+        from compressor.core.ort import ort_session
 
         cfg = load_json(folder / "config.json")
         self.config = SimpleNamespace(**cfg)

@@ -114,7 +114,7 @@ def main() -> None:
         rows[label] = merge(paths)
     md = table(rows)
     print(md)
-    from compressor.io import write_json
+    from compressor.core.io import write_json
 
     out = RESULTS / f"{a.name}.json"
     write_json(out, {"about": "issue #15: models side by side from compress eval reports (benchmarks/quality_table.py)",

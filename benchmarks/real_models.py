@@ -50,7 +50,7 @@ def _wiki() -> str:
 
 
 def _update(name: str, key: str, value: dict) -> None:
-    from compressor.io import write_json
+    from compressor.core.io import write_json
 
     doc = load_json(RESULT) if RESULT.is_file() else {}
     doc.setdefault(name, {})[key] = value
@@ -98,8 +98,8 @@ def check(name: str, windows: int, seq_len: int) -> None:
     import torch
 
     from compressor.evaluation.perplexity import perplexity
-    from compressor.models import load_model
-    from compressor.save import save_model_folder
+    from compressor.modeling.loading import load_model
+    from compressor.modeling.save import save_model_folder
 
     t0 = time.time()
     model, tok, source = load_model(name)
@@ -192,7 +192,7 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
                     "report_perplexity": {k: rep.get(k) for k in ("perplexity_before", "perplexity_after", "eval")
                                           if k in rep}}
     # stock reload (no lorapress code): logits equal the project loader's, finite; it generates
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     m1 = AutoModelForCausalLM.from_pretrained(out).eval()
     tok = AutoTokenizer.from_pretrained(out)

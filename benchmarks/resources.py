@@ -44,13 +44,13 @@ def _rss_mb(field: str) -> float:
 
 
 def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int, loss_chunk: int) -> dict:
-    """One mode's scoring steps, driven through the product's own loop (:class:`compressor.loop.PruneLoop`):
+    """One mode's scoring steps, driven through the product's own loop (:class:`compressor.algorithm.loop.PruneLoop`):
     loss (chunked LM head unless disabled), backward, scoring, moving average, optimizer step."""
     import torch
 
-    from compressor.config import PruneConfig
-    from compressor.loop import PruneLoop
-    from compressor.models import load_model
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loop import PruneLoop
+    from compressor.modeling.loading import load_model
 
     crit_name, bits, gc = MODES[mode]
     n = max(steps, 2)
@@ -94,7 +94,7 @@ def worker(mode: str, model_dir: str, batch: int, seq_len: int, steps: int, loss
 def _config_default(name: str):
     from dataclasses import fields
 
-    from compressor.config import PruneConfig
+    from compressor.algorithm.config import PruneConfig
 
     return next(f.default for f in fields(PruneConfig) if f.name == name)
 

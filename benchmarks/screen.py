@@ -1,5 +1,5 @@
 """Screening grid for the quality issue: many pruning configurations at one ratio and one budget, each
-driven through the product's own loop object (:class:`compressor.loop.PruneLoop`), one at a time.
+driven through the product's own loop object (:class:`compressor.algorithm.loop.PruneLoop`), one at a time.
 
 Every row gets the same data, steps, batch and evaluation (WikiText-2 test, non-overlapping windows of
 ``--eval-seq-len`` tokens, the first ``--eval-windows``). Rows with uniform widths are merged and the
@@ -11,7 +11,7 @@ on the masked model, which computes what the sliced model would (``tests/test_pr
     python benchmarks/screen.py --list
 
 Rows name only what differs from ``PruneConfig``'s defaults (today's default recipe), except the rows built by
-``_recipe`` (``paper``, ``official``, ``paper-activation*``): ``compressor.config.RECIPES`` (``--recipe
+``_recipe`` (``paper``, ``official``, ``paper-activation*``): ``compressor.algorithm.config.RECIPES`` (``--recipe
 paper|official``) with this grid's budget, plus their own changes.
 
 Results are appended row by row to ``benchmarks/results/<name>.json`` (a killed run keeps its rows).
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, dense_hf_dir, git_rev, load_json, machine, write_result  # noqa: E402
 from plots import plot_screen  # noqa: E402
 
-from compressor.config import RECIPES  # noqa: E402
+from compressor.algorithm.config import RECIPES  # noqa: E402
 
 OFFICIAL = dict(aggregate="official", prune_start=0.1, schedule="cubic", ema_start="zero", prune_until=0.9)
 KD = dict(distill=0.5, lr=5e-4)
@@ -143,10 +143,10 @@ def _probe(loop, tok, text: str, a) -> dict[str, Any]:
 
 def run_row(name: str, fields: dict[str, Any], a, dense: Path, text: str) -> dict[str, Any]:
 
-    from compressor.config import PruneConfig
-    from compressor.loop import PruneLoop
-    from compressor.models import load_model
-    from compressor.pruning import as_blocks
+    from compressor.algorithm.api import as_blocks
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loop import PruneLoop
+    from compressor.modeling.loading import load_model
 
     base = dict(ratio=a.ratio, steps=a.steps, prune_every=a.prune_every, batch_size=a.batch_size, seq_len=a.seq_len,
                 eval_windows=0, seed=a.seed)
@@ -207,7 +207,7 @@ def main() -> None:
             print(f"{k:28s} {v}")
         return
     from calibration.data import load_eval_text
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     stem = "" if a.model == "smollm2-135m" else f"{a.model}_"
     name = a.name or f"screen_{stem}{int(round(a.ratio * 100))}_{a.steps}"

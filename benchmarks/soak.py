@@ -37,15 +37,15 @@ from plots import RESULTS, _plt, _save  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- worker
 def _config(steps: int):
-    from compressor.config import RECIPES, PruneConfig
+    from compressor.algorithm.config import RECIPES, PruneConfig
 
     return PruneConfig(**{**RECIPES["default"], "ratio": 0.5, "steps": steps, "prune_every": 10, "save_every": 1,
                           "seq_len": 32, "eval_windows": 0})
 
 
 def worker(work: Path, out: str, steps: int, resume: bool) -> None:
+    from compressor.core.memory import current_rss_mb
     from compressor.job import prune_job
-    from compressor.memory import current_rss_mb
 
     log = open(work / f"{out}.rss.jsonl", "a", buffering=1)
 

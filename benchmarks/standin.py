@@ -27,7 +27,7 @@ def shape(spec: str, out: Path) -> None:
     """Write ``spec``'s config and tokenizer (no weights) to ``out``."""
     from common import dense_hf_dir
 
-    from compressor.models import BUILTIN_MODELS
+    from compressor.modeling.loading import BUILTIN_MODELS
 
     src = dense_hf_dir(spec) if spec in BUILTIN_MODELS else Path(spec)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Side-by-side speed of the pruning fine-tune's step: float32 against bfloat16 autocast (``--amp bf16``), and
 the chunked LM-head loss against the textbook ``log_softmax`` formulation it replaced, in one process.
 
-Each mode drives a fresh :class:`compressor.loop.PruneLoop` (the default recipe: ``activation`` scoring,
+Each mode drives a fresh :class:`compressor.algorithm.loop.PruneLoop` (the default recipe: ``activation`` scoring,
 distillation 0.5, compensation statistics being collected) over the same calibration batches; the steps timed
 are scoring steps before the first mask update (the first one is a warm-up and not counted). The head-loss rows
 time one LM-head + loss pass with a teacher (the default's distillation) on ``batch × seq`` positions and
@@ -54,7 +54,7 @@ def reference_head_loss(h, weight, y, th, ce_scale, kl_scale, chunk):
 def head_loss_rows(model, batch: int, seq: int, repeats: int) -> list[dict]:
     import torch
 
-    from compressor.loss import _HeadLoss
+    from compressor.algorithm.loss import _HeadLoss
 
     head = model.get_output_embeddings().weight.detach()
     d = head.shape[1]
@@ -91,10 +91,10 @@ def head_loss_rows(model, batch: int, seq: int, repeats: int) -> list[dict]:
 
 
 def step_rows(path: Path, ratio: float, steps: int) -> list[dict]:
-    from compressor.config import PruneConfig
-    from compressor.loop import PruneLoop
-    from compressor.models import load_model
-    from compressor.pruning import as_blocks
+    from compressor.algorithm.api import as_blocks
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loop import PruneLoop
+    from compressor.modeling.loading import load_model
 
     rows = []
     for amp in ("off", "bf16"):
@@ -146,8 +146,8 @@ def main() -> None:
     check_result_name(ap, a.name, "step_speed_epyc")
     import torch
 
-    from compressor.device import native_bf16
-    from compressor.models import load_model
+    from compressor.core.device import native_bf16
+    from compressor.modeling.loading import load_model
 
     path = dense_hf_dir(a.model)
     model, _, _ = load_model(str(path))

@@ -8,7 +8,7 @@ import os
 import warnings
 from pathlib import Path
 
-from compressor.errors import CalibrationError
+from compressor.core.errors import CalibrationError
 
 from .files import read_text
 
@@ -122,8 +122,8 @@ def _treebank_split(split: str) -> str:
         EvalDataMissingError: none of them holds the split; the message says why each failed and how to
             provide the file.
     """
-    from compressor.assets import fetch_asset
-    from compressor.errors import AssetError
+    from compressor.core.assets import fetch_asset
+    from compressor.core.errors import AssetError
 
     try:
         path = fetch_asset("treebank")

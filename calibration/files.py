@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import CalibrationError
+from compressor.core.errors import CalibrationError
 
 #: Built-in corpora accepted by :func:`load_texts` (name -> description).
 BUILTIN_SOURCES = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from compressor.errors import CalibrationError, ConfigError, DependencyMissingError
+from compressor.core.errors import CalibrationError, ConfigError, DependencyMissingError
 
 from .corpora import load_eval_text
 from .files import BUILTIN_SOURCES, VALID_SOURCES, load_json, load_jsonl, read_text, split_documents
@@ -94,7 +94,7 @@ def load_texts(source: str | os.PathLike, *, text_field: str = "text", max_docs:
     is_name = isinstance(source, str)
     label = spec
     if is_name and spec == "wiki":
-        from compressor.assets import fetch_asset
+        from compressor.core.assets import fetch_asset
 
         path = fetch_asset("wiki-summaries-en")
         docs = load_json(path, read_text(path), "extract")

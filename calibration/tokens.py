@@ -5,7 +5,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from compressor.errors import CalibrationError, ConfigError
+from compressor.core.errors import CalibrationError, ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import logging as _logging
 
-from .architectures import Architecture, Projection, get_architecture, register_architecture
-from .config import PruneConfig
-from .errors import (
+from compressor.algorithm.config import PruneConfig
+from compressor.core.errors import (
     CalibrationError,
     CompressError,
     ConfigError,
@@ -24,8 +23,14 @@ from .errors import (
     ResumeError,
     UnsupportedArchitectureError,
 )
-from .quiet import drop_messages as _drop_messages
-from .quiet import install_mistral_regex_filter as _install_mistral_regex_filter
+from compressor.core.quiet import drop_messages as _drop_messages
+from compressor.core.quiet import install_mistral_regex_filter as _install_mistral_regex_filter
+from compressor.modeling.architectures import (
+    Architecture,
+    Projection,
+    get_architecture,
+    register_architecture,
+)
 
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional 4-bit kernel package is missing;
 # we never use 4-bit CPU kernels, so keep that line out of every command's output.
@@ -39,7 +44,7 @@ for _name in ("transformers.models.llama.tokenization_llama_fast", "transformers
     _drop_messages(_name, "You are using the default legacy behaviour")
 
 # transformers 5 reads the config of a per-layer-widths folder of ours (model_type lorapress_*, see
-# compressor.widths) without running its code as a plain PretrainedConfig when it loads the folder's tokenizer, and
+# compressor.modeling.perlayer) without running its code as a plain PretrainedConfig when it loads the folder's tokenizer, and
 # says the model types differ; only that message, for those model types, is dropped.
 _drop_messages("transformers.configuration_utils", "You are using a model of type `lorapress_")
 
@@ -65,21 +70,21 @@ def __getattr__(name: str):
     if name in ("prune", "PruneResult", "save_plan", "load_plan"):
         import importlib
 
-        return getattr(importlib.import_module("compressor.pruning"), name)
+        return getattr(importlib.import_module("compressor.algorithm.api"), name)
     if name == "load_model":
-        from .models import load_model
+        from compressor.modeling.loading import load_model
 
         return load_model
     if name == "discover_groups":
-        from .groups import discover_groups
+        from compressor.algorithm.groups import discover_groups
 
         return discover_groups
     if name == "merge_and_slice":
-        from .merge import merge_and_slice
+        from compressor.algorithm.merge import merge_and_slice
 
         return merge_and_slice
     if name == "save_model_folder":
-        from .save import save_model_folder
+        from compressor.modeling.save import save_model_folder
 
         return save_model_folder
     if name in ("evaluate", "perplexity", "EvalReport"):

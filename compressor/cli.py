@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from .errors import CompressError, OutputLockedError
+from compressor.core.errors import CompressError, OutputLockedError
 
 
 class _Group(click.Group):
@@ -60,10 +60,9 @@ def _register() -> None:
 
     The command modules import only click at module level, so a failing import here is a real bug and is
     not swallowed (``compress`` would otherwise start without ``export`` and ``bench``)."""
+    from compressor.commands.eval import eval_cmd
+    from compressor.commands.prune import prune_cmd
     from exporters.commands import bench_cmd, export_cmd
-
-    from .commands.eval import eval_cmd
-    from .commands.prune import prune_cmd
 
     for cmd in (prune_cmd, export_cmd, bench_cmd, eval_cmd):
         main.add_command(cmd)

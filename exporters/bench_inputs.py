@@ -8,10 +8,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from compressor.errors import ModelLoadError
-from compressor.flops import count_params as _count_params
-from compressor.flops import flops_per_token as _flops_per_token
-from compressor.sizes import ModelSizes, model_sizes
+from compressor.algorithm.flops import count_params as _count_params
+from compressor.algorithm.flops import flops_per_token as _flops_per_token
+from compressor.core.errors import ModelLoadError
+from compressor.modeling.sizes import ModelSizes, model_sizes
 
 from .ort_config import true_hidden_size, true_per_layer
 
@@ -47,7 +47,7 @@ def find_onnx_file(folder: str | os.PathLike, file_name: str | None = None) -> P
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    from compressor.models import check_architecture
+    from compressor.modeling.loading import check_architecture
 
     path = folder / "config.json"
     if not path.is_file():
@@ -64,18 +64,18 @@ def read_config(folder: Path) -> dict[str, Any]:
 def model_dims(cfg: dict[str, Any]) -> dict[str, Any]:
     """Sizes used for counting, from an exported ``config.json`` dict (the real hidden size and per-layer widths,
     see :func:`exporters.ort_config.true_hidden_size` / :func:`~exporters.ort_config.true_per_layer`); the
-    fields of :class:`compressor.sizes.ModelSizes`."""
+    fields of :class:`compressor.modeling.sizes.ModelSizes`."""
     return asdict(model_sizes(cfg | true_per_layer(cfg), hidden_size=true_hidden_size(cfg)))
 
 
 def count_params(dims: dict[str, Any]) -> int:
-    """Parameter count of a supported decoder from :func:`model_dims` (:func:`compressor.flops.count_params`)."""
+    """Parameter count of a supported decoder from :func:`model_dims` (:func:`compressor.algorithm.flops.count_params`)."""
     return _count_params(ModelSizes(**dims))
 
 
 def flops_per_token(dims: dict[str, Any], context: float) -> dict[str, float]:
     """Forward FLOPs per token at ``context`` cached positions: ``{"linear", "attention", "total", "context"}``
-    (:func:`compressor.flops.flops_per_token`)."""
+    (:func:`compressor.algorithm.flops.flops_per_token`)."""
     return _flops_per_token(ModelSizes(**dims), context)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compressor.memory import peak_rss_mb
-from compressor.ort import ort_session
+from compressor.core.memory import peak_rss_mb
+from compressor.core.ort import ort_session
 
 from .bench_inputs import make_feed
 

@@ -15,7 +15,7 @@ def check_report_free(folder: Path, force: bool) -> None:
     Raises:
         OutputExistsError: the report exists and ``force`` is False.
     """
-    from compressor.errors import OutputExistsError
+    from compressor.core.errors import OutputExistsError
 
     path = Path(folder) / BENCH_REPORT_FILE
     if path.exists() and not force:

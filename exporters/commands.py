@@ -2,13 +2,13 @@
 
 Only click is imported at module level; the work (torch, transformers, optimum, onnxruntime) is imported
 inside the commands so ``compress --help`` stays instant. Errors are the typed
-:mod:`compressor.errors` exceptions; the ``compress`` group turns them into exit codes.
+:mod:`compressor.core.errors` exceptions; the ``compress`` group turns them into exit codes.
 """
 from __future__ import annotations
 
 import click
 
-from compressor.errors import ConfigError
+from compressor.core.errors import ConfigError
 
 
 def _int_list(value: str, name: str) -> list[int]:

@@ -28,9 +28,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ExportError
-from compressor.optional import require
-from compressor.sizes import model_sizes
+from compressor.core.errors import ExportError
+from compressor.core.optional import require
+from compressor.modeling.sizes import model_sizes
 
 from .graph_ops import op_counts
 

@@ -19,7 +19,7 @@ the genai generator pads batches itself).
 Precision: ``fp32`` (default) or ``int4`` (``MatMulNBits``: 4-bit block-wise weights, the builder's ``-p int4``
 defaults for CPU: block 32, round-to-nearest, ``accuracy_level`` 4 = int8 activations inside the kernel; the
 values used are read back from the graph into ``int4_settings``). Not supported, with a clear error: per-layer widths
-(:mod:`compressor.widths`; the builder reads one set of widths from ``config.json``), ``head_dim`` not a
+(:mod:`compressor.modeling.perlayer`; the builder reads one set of widths from ``config.json``), ``head_dim`` not a
 multiple of 16 (ONNX Runtime's CPU ``GroupQueryAttention`` kernel: "head_size shall be a multiple of 16";
 SmolLM2, Qwen2.5, LLaMA have 64 or 128), and architectures other than :data:`GENAI_ARCHITECTURES`.
 
@@ -52,13 +52,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from compressor.architectures import get_architecture
-from compressor.errors import ConfigError, ExportError, UnsupportedArchitectureError, ValidationError
-from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
-from compressor.lock import locks_output
-from compressor.optional import require
-from compressor.save import drop_gguf_tokenizer_model, save_tokenizer
-from compressor.sizes import is_per_layer, model_sizes
+from compressor.core.errors import ConfigError, ExportError, UnsupportedArchitectureError, ValidationError
+from compressor.core.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
+from compressor.core.lock import locks_output
+from compressor.core.optional import require
+from compressor.modeling.architectures import get_architecture
+from compressor.modeling.save import drop_gguf_tokenizer_model, save_tokenizer
+from compressor.modeling.sizes import is_per_layer, model_sizes
 
 from .graph_ops import matmulnbits_settings, op_counts
 from .int8 import INT8_CHECK_TEXT, validate_int8
@@ -233,7 +233,7 @@ def export_onnx_genai(model_dir, out: str | os.PathLike, *, precision: str = "fp
         int4_max_rel_nll_increase: int4 gate on the relative NLL increase over a short text (default 0.10).
         int4_min_top1_agreement: int4 gate on next-token agreement with PyTorch (default 0.7).
         threads: ONNX Runtime intra-op threads for the parity checks (default: ORT's choice).
-        allow_pickle / trust_remote_code: as for :func:`compressor.models.load_model` (default off).
+        allow_pickle / trust_remote_code: as for :func:`compressor.modeling.loading.load_model` (default off).
 
     Returns:
         :class:`ExportResult` with ``format == "onnx-genai"``; ``export_report.json`` holds the same report

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import DependencyMissingError
-from compressor.io import atomic_output_dir, check_output_dir
-from compressor.lock import locks_output
+from compressor.core.errors import DependencyMissingError
+from compressor.core.io import atomic_output_dir, check_output_dir
+from compressor.core.lock import locks_output
 
 from .gguf_validation import CHECK_TEXTS, TOLERANCES, prompt_ids, validate_logprobs, validate_tokenizer
 from .gguf_vocab import build_vocab
@@ -61,7 +61,7 @@ def export_gguf(model, out: str | os.PathLike, *, gguf_type: str = "f32", force:
             :mod:`exporters.gguf_vocab`).
         threads: llama.cpp CPU threads for validation (default 1).
         tolerances: replace the gates of ``gguf_type`` (default :data:`TOLERANCES`).
-        allow_pickle / trust_remote_code: for a model spec, as for :func:`compressor.models.load_model` (both
+        allow_pickle / trust_remote_code: for a model spec, as for :func:`compressor.modeling.loading.load_model` (both
             off by default).
 
     Returns:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from compressor.errors import ValidationError
+from compressor.core.errors import ValidationError
 
 #: per ``--type`` gates (see module docstring)
 TOLERANCES: dict[str, dict[str, float]] = {

@@ -30,7 +30,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from compressor.errors import ConfigError, UnsupportedArchitectureError
+from compressor.core.errors import ConfigError, UnsupportedArchitectureError
 
 #: llama.cpp's check text for the BPE pre-tokenizer (``get_vocab_base_pre`` in ``convert_hf_to_gguf.py``).
 CHECK_TEXT = (

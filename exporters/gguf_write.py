@@ -26,7 +26,7 @@ Types (``--type``): ``f32`` (everything float32), ``f16`` (2-D weights float16, 
 ``q8_0`` (2-D weights Q8_0 with gguf-py's ``quants.quantize``, norms/biases float32; a matrix whose rows are
 not a multiple of the 32-value Q8_0 block is written f16 and listed in the report).
 
-Per-layer widths (:mod:`compressor.widths`: different heads / KV heads / MLP widths per layer) are written as
+Per-layer widths (:mod:`compressor.modeling.perlayer`: different heads / KV heads / MLP widths per layer) are written as
 llama.cpp's ``deci`` architecture, whose loader reads ``deci.attention.head_count``,
 ``deci.attention.head_count_kv`` and ``deci.feed_forward_length`` as per-layer arrays (every other key as for
 ``llama``; head size from ``key_length``). Its graph is llama's with each layer's own widths and the same
@@ -41,8 +41,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from compressor.errors import ConfigError, UnsupportedArchitectureError
-from compressor.sizes import ModelSizes, model_sizes, rope_theta, stock_model_type
+from compressor.core.errors import ConfigError, UnsupportedArchitectureError
+from compressor.modeling.sizes import ModelSizes, model_sizes, rope_theta, stock_model_type
 
 from .gguf_vocab import GGUFVocab, write_vocab
 
@@ -81,7 +81,7 @@ def check_exportable(config) -> tuple[str, ModelSizes]:
     if lists:
         raise UnsupportedArchitectureError(
             f"the config has lists in {', '.join(lists)}; per-layer widths are read from a lorapress per-layer "
-            f"config (model_type lorapress_*, see compressor.widths), whose scalars are numbers")
+            f"config (model_type lorapress_*, see compressor.modeling.perlayer), whose scalars are numbers")
     sizes = model_sizes(config)
     if sizes.mlp_bias:
         raise UnsupportedArchitectureError("GGUF export does not support MLP biases (mlp_bias=True) yet")

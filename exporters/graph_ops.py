@@ -37,7 +37,7 @@ def op_counts(onnx_path: str | os.PathLike, *, session_optimized: bool = True) -
     """
     import onnx
 
-    from compressor.ort import import_ort
+    from compressor.core.ort import import_ort
 
     out = {"stored": _counts(onnx.load(str(onnx_path), load_external_data=False))}
     if not session_optimized:

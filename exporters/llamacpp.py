@@ -23,8 +23,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import DependencyMissingError, ExportError
-from compressor.optional import require
+from compressor.core.errors import DependencyMissingError, ExportError
+from compressor.core.optional import require
 
 #: the pip requirement that provides llama.cpp from Python (also the ``[gguf]`` extra's pin)
 XLLAMACPP_PIN = "xllamacpp==2026.10.11549"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from compressor.errors import ConfigError, ModelLoadError
+from compressor.core.errors import ConfigError, ModelLoadError
 
 
 def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True, allow_pickle: bool = False,
@@ -11,21 +11,21 @@ def load_for_export(model, tokenizer=None, *, require_fp32_cpu: bool = True, all
     """Return ``(model, tokenizer, spec)`` from a model spec or an already loaded model.
 
     Args:
-        model: anything :func:`compressor.models.load_model` accepts (HF folder, ``.gguf`` file, built-in
+        model: anything :func:`compressor.modeling.loading.load_model` accepts (HF folder, ``.gguf`` file, built-in
             name) or a loaded ``PreTrainedModel``.
         tokenizer: the tokenizer to use with a loaded model (ignored for a spec, whose own tokenizer is
             loaded). May be None for a loaded model: the export then has no tokenizer files.
         require_fp32_cpu: refuse a loaded model that is not float32 on the CPU (ONNX export and its fp32
             validation need one; a spec is always loaded that way).
-        allow_pickle / trust_remote_code: for a spec, as for :func:`compressor.models.load_model` (both off
+        allow_pickle / trust_remote_code: for a spec, as for :func:`compressor.modeling.loading.load_model` (both off
             by default: pickle weights and a folder's own code can run arbitrary code).
 
     Raises:
         ModelLoadError: not a model folder / unreadable model.
-        UnsupportedArchitectureError: the model type is not in :mod:`compressor.architectures`.
+        UnsupportedArchitectureError: the model type is not in :mod:`compressor.modeling.architectures`.
         ConfigError: ``require_fp32_cpu`` and the loaded model is not float32 on the CPU.
     """
-    from compressor.models import check_architecture, load_model, resolve_model
+    from compressor.modeling.loading import check_architecture, load_model, resolve_model
 
     if isinstance(model, (str, os.PathLike)):
         spec = str(model)

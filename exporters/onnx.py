@@ -45,14 +45,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from compressor.architectures import check_onnx
-from compressor.errors import ConfigError, DependencyMissingError, ExportError
-from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
-from compressor.lock import locks_output
-from compressor.models import is_onnx_folder
-from compressor.optional import require
-from compressor.quiet import quiet_onnx_export
-from compressor.save import add_legacy_rope_keys, drop_gguf_tokenizer_model, save_tokenizer
+from compressor.core.errors import ConfigError, DependencyMissingError, ExportError
+from compressor.core.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
+from compressor.core.lock import locks_output
+from compressor.core.optional import require
+from compressor.core.quiet import quiet_onnx_export
+from compressor.modeling.architectures import check_onnx
+from compressor.modeling.loading import is_onnx_folder
+from compressor.modeling.save import add_legacy_rope_keys, drop_gguf_tokenizer_model, save_tokenizer
 
 from .int8 import INT8_CHECK_TEXT, INT8_EXCLUDE_DEFAULT, quantize_int8, validate_int8
 from .loading import load_for_export
@@ -127,7 +127,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
             :func:`quantize_int8`).
         threads: ONNX Runtime intra-op threads for validation (default: ORT's choice).
         allow_pickle / trust_remote_code: load pickle weights / run the model folder's own code (default
-            off, see :func:`compressor.models.load_model`).
+            off, see :func:`compressor.modeling.loading.load_model`).
         optimize: fuse the graph with ONNX Runtime's transformer optimizer before validation (default False;
             ``RotaryEmbedding`` and ``SkipSimplifiedLayerNormalization``, see :mod:`exporters.fusion`); the
             report's ``"optimize"`` holds the op counts before and after. With ``int8`` the fused graph is
@@ -136,8 +136,8 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
             optimum needed; ``"optimum"``: optimum's ``onnx_export_from_model`` (``pip install "lorapress[optimum]"``,
             transformers < 4.58). The report's ``"exporter"`` records it.
 
-    One export per output: ``out``'s lock is held throughout (:func:`compressor.lock.output_lock`); a second
-    export to it fails at once with :class:`~compressor.errors.OutputLockedError`.
+    One export per output: ``out``'s lock is held throughout (:func:`compressor.core.lock.output_lock`); a second
+    export to it fails at once with :class:`~compressor.core.errors.OutputLockedError`.
 
     Checks (``validate=True``): fp32 logits/KV parity for a prefill and ``decode_steps`` cached decode steps
     (max abs diff <= ``atol + rtol * max|pt|``, float64 fallback, see :func:`validate_parity`); greedy
@@ -252,7 +252,7 @@ def _export_with_optimum(model, tmp: Path, opset: int | None) -> None:
     """``model.onnx``, ``config.json`` and ``generation_config.json`` written by optimum's exporter."""
     from optimum.exporters.onnx import onnx_export_from_model
 
-    from compressor.widths import as_stock
+    from compressor.modeling.perlayer import as_stock
 
     old_name = getattr(model.config, "_name_or_path", "")
     # optimum copies preprocessors from config._name_or_path; point it at the folder we already filled
@@ -274,7 +274,7 @@ def _export_with_torch(model, tmp: Path, opset: int | None) -> dict[str, Any]:
     """``model.onnx`` traced by torch's exporter, and the ``config.json`` / ``generation_config.json`` optimum
     would write beside it (a per-layer model's stock config: its scalars hold the widest layer, and
     :func:`adjust_config_for_ort` records the real widths). Returns the report's ``"torch_export"``."""
-    from compressor.widths import as_stock
+    from compressor.modeling.perlayer import as_stock
 
     from .torch_onnx import export_torch_onnx
 

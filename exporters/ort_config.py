@@ -5,14 +5,14 @@ Pruning attention heads keeps ``hidden_size`` and writes an explicit ``head_dim`
 ``ORTModelForCausalLM`` (optimum-onnx 0.1.0, ``modeling_decoder.py``) sizes the empty KV cache it feeds
 on the first step as ``hidden_size // num_attention_heads`` for llama/mistral/qwen2/qwen3/gemma2/phi3 (only
 gemma and gemma3_text read ``config.head_dim``: ``Architecture.ort_kv_from_head_dim`` in
-:mod:`compressor.architectures`), which then fails with ``past_key_values... Got: 64 Expected: 32``. That is the only use it makes of ``hidden_size``,
+:mod:`compressor.modeling.architectures`), which then fails with ``past_key_values... Got: 64 Expected: 32``. That is the only use it makes of ``hidden_size``,
 so the *exported folder's* ``config.json`` gets ``hidden_size = num_attention_heads * head_dim``
 (the width of the attention projection, which is also what ONNX Runtime's transformer optimizer calls
 ``hidden_size``) and keeps the model's real width under ``"lorapress_export": {"model_hidden_size": ..}``.
 The HF model's own config is never changed. Dense models whose ``head_dim == hidden_size // num_attention_heads``
 (and every gemma / gemma3_text model) need no adjustment and are written as is; a dense Qwen3 or Gemma 2, whose
 ``head_dim`` is explicit and different, gets it too.
-A model with per-layer widths (:mod:`compressor.widths`) is exported through its stock class, so the exported
+A model with per-layer widths (:mod:`compressor.modeling.perlayer`) is exported through its stock class, so the exported
 ``config.json`` is the stock one with the widest layer's scalars; only the KV-cache shape matters to
 optimum, and every layer shares it (different KV heads per layer are refused: one cache shape is what
 ``ORTModelForCausalLM`` feeds). The graph holds each layer's real shapes, which are recorded under
@@ -25,10 +25,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from compressor.architectures import get_architecture
-from compressor.errors import UnsupportedArchitectureError
-from compressor.io import write_json
-from compressor.sizes import PER_LAYER_KEYS, is_per_layer, layer_widths
+from compressor.core.errors import UnsupportedArchitectureError
+from compressor.core.io import write_json
+from compressor.modeling.architectures import get_architecture
+from compressor.modeling.sizes import PER_LAYER_KEYS, is_per_layer, layer_widths
 
 #: Key added to an exported folder's config.json when the ORT config adjustment was applied.
 CONFIG_KEY = "lorapress_export"

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compressor.io import write_json
-from compressor.sizes import model_sizes
+from compressor.core.io import write_json
+from compressor.modeling.sizes import model_sizes
 
 #: Name of the JSON report written into every export folder.
 REPORT_FILE = "export_report.json"

@@ -1,8 +1,8 @@
 """Re-save a model (HF folder, ``.gguf`` file, built-in name or loaded model) as a plain HF safetensors folder.
 
-GGUF weights are dequantized by :func:`compressor.models.load_model`; the tokenizer is saved as
+GGUF weights are dequantized by :func:`compressor.modeling.loading.load_model`; the tokenizer is saved as
 ``tokenizer.json`` and a GGUF copy saved as ``tokenizer.model`` is removed (see
-:func:`compressor.save.drop_gguf_tokenizer_model`).
+:func:`compressor.modeling.save.drop_gguf_tokenizer_model`).
 
 Example:
     >>> from exporters import export_safetensors                          # doctest: +SKIP
@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ExportError
-from compressor.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
-from compressor.lock import locks_output
-from compressor.save import add_legacy_rope_keys, save_tokenizer
-from compressor.sizes import is_per_layer
+from compressor.core.errors import ExportError
+from compressor.core.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_output_dir
+from compressor.core.lock import locks_output
+from compressor.modeling.save import add_legacy_rope_keys, save_tokenizer
+from compressor.modeling.sizes import is_per_layer
 
 from .loading import load_for_export
 from .report import ExportResult, list_files, model_summary, versions, write_report
@@ -38,7 +38,7 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
         tokenizer: tokenizer to save with a loaded model (a spec's own tokenizer is used otherwise).
         max_shard_size: largest weight file (default ``"5GB"``).
         allow_pickle / trust_remote_code: load pickle weights / run the model folder's own code (default
-            off, see :func:`compressor.models.load_model`).
+            off, see :func:`compressor.modeling.loading.load_model`).
 
     After saving, the folder's config is reloaded, the safetensors tensor names are checked against the
     model's state dict, and the tokenizer is reloaded from ``tokenizer.json`` and must encode a sample
@@ -70,7 +70,7 @@ def export_safetensors(model, out: str | os.PathLike, *, force: bool = False, to
             raise ExportError(f"saving the model failed: {type(exc).__name__}: {exc}") from exc
         add_legacy_rope_keys(tmp)  # transformers 4.x reads rope_theta, not transformers 5's rope_parameters
         if is_per_layer(model.config):  # per-layer widths: the folder carries its remote code
-            from compressor.widths import write_remote_code
+            from compressor.modeling.perlayer import write_remote_code
 
             report["remote_code"] = write_remote_code(tmp)
         report["tokenizer"] = save_tokenizer(tokenizer, tmp)
@@ -87,7 +87,7 @@ def _check_folder(model, folder: Path) -> dict[str, Any]:
 
     try:
         if is_per_layer(model.config):  # read with the in-package class: no code from the folder is run
-            from compressor.widths import per_layer_model_class
+            from compressor.modeling.perlayer import per_layer_model_class
 
             cfg = per_layer_model_class(model.config).config_class.from_pretrained(str(folder))
         else:

@@ -31,9 +31,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ExportError
-from compressor.quiet import quiet_onnx_export
-from compressor.sizes import stock_model_type
+from compressor.core.errors import ExportError
+from compressor.core.quiet import quiet_onnx_export
+from compressor.modeling.sizes import stock_model_type
 
 #: opset of ``--exporter torch`` when none is given (the TorchScript exporter's well-tested range ends at 20)
 DEFAULT_OPSET = 17
@@ -210,7 +210,7 @@ def _example_inputs(model: Any, position_ids: bool) -> tuple[Any, ...]:
 
 
 def export_torch_onnx(model: Any, onnx_path: str | os.PathLike, *, opset: int | None = None) -> dict[str, Any]:
-    """Trace ``model`` (a causal LM of :mod:`compressor.architectures`, float32 on the CPU) into ``onnx_path``.
+    """Trace ``model`` (a causal LM of :mod:`compressor.modeling.architectures`, float32 on the CPU) into ``onnx_path``.
 
     A graph over 2 GiB keeps its weights in one ``<name>_data`` file beside it (as optimum writes it).
 

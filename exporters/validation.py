@@ -15,10 +15,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from compressor.errors import ConfigError, ExportError, ValidationError
-from compressor.optional import require
-from compressor.ort import ort_session
-from compressor.sizes import model_sizes
+from compressor.core.errors import ConfigError, ExportError, ValidationError
+from compressor.core.optional import require
+from compressor.core.ort import ort_session
+from compressor.modeling.sizes import model_sizes
 
 from .decode import OrtDecoder, max_abs, ort_run, pt_run
 

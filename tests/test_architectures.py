@@ -1,4 +1,4 @@
-"""Architecture support (issue #13): every entry of compressor.architectures on a tiny random model.
+"""Architecture support (issue #13): every entry of compressor.modeling.architectures on a tiny random model.
 
 Per case: groups verified against torch-pruning's graph; masked == sliced (no LoRA) and masked == merged (LoRA
 folded) logits; save -> stock ``from_pretrained`` -> identical logits; a short end-to-end ``prune()``; ONNX
@@ -12,17 +12,17 @@ import json
 import pytest
 import torch
 
-from compressor.architectures import (
+from compressor.algorithm.groups import decoder_layers, discover_groups
+from compressor.algorithm.masking import MaskState, mask_lowest
+from compressor.algorithm.merge import merge_and_slice
+from compressor.core.errors import UnsupportedArchitectureError
+from compressor.modeling.architectures import (
     Architecture,
     check_onnx,
     get_architecture,
     onnx_architectures,
     register_architecture,
 )
-from compressor.errors import UnsupportedArchitectureError
-from compressor.groups import decoder_layers, discover_groups
-from compressor.masking import MaskState, mask_lowest
-from compressor.merge import merge_and_slice
 
 VOCAB = 96
 _COMMON = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -67,8 +67,8 @@ def _ids(n=2, t=12, seed=1):
 
 
 def _lora(model):
-    from compressor.config import PruneConfig
-    from compressor.loop import wrap_lora
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loop import wrap_lora
 
     pm = wrap_lora(model, PruneConfig(ratio=0.5, lora_r=4))
     g = torch.Generator().manual_seed(0)
@@ -80,8 +80,8 @@ def _lora(model):
 
 
 def _mask(pm, groups):
-    from compressor.criteria import get_criterion
-    from compressor.scoring import model_scores
+    from compressor.algorithm.criteria import get_criterion
+    from compressor.algorithm.scoring import model_scores
 
     lg = groups.layers[0]
     masks = MaskState.full(groups).install(pm, groups)
@@ -166,9 +166,9 @@ def test_merged_folder_reloads_with_stock_transformers(case, tmp_path):
 
 @pytest.mark.parametrize("case", ["qwen3-gqa", "gemma3-gqa", "gemma2-mha", "phi3-gqa"])
 def test_prune_end_to_end(case):
-    from compressor.config import PruneConfig
-    from compressor.loss import supports_chunked_loss
-    from compressor.pruning import prune
+    from compressor.algorithm.api import prune
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loss import supports_chunked_loss
     from tests.tiny import tiny_text, tiny_tokenizer
 
     m = arch_model(case)
@@ -189,9 +189,9 @@ def test_prune_end_to_end(case):
 def test_unsupported_moe_is_refused_with_supported_list():
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    from compressor.config import PruneConfig
-    from compressor.models import check_architecture
-    from compressor.pruning import prune
+    from compressor.algorithm.api import prune
+    from compressor.algorithm.config import PruneConfig
+    from compressor.modeling.loading import check_architecture
 
     cfg = MixtralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                         num_attention_heads=4, num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1)
@@ -205,7 +205,7 @@ def test_unsupported_moe_is_refused_with_supported_list():
 
 
 def test_registry_rejects_duplicates_and_onnx_less_architectures(monkeypatch):
-    from compressor import architectures
+    from compressor.modeling import architectures
 
     with pytest.raises(ValueError, match="already registered"):
         register_architecture(get_architecture("llama"))
@@ -219,7 +219,7 @@ def test_registry_rejects_duplicates_and_onnx_less_architectures(monkeypatch):
 
 
 def test_onnx_export_refuses_onnx_less_architecture(monkeypatch, tmp_path):
-    from compressor import architectures
+    from compressor.modeling import architectures
     from exporters import export_onnx
 
     model = arch_model("qwen3-mha")
@@ -281,9 +281,9 @@ def test_head_pruning_that_would_not_reload_is_refused_before_the_run(tmp_path):
     import transformers
     from transformers import AutoModelForCausalLM
 
-    from compressor.config import PruneConfig
-    from compressor.errors import ConfigError
-    from compressor.loop import PruneLoop
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loop import PruneLoop
+    from compressor.core.errors import ConfigError
 
     def longrope():
         cfg = transformers.Phi3Config(**{**_COMMON, "max_position_embeddings": 256}, num_key_value_heads=4,
@@ -321,8 +321,8 @@ def test_fused_phi3_scores_and_masks_as_the_unfused_llama_with_the_same_weights(
     and its groups get the same scores and, masked alike, the same logits."""
     import transformers
 
-    from compressor.criteria import get_criterion
-    from compressor.scoring import model_scores
+    from compressor.algorithm.criteria import get_criterion
+    from compressor.algorithm.scoring import model_scores
 
     phi = arch_model("phi3-mha" if kv == 4 else "phi3-gqa")
     phi.config.partial_rotary_factor = 1.0
@@ -387,9 +387,9 @@ def test_bench_counts_the_pruned_export(case, tmp_path):
 def test_gemma_calibration_and_report_perplexity_start_with_bos():
     """Gemma needs BOS (an architecture fact): its calibration blocks and the report's perplexity windows start
     with it; LLaMA keeps the papers' no-BOS protocol."""
-    from compressor.architectures import needs_bos
-    from compressor.config import PruneConfig
-    from compressor.pruning import as_blocks, prune
+    from compressor.algorithm.api import as_blocks, prune
+    from compressor.algorithm.config import PruneConfig
+    from compressor.modeling.architectures import needs_bos
     from tests.tiny import tiny_text, tiny_tokenizer
 
     assert needs_bos("gemma3_text") and needs_bos({"model_type": "gemma"}) and needs_bos("lorapress_gemma2")

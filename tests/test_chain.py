@@ -9,7 +9,7 @@ from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
 
 def test_prune_save_export_ort_bench(tmp_path):
     from compressor import PruneConfig, prune, save_model_folder
-    from compressor.ort import ort_session
+    from compressor.core.ort import ort_session
     from exporters import bench, export_onnx
     from exporters.decode import OrtDecoder
 

@@ -8,8 +8,8 @@ import types
 import pytest
 
 from calibration import EvalDataMissingError, corpora, load_eval_text, load_texts
-from compressor import assets as assets_mod
-from compressor.errors import AssetError, CalibrationError
+from compressor.core import assets as assets_mod
+from compressor.core.errors import AssetError, CalibrationError
 
 #: WikiText-2 raw test as ``datasets`` holds it (one row per line of wiki.test.raw, blank lines as ""), and the
 #: shared file's string for those rows: the rows joined with a blank line.

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from compressor import evaluation as ev
-from compressor.errors import CalibrationError, ConfigError, NonFiniteError
+from compressor.core.errors import CalibrationError, ConfigError, NonFiniteError
 
 WORDS = [
     "the", "cat", "sat", "on", "a", "mat", ".", "dog", "ran", "far", "away", "and", "then", "slept", "in", "sun",
@@ -247,7 +247,7 @@ def _smollm2_spec():
 @pytest.mark.slow
 def test_smollm2_wikitext2_first_window():
     from calibration import load_eval_text, shared_data_dir
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     try:
         shared_data_dir("wikitext2/test.txt")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compressor.errors import (
+from compressor.core.errors import (
     ConfigError,
     DependencyMissingError,
     ModelLoadError,

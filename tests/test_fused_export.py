@@ -10,7 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from compressor.errors import ConfigError, UnsupportedArchitectureError, ValidationError
+from compressor.core.errors import ConfigError, UnsupportedArchitectureError, ValidationError
 from exporters import bench, export_onnx
 
 PROMPTS = ("w1 w2 w3 w4", "w10 w20 w30", "w5")  # words of the tiny tokenizer's vocabulary
@@ -158,7 +158,7 @@ def test_genai_int4_outside_tolerance_raises(fused_dir, tmp_path):
 def test_genai_refusals(fused_dir, tiny_llama_dir, tmp_path):
     from transformers import AutoConfig
 
-    from compressor.widths import per_layer_config
+    from compressor.modeling.perlayer import per_layer_config
     from exporters.genai import check_genai_model, export_onnx_genai
 
     cfg = AutoConfig.from_pretrained(fused_dir("dense-gqa"))

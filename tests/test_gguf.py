@@ -9,14 +9,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compressor.errors import (
+from compressor.core.errors import (
     ConfigError,
     DependencyMissingError,
     OutputExistsError,
     UnsupportedArchitectureError,
     ValidationError,
 )
-from compressor.sizes import rope_theta
+from compressor.modeling.sizes import rope_theta
 from exporters import export_gguf
 from exporters.gguf_write import interleave_rope_rows
 from tests.tiny import CASES, tiny_bpe_tokenizer, tiny_model

@@ -1,4 +1,4 @@
-"""compressor.gguf_tokenizer: a Gemma-style GGUF vocabulary tokenizes as llama.cpp does, not as transformers'
+"""compressor.modeling.gguf_tokenizer: a Gemma-style GGUF vocabulary tokenizes as llama.cpp does, not as transformers'
 Unigram rebuild of it (which splits words apart). A tiny GGUF holding only tokenizer metadata is written in
 the test; the reference is llama.cpp's rule written out plainly (merge the best-scoring adjacent pair).
 """
@@ -14,7 +14,12 @@ from tokenizers import Tokenizer, normalizers  # noqa: E402
 from tokenizers.models import BPE, Unigram  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from compressor.gguf_tokenizer import USER_DEFINED, fix_gguf_tokenizer, gguf_tokenizer_facts, score_merges  # noqa: E402
+from compressor.modeling.gguf_tokenizer import (  # noqa: E402
+    USER_DEFINED,
+    fix_gguf_tokenizer,
+    gguf_tokenizer_facts,
+    score_merges,
+)
 
 # id order = GGUF order; the scores are minus a merge rank, as in Gemma's GGUF: short pieces merge first,
 # so a Unigram model (max sum of scores) prefers many short pieces to one long one

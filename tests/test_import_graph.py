@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("compressor", "exporters", "calibration")
 #: compressor modules that calibration may import
-CALIBRATION_MAY_USE = {"compressor", "compressor.errors", "compressor.assets", "compressor.io"}
+CALIBRATION_MAY_USE = {"compressor", "compressor.core.errors", "compressor.core.assets", "compressor.core.io"}
 
 
 def _module_name(path: Path) -> str:

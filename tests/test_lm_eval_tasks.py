@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from compressor import assets as assets_mod
 from compressor import evaluation as ev
-from compressor.errors import ConfigError, DependencyMissingError
+from compressor.core import assets as assets_mod
+from compressor.core.errors import ConfigError, DependencyMissingError
 from compressor.evaluation import mmlu as mmlu_mod
 from compressor.evaluation import tasks as tasks_mod
 from tests.test_evaluate import make_llama, make_tokenizer
@@ -271,7 +271,7 @@ def test_onnx_model_zero_shot_is_a_clear_error():
 @pytest.mark.slow
 def test_smollm2_piqa_few_items():
     """The real model on 40 PIQA items (the dense run: acc_norm 0.66 on 200); MMLU is left out: one question a topic takes ~10 min."""
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     model, tok, _ = load_model("smollm2-135m")
     r = ev.evaluate(model, "piqa", tokenizer=tok, limit=40)

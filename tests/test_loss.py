@@ -1,12 +1,12 @@
-"""compressor.loss: the chunked LM loss equals the stock loss, in value and in gradients."""
+"""compressor.algorithm.loss: the chunked LM loss equals the stock loss, in value and in gradients."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from compressor.config import PruneConfig
-from compressor.loss import decoder_hidden, lm_loss, supports_chunked_loss
-from compressor.pruning import distill_loss
+from compressor.algorithm.api import distill_loss
+from compressor.algorithm.config import PruneConfig
+from compressor.algorithm.loss import decoder_hidden, lm_loss, supports_chunked_loss
 from tests.tiny import CASES, masked_lora, tiny_model
 
 
@@ -55,7 +55,7 @@ def test_chunked_distillation_equals_full_distillation():
 
 
 def test_prune_stock_and_chunked_loss_agree():
-    from compressor.pruning import prune
+    from compressor.algorithm.api import prune
     from tests.tiny import tiny_text, tiny_tokenizer
 
     text = tiny_text(2000)
@@ -67,7 +67,7 @@ def test_prune_stock_and_chunked_loss_agree():
 
 
 def test_hidden_distillation_chunked_equals_stock_and_a_hand_computation():
-    from compressor.loss import hidden_match, training_loss
+    from compressor.algorithm.loss import hidden_match, training_loss
 
     pm, masks = masked_lora("llama-gqa")
     ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -104,7 +104,7 @@ def test_hidden_distillation_chunked_equals_stock_and_a_hand_computation():
     # hidden distillation alone (distill=0) still runs the teacher; a bad weight is refused with its name
     alone, _ = training_loss(pm, ids, distill_hidden=1.0, teacher=teacher, chunk_tokens=5)
     assert torch.isfinite(alone)
-    from compressor.errors import ConfigError
+    from compressor.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="distill_hidden"):
         PruneConfig(ratio=0.5, distill_hidden=-1.0)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from compressor.memory import MemoryTrace, current_rss_mb, reset_peak_rss
+from compressor.core.memory import MemoryTrace, current_rss_mb, reset_peak_rss
 from tests.test_quality_options import _cfg
 from tests.tiny import tiny_job_inputs
 

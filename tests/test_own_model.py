@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compressor import PruneConfig, load_model, prune
-from compressor.errors import ModelLoadError
+from compressor.core.errors import ModelLoadError
 from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
 
 HUB_ID = "tiny-org/tiny-llama"

@@ -11,8 +11,8 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
-from compressor.errors import DependencyMissingError
-from compressor.optional import EXTRAS, install_line, require
+from compressor.core.errors import DependencyMissingError
+from compressor.core.optional import EXTRAS, install_line, require
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -86,7 +86,7 @@ def test_a_missing_optional_package_names_the_extra(monkeypatch):
 
 
 def test_base_bits_without_bitsandbytes_names_the_quant_extra(monkeypatch, tmp_path):
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
     from tests.tiny import tiny_model, tiny_tokenizer
 
     tiny_model().save_pretrained(tmp_path)
@@ -99,7 +99,7 @@ def test_base_bits_without_bitsandbytes_names_the_quant_extra(monkeypatch, tmp_p
 def test_the_report_notes_a_skipped_picture_without_matplotlib(monkeypatch):
     import importlib.util
 
-    from compressor import plots
+    from compressor.job import picture as plots
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -136,7 +136,7 @@ def test_a_saved_tokenizer_names_a_class_transformers_4_and_5_both_load(tmp_path
 
     from transformers import AutoTokenizer
 
-    from compressor.save import save_tokenizer
+    from compressor.modeling.save import save_tokenizer
     from tests.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()
@@ -156,7 +156,7 @@ def test_a_saved_tokenizer_names_a_class_transformers_4_and_5_both_load(tmp_path
      {"rope_theta": 1e6, "rope_scaling": None, "rope_local_base_freq": 1e4}),
 ])
 def test_legacy_rope_keys_from_rope_parameters(params, legacy):
-    from compressor.save import legacy_rope_keys
+    from compressor.modeling.save import legacy_rope_keys
 
     assert legacy_rope_keys({"rope_parameters": params}) == legacy
     assert legacy_rope_keys({"rope_parameters": params, "rope_theta": 1.0}) == {}  # already there: untouched
@@ -170,7 +170,7 @@ def test_a_saved_folder_carries_the_rope_theta_transformers_4_reads(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from compressor.save import save_model_folder
+    from compressor.modeling.save import save_model_folder
     from tests.tiny import tiny_model, tiny_tokenizer
 
     model = tiny_model(rope_theta=12345.0)  # both stacks accept the legacy keyword

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.criteria import ProjectionTensors, available_criteria, get_criterion
-from compressor.errors import ConfigError, GroupDiscoveryError
-from compressor.groups import decoder_layers, discover_groups
-from compressor.masking import MaskState, mask_lowest
-from compressor.merge import merge_and_slice
-from compressor.schedule import achieved_ratio, solve_widths
-from compressor.scoring import model_scores
+from compressor.algorithm.criteria import ProjectionTensors, available_criteria, get_criterion
+from compressor.algorithm.groups import decoder_layers, discover_groups
+from compressor.algorithm.masking import MaskState, mask_lowest
+from compressor.algorithm.merge import merge_and_slice
+from compressor.algorithm.schedule import achieved_ratio, solve_widths
+from compressor.algorithm.scoring import model_scores
+from compressor.core.errors import ConfigError, GroupDiscoveryError
 from tests.tiny import CASES, tiny_model
 
 CASE_NAMES = list(CASES)
@@ -25,7 +25,7 @@ def _peft(model, seed=0):
 
     cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                                       "gate_proj", "up_proj", "down_proj"])
-    from compressor.quiet import quiet_peft_wrap
+    from compressor.core.quiet import quiet_peft_wrap
 
     with quiet_peft_wrap():
         pm = get_peft_model(model, cfg)
@@ -162,11 +162,11 @@ def test_uniform_head_count_that_does_not_divide_hidden(tmp_path, caplog):
 
     from transformers import AutoModelForCausalLM
 
-    from compressor.config import PruneConfig
-    from compressor.loop import PruneLoop
-    from compressor.models import load_model
-    from compressor.report import build_report
-    from compressor.save import save_model_folder
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loop import PruneLoop
+    from compressor.algorithm.summary import build_report
+    from compressor.modeling.loading import load_model
+    from compressor.modeling.save import save_model_folder
     from tests.tiny import tiny_tokenizer
 
     refuses = _refuses_heads_not_dividing_hidden()
@@ -222,9 +222,9 @@ def test_head_count_without_a_per_layer_fallback_is_refused_before_any_work(tmp_
     32), prune() refuses before reading the calibration data, with the message that says what to do."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    from compressor.config import PruneConfig
-    from compressor.errors import CalibrationError
-    from compressor.pruning import prune
+    from compressor.algorithm.api import prune
+    from compressor.algorithm.config import PruneConfig
+    from compressor.core.errors import CalibrationError
 
     cfg = Gemma2Config(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                        num_key_value_heads=4, head_dim=8, query_pre_attn_scalar=16, sliding_window=4,
@@ -254,7 +254,7 @@ def test_ratio_leaving_no_heads():
 
 
 def test_widths_balanced_on_smollm_shapes():
-    from compressor.groups import LayerGroups
+    from compressor.algorithm.groups import LayerGroups
 
     lg = LayerGroups(0, 9, 3, 64, 1536)
     w = solve_widths(lg, 576, 0.5, head_policy="balanced")
@@ -265,7 +265,7 @@ def test_widths_balanced_on_smollm_shapes():
 
 
 def test_widths_mlp_first_keeps_heads_until_mlp_floor():
-    from compressor.groups import LayerGroups
+    from compressor.algorithm.groups import LayerGroups
 
     lg = LayerGroups(0, 9, 3, 64, 1536)
     w = solve_widths(lg, 576, 0.5)  # default policy

@@ -7,9 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from compressor.algorithm.api import prune
+from compressor.algorithm.config import PruneConfig
 from compressor.cli import main
-from compressor.config import PruneConfig
-from compressor.pruning import prune
 from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
 
 
@@ -38,10 +38,10 @@ def test_prune_runs_and_reaches_ratio(case, criterion):
 
 
 def test_lora_criterion_leaves_base_without_grad():
-    from compressor.criteria import get_criterion
-    from compressor.groups import discover_groups
-    from compressor.loop import wrap_lora
-    from compressor.scoring import model_scores
+    from compressor.algorithm.criteria import get_criterion
+    from compressor.algorithm.groups import discover_groups
+    from compressor.algorithm.loop import wrap_lora
+    from compressor.algorithm.scoring import model_scores
 
     m = tiny_model("llama-gqa")
     groups = discover_groups(m)
@@ -80,7 +80,7 @@ def test_gradient_checkpointing_gives_the_same_result(criterion):
 
 
 def test_distill_teacher_is_the_dense_model():
-    from compressor.pruning import distill_loss
+    from compressor.algorithm.api import distill_loss
     from tests.tiny import masked_lora
 
     ids = torch.randint(0, 96, (2, 16))
@@ -173,7 +173,7 @@ def test_prune_with_8bit_base_merges_to_plain_float(tmp_path):
     pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM
 
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     src = tmp_path / "src"
     tiny_model("llama-gqa").save_pretrained(src)
@@ -193,14 +193,14 @@ def test_prune_with_8bit_base_merges_to_plain_float(tmp_path):
 
 
 def test_taylor_refuses_8bit_base():
-    from compressor.errors import ConfigError
+    from compressor.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="taylor"):
         prune(tiny_model("llama-mha"), _cfg(criterion="taylor", base_bits=8, compensate=False), torch.randint(0, 96, (4, 32)))
 
 
 def test_default_compensation_refuses_8bit_base_naming_the_fix():
-    from compressor.errors import ConfigError
+    from compressor.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--no-compensate"):
         _cfg(base_bits=8)

@@ -8,15 +8,15 @@ import math
 import pytest
 import torch
 
-from compressor.config import PruneConfig, parse_skip_layers
-from compressor.criteria import ProjectionTensors, get_criterion
-from compressor.errors import ConfigError
-from compressor.groups import LayerGroups, ModelGroups, decoder_layers, discover_groups, projection
-from compressor.loop import PruneLoop, WidthPlan, sparsity
-from compressor.masking import MaskState, mask_lowest
-from compressor.pruning import as_blocks, prune
-from compressor.schedule import progress_at, prune_events, solve_widths, widths_at
-from compressor.scoring import LayerScores, MovingAverage, layer_scores, projection_tensors
+from compressor.algorithm.api import as_blocks, prune
+from compressor.algorithm.config import PruneConfig, parse_skip_layers
+from compressor.algorithm.criteria import ProjectionTensors, get_criterion
+from compressor.algorithm.groups import LayerGroups, ModelGroups, decoder_layers, discover_groups, projection
+from compressor.algorithm.loop import PruneLoop, WidthPlan, sparsity
+from compressor.algorithm.masking import MaskState, mask_lowest
+from compressor.algorithm.schedule import progress_at, prune_events, solve_widths, widths_at
+from compressor.algorithm.scoring import LayerScores, MovingAverage, layer_scores, projection_tensors
+from compressor.core.errors import ConfigError
 from tests.tiny import assert_resumed_run_matches, tiny_job_inputs, tiny_model, tiny_text, tiny_tokenizer
 
 
@@ -158,7 +158,7 @@ def test_activation_scores_equal_first_order_effect_of_removing_a_group():
     loop = _loop("llama-gqa", criterion="activation", distill=0.0)  # the plain LM loss, as the reference below
     batch = loop.next_batch()
     # reference: d loss / d (group gate) at gate = 1, per sequence, squared, summed over the batch
-    from compressor.adapters import unwrap
+    from compressor.modeling.adapters import unwrap
 
     lm = unwrap(loop.pm)
     layer = decoder_layers(loop.pm)[1]
@@ -315,8 +315,8 @@ def test_adaptive_allocation_follows_the_scores():
 def test_every_config_field_is_a_cli_option_with_its_help():
     from click.testing import CliRunner
 
+    from compressor.algorithm.config import cli_fields
     from compressor.cli import main
-    from compressor.config import cli_fields
 
     out = CliRunner().invoke(main, ["prune", "--help-all"], terminal_width=200).output
     for f in cli_fields():
@@ -342,7 +342,7 @@ def test_cli_new_options_reach_the_config(tmp_path):
 def test_prune_job_writes_folder_plan_report_and_picture(tmp_path):
     import json
 
-    from compressor.errors import OutputExistsError
+    from compressor.core.errors import OutputExistsError
     from compressor.job import prune_job
 
     src, data = tiny_job_inputs(tmp_path)
@@ -380,8 +380,8 @@ def test_official_aggregation_in_the_loop_is_scale_free():
 
 # ---- least-squares compensation ------------------------------------------------------------------
 def test_compensation_is_the_least_squares_fit_on_the_calibration_inputs():
-    from compressor.compensation import Compensator
-    from compressor.loop import wrap_lora
+    from compressor.algorithm.compensation import Compensator
+    from compressor.algorithm.loop import wrap_lora
 
     m = tiny_model("llama-gqa")
     groups = discover_groups(m)
@@ -437,7 +437,7 @@ def test_distillation_teacher_dense_or_compensated():
         before = loop.pm(input_ids=ids).logits
     while not loop.done:
         loop.step()
-    from compressor.compensation import base_weights
+    from compressor.algorithm.compensation import base_weights
 
     assert loop.dense_base is not None
     assert any(not torch.equal(w, loop.dense_base[k]) for k, w in base_weights(loop.pm, loop.groups).items()), \
@@ -466,11 +466,11 @@ def test_compensation_statistics_rest_on_enough_tokens():
     loop = _loop(compensate=True, steps=8, prune_every=2, criterion="activation", prune_until=0.5)
     assert loop.comp is not None
     lg = loop.groups.layers[0]
-    from compressor.compensation import TOKENS_CAP, TOKENS_PER_INPUT
+    from compressor.algorithm.compensation import TOKENS_CAP, TOKENS_PER_INPUT
 
     widest = max(lg.intermediate_size, lg.num_heads * lg.head_dim)
     assert loop.compensation_target() == min(TOKENS_PER_INPUT * widest, TOKENS_CAP) == 64 * widest
-    import compressor.loop as loop_mod
+    import compressor.algorithm.loop as loop_mod
 
     orig = loop_mod.TOKENS_CAP
     loop_mod.TOKENS_CAP = 100
@@ -515,7 +515,7 @@ def test_compensation_resumes_bit_exactly():
 def test_compensation_refuses_8bit_and_works_from_a_plan():
     with pytest.raises(ConfigError, match="base_bits=8"):
         PruneConfig(ratio=0.5, compensate=True, base_bits=8)
-    from compressor.compensation import base_weights
+    from compressor.algorithm.compensation import base_weights
 
     g = torch.Generator().manual_seed(0)
     m = tiny_model()
@@ -534,7 +534,7 @@ def test_compensation_refuses_8bit_and_works_from_a_plan():
 
 
 def test_recipes_are_valid_configs():
-    from compressor.config import RECIPES
+    from compressor.algorithm.config import RECIPES
 
     for name, fields in RECIPES.items():
         cfg = PruneConfig(ratio=0.5, **fields)
@@ -545,7 +545,7 @@ def test_recipes_are_valid_configs():
 
 @pytest.mark.parametrize("ratio,expected", [(0.1, 1e-3), (0.2, 1e-3), (0.3, 2e-3), (0.5, 2e-3), (0.7, 2e-3)])
 def test_default_lr_follows_the_ratio_and_an_explicit_lr_wins(ratio, expected):
-    from compressor.config import LR_BY_RATIO
+    from compressor.algorithm.config import LR_BY_RATIO
 
     assert PruneConfig(ratio=ratio).lr is None and PruneConfig(ratio=ratio).peak_lr == expected
     assert PruneConfig(ratio=ratio, lr=3e-4).peak_lr == 3e-4
@@ -559,7 +559,7 @@ def test_default_lr_follows_the_ratio_and_an_explicit_lr_wins(ratio, expected):
 
 
 def test_default_lr_scales_down_with_the_model_width_and_an_explicit_lr_never_does():
-    from compressor.config import LR_REF_HIDDEN
+    from compressor.algorithm.config import LR_REF_HIDDEN
 
     cfg = PruneConfig(ratio=0.5)
     assert cfg.peak_lr_for(LR_REF_HIDDEN) == cfg.peak_lr_for(64) == cfg.peak_lr_for(None) == cfg.peak_lr == 2e-3
@@ -581,7 +581,7 @@ def test_config_without_ratio_names_it():
 
 # ---- residual criterion (activation effect after compensation) --------------------------------
 def test_residual_transform_is_the_least_squares_residual_of_each_group():
-    from compressor.criteria.residual import residual_transform
+    from compressor.algorithm.criteria.residual import residual_transform
 
     torch.manual_seed(0)
     x = torch.randn(4000, 12, dtype=torch.double) @ torch.randn(12, 12, dtype=torch.double)
@@ -607,7 +607,7 @@ def test_residual_scores_equal_first_order_effect_of_a_compensated_removal():
     loop._prepare_residual()
     assert loop.comp is not None and not loop.comp.collecting, "statistics complete before the first score"
     assert loop.comp.tokens >= loop.compensation_target()
-    from compressor.adapters import unwrap
+    from compressor.modeling.adapters import unwrap
 
     lm = unwrap(loop.pm)
     i = 1
@@ -715,7 +715,7 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
     decoder projections are held once in bfloat16, the embeddings, norms, LoRA factors, gradients, compensation
     statistics and the merged output stay float32, masked == merged holds and a resumed run is bit-exact. 'auto' follows the hardware probe; bad combinations are refused
     with the value named."""
-    from compressor import loop as loop_mod
+    from compressor.algorithm import loop as loop_mod
 
     kw = dict(compensate=True, steps=8, prune_every=2, prune_until=0.5, criterion="activation", distill=0.5)
     a = _loop("llama-mha", amp="bf16", **kw)
@@ -742,7 +742,7 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
         assert ra.loss == rb.loss and math.isfinite(ra.loss)
     ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
     a.pm.eval()
-    from compressor.models import hold_projections
+    from compressor.modeling.loading import hold_projections
 
     hold_projections(a.pm, torch.float32)  # the same held weights in float32: the masked model computed exactly
     with torch.no_grad():
@@ -756,7 +756,7 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
 
     # off: no autocast; auto: the hardware probe decides, and never for bfloat16 weights or an 8-bit base
     assert not _loop(amp="off", steps=2).amp
-    from compressor import precision
+    from compressor.algorithm import precision
 
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     assert loop_mod.resolve_amp(_cfg(amp="auto"), torch.device("cpu"))
@@ -777,7 +777,7 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
 
 @pytest.mark.parametrize("amx,avx512_bf16,expected", [(True, False, True), (False, True, True), (False, False, False)])
 def test_native_bf16_on_a_cpu_is_amx_or_avx512_bf16(monkeypatch, amx, avx512_bf16, expected):
-    from compressor.device import native_bf16
+    from compressor.core.device import native_bf16
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)

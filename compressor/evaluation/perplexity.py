@@ -10,14 +10,21 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import CalibrationError, ConfigError, NonFiniteError
-from .model import EvalMode, forward_logits, max_positions, model_device, progress_bar, torch_module
+from compressor.core.errors import CalibrationError, ConfigError, NonFiniteError
+from compressor.evaluation.model import (
+    EvalMode,
+    forward_logits,
+    max_positions,
+    model_device,
+    progress_bar,
+    torch_module,
+)
 
 
 def default_add_bos(model: Any, tokenizer: Any) -> bool:
     """Whether perplexity windows of ``model`` start with BOS by default: for models that need it (Gemma, see
-    :func:`compressor.architectures.needs_bos`) whose tokenizer has one; the papers' no-BOS protocol otherwise."""
-    from ..architectures import needs_bos
+    :func:`compressor.modeling.architectures.needs_bos`) whose tokenizer has one; the papers' no-BOS protocol otherwise."""
+    from compressor.modeling.architectures import needs_bos
 
     config = getattr(model, "config", None) or {}
     return needs_bos(config) and getattr(tokenizer, "bos_token_id", None) is not None

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .model import model_device, torch_module
+from compressor.evaluation.model import model_device, torch_module
 
 
 def mean_stderr(values: Sequence[float]) -> float:

@@ -7,11 +7,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .model import max_positions
-from .perplexity import default_add_bos, perplexity
-from .report import EvalReport, _fmt, macro_average, run_config
-from .tasks import DEFAULT_MC_BATCH, FEWSHOT_TASKS, PERPLEXITY_TASKS, ZERO_SHOT_TASKS, resolve_tasks
+from compressor.core.errors import ConfigError
+from compressor.evaluation.model import max_positions
+from compressor.evaluation.perplexity import default_add_bos, perplexity
+from compressor.evaluation.report import EvalReport, _fmt, macro_average, run_config
+from compressor.evaluation.tasks import (
+    DEFAULT_MC_BATCH,
+    FEWSHOT_TASKS,
+    PERPLEXITY_TASKS,
+    ZERO_SHOT_TASKS,
+    resolve_tasks,
+)
 
 
 def task_limits(limit: int | Mapping[str, int] | None, tasks: Sequence[str]) -> dict[str, int | None]:
@@ -51,7 +57,7 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
 
     Args:
         model: a loaded causal LM (a ``PreTrainedModel`` or an ``ORTModelForCausalLM``), an exported ONNX
-            folder (every task, scored through ONNX Runtime), or anything :func:`compressor.models.load_model` accepts
+            folder (every task, scored through ONNX Runtime), or anything :func:`compressor.modeling.loading.load_model` accepts
             (HF folder, ``.gguf`` file, built-in name) — then the tokenizer is loaded with it.
         tasks: task names or a comma-separated string: ``wikitext2``, ``ptb`` (perplexity, metric ``ppl``);
             ``piqa``, ``arc_easy``, ``arc_challenge``, ``boolq``, ``winogrande``, ``openbookqa``, ``hellaswag``
@@ -65,11 +71,11 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         batch_size: windows per forward for perplexity (default 1) and sequences per forward for lm-eval
             (default 8).
         add_bos: start perplexity windows with BOS. None (default): only for models that need it (Gemma, see
-            :func:`compressor.architectures.needs_bos`); others keep the papers' no-BOS protocol.
+            :func:`compressor.modeling.architectures.needs_bos`); others keep the papers' no-BOS protocol.
         dtype: used only when ``model`` is a path (``float32``, ``bfloat16``, ``float16``).
         progress: show progress bars on stderr.
         log: called with one line per finished task (e.g. ``print``).
-        allow_pickle / trust_remote_code: when ``model`` is a path, as for :func:`compressor.models.load_model`
+        allow_pickle / trust_remote_code: when ``model`` is a path, as for :func:`compressor.modeling.loading.load_model`
             (both off by default: pickle weights and a folder's own code can run arbitrary code).
         texts: perplexity task -> UTF-8 text file to use instead of the built-in source, e.g.
             ``{"wikitext2": "wiki.test.raw"}`` (the whole file is the evaluation string).
@@ -99,19 +105,19 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
             raise ConfigError(f"text file for {task} {os.fspath(path)!r} does not exist or is not a file")
     needs_lm_eval = any(t not in PERPLEXITY_TASKS for t in task_list)
     if needs_lm_eval:
-        from .harness import require_lm_eval
+        from compressor.evaluation.harness import require_lm_eval
 
         require_lm_eval()  # before loading a model
     source = None
     if isinstance(model, (str, os.PathLike)):
-        from ..models import is_onnx_folder
+        from compressor.modeling.loading import is_onnx_folder
 
         spec = os.fspath(model)
         if is_onnx_folder(spec):
             model, loaded_tok = _load_onnx(spec)
             source = {"spec": spec, "kind": "onnx", "path": str(Path(spec).resolve()), "gguf_file": None}
         else:
-            from ..models import load_model
+            from compressor.modeling.loading import load_model
 
             model, loaded_tok, src = load_model(spec, dtype=dtype, allow_pickle=allow_pickle,
                                                 trust_remote_code=trust_remote_code)
@@ -147,12 +153,12 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
             details[task]["n"] = r["tokens"]
             details[task]["data"] = str(Path(texts[task]).expanduser().resolve()) if task in texts else PERPLEXITY_TASKS[task]
         else:
-            from .harness import build_tasks, make_lm, run_tasks
+            from compressor.evaluation.harness import build_tasks, make_lm, run_tasks
 
             if lm is None:
                 lm = make_lm(model, tokenizer, batch_size=batch_size or DEFAULT_MC_BATCH)
             if task in ZERO_SHOT_TASKS:
-                from .tasks import zero_shot_config
+                from compressor.evaluation.tasks import zero_shot_config
 
                 spec = ZERO_SHOT_TASKS[task]
                 out = run_tasks(lm, build_tasks({task: zero_shot_config(task)}, progress=progress), limit=lim,
@@ -166,7 +172,7 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
                     "data": spec.source,
                 }
             else:
-                from .mmlu import N_SHOTS, mmlu_configs
+                from compressor.evaluation.mmlu import N_SHOTS, mmlu_configs
 
                 outs = run_tasks(lm, build_tasks(mmlu_configs(), progress=progress), limit=lim, progress=progress)
                 topics = {name.removeprefix("mmlu_"): {**o["metrics"], "n": o["n"]} for name, o in outs.items()}
@@ -195,8 +201,8 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
 def _load_onnx(folder: str):
     """An exported ONNX folder as ``(model, tokenizer)``: optimum's ``ORTModelForCausalLM`` where
     ``optimum.onnxruntime`` imports, else :class:`~compressor.evaluation.ort_model.OrtCausalLM` (plain ONNX Runtime)."""
-    from ..errors import ModelLoadError
-    from .ort_model import OrtCausalLM
+    from compressor.core.errors import ModelLoadError
+    from compressor.evaluation.ort_model import OrtCausalLM
 
     try:
         from optimum.onnxruntime import ORTModelForCausalLM

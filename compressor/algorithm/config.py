@@ -1,0 +1,430 @@
+"""``PruneConfig``: a frozen, validated description of one pruning run (JSON/YAML round-trip)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import types
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from compressor.core.errors import ConfigError
+
+CONFIG_VERSION = 1
+
+#: Default peak learning rate by ratio (``lr`` None): ``(ratio below, lr)`` pairs, first match wins. Measured at
+#: the default budget on SmolLM2-135M (README, "How the defaults were chosen"): 2e-3 instead of 1e-3 gives
+#: WikiText-2 74.75 vs 78.61 at 50 % and 40.74 vs 42.53 at 30 %, but 32.21 vs 31.33 at 20 % (PTB 66.48 vs 67.90).
+LR_BY_RATIO: tuple[tuple[float, float], ...] = ((0.25, 1e-3), (math.inf, 2e-3))
+
+#: Hidden size the :data:`LR_BY_RATIO` values were measured at (SmolLM2-135M). Wider models get the default
+#: scaled by ``LR_REF_HIDDEN / hidden_size`` (Adam's per-width rule, as in muP: the update a hidden-layer weight
+#: sees grows with fan-in); narrower ones keep it. Measured on Qwen2.5-0.5B (hidden 896) at 50 %, 250 steps:
+#: 2e-3 gives WikiText-2 82.16, 1e-3 65.41, the scaled 1.29e-3 65.20 (README).
+LR_REF_HIDDEN = 576
+
+
+def _opt(default: Any, help: str, *, choices: tuple | None = None, cli: bool = True, result: bool = True) -> Any:
+    """A config field with the metadata the CLI, YAML and ``--help`` are generated from.
+
+    ``help``: the option's help text; ``choices``: valid values; ``cli``: exposed as ``--name``;
+    ``result``: changes what the run computes (part of the run id that guards ``--resume``).
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "cli": cli, "result": result})
+
+
+def cli_fields() -> list[dataclasses.Field]:
+    """The :class:`PruneConfig` fields exposed as ``compress prune`` options, in declaration order."""
+    return [f for f in fields(PruneConfig) if f.metadata.get("cli", False)]
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Everything that decides what a pruning run does.
+
+    Args:
+        ratio: fraction of the parameters of the decoder layers' prunable projections
+            (q, k, v, o, gate, up, down) to remove, in (0, 1). Embeddings, norms and the LM head are kept.
+        criterion: importance criterion: ``activation`` (default: first-order effect of removing a whole
+            head/channel, from activation gradients; measured best, README), ``lora`` (LoRAPrune Eq. 10),
+            ``taylor`` (Eq. 3, needs W's gradient), ``magnitude`` or ``random``.
+        steps: optimizer steps of the LoRA fine-tune (pruning happens during the first ``prune_until``).
+        prune_every: optimizer steps between two mask updates (Algorithm 1's frequency).
+        prune_start: fraction of ``steps`` that score without masking before the first mask update.
+        prune_until: fraction of ``steps`` by which the target ratio is reached; the remaining steps only
+            fine-tune.
+        schedule: ``linear`` or ``cubic`` rise of the sparsity between the first and the last mask update.
+        ema_start: ``first`` (moving average starts at the first score) or ``zero`` (official code).
+        aggregate: ``sum-sq`` (Eq. 4 over squared element scores) or ``official`` (absolute values, each
+            projection's group vector L2-normalised before the projections are summed).
+        widths: ``uniform`` or ``adaptive`` (MLP width per layer from one ranking across layers, floor
+            ``min_channels``). Per-layer widths (also from ``skip_layers``) are written as a remote-code
+            folder (:mod:`compressor.modeling.perlayer`).
+        skip_layers: layers left dense (indices, ``official`` = first 10 % + last, or empty).
+        max_grad_norm: clip the LoRA gradients' norm (0: off).
+        lam: moving-average factor λ of Eq. 11 (``G ← λG + (1−λ)Ĝ``), in [0, 1).
+        lora_r, lora_alpha, lora_dropout: LoRA rank, alpha (scaling = alpha / r) and dropout.
+        lora_plus: B's learning rate as a multiple of A's (LoRA+; 1: the same).
+        lr: peak AdamW learning rate (cosine decay to 0 after ``warmup_steps``); ``None`` (default) picks it
+            from the ratio, :data:`LR_BY_RATIO`, scaled down for models wider than :data:`LR_REF_HIDDEN`
+            (read the value a run uses from :meth:`peak_lr_for`).
+        warmup_steps: linear warm-up steps.
+        weight_decay: AdamW weight decay.
+        batch_size: sequences per micro-batch; ``grad_accum`` micro-batches per optimizer step.
+        seq_len: tokens per calibration sequence.
+        max_blocks: use at most this many calibration sequences (None: all).
+        base_bits: ``8`` keeps W0 in 8-bit (bitsandbytes; LoRAPrune-8bit), ``None`` float.
+        channel_multiple: round the kept MLP width to a multiple of this (8: friendly to matmul kernels).
+        head_policy: how the budget is split between heads and MLP channels: ``mlp-first`` (default: keep
+            heads while the MLP keeps >= 25 % of its channels) or ``balanced`` (same fraction for both).
+
+    Every field's ``metadata`` holds its help text and choices; ``compress prune``'s options are generated
+    from it (:func:`cli_fields`).
+        joint: True (default) scores during the fine-tune (LoRAPrune); False prunes one-shot from the
+            scores of the first ``prune_every`` steps, then fine-tunes ("separate" baseline).
+        seed: seed of data order, LoRA init and the random criterion.
+        eval_windows, eval_seq_len: perplexity before/after on held-out text (0 windows: skip).
+        save_every: write a resumable checkpoint every this many optimizer steps (0: only on Ctrl-C).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`compressor.core.device.resolve_device`).
+        dtype: dtype of the float weights (``float32``, ``bfloat16``).
+        amp: ``off``, ``bf16`` (the fine-tune's forward passes under ``torch.autocast`` to bfloat16; the frozen
+            decoder projections held once in bfloat16; embeddings, norms, LoRA, optimizer, scores and statistics
+            stay float32) or ``auto`` (``bf16`` where the hardware has native
+            bfloat16 matmuls, AMX or AVX512-BF16 on a CPU or bf16 on a CUDA GPU, for models at least 256 wide; the
+            default; :func:`compressor.algorithm.precision.resolve_amp`).
+        distill: weight of a distillation term in the fine-tune loss, in [0, 1]:
+            ``(1 - distill) · CE + distill · KL(dense ‖ pruned)`` per token. The teacher is the same model with
+            LoRA and masks switched off (no second copy of the weights; one more forward pass per step).
+            0.5 is the default (measured better at 50 %, README); 0 is the paper's plain language-modelling loss.
+        compensate: fold a least-squares stand-in for removed groups into the kept columns of ``W0`` at every
+            mask update (:mod:`compressor.algorithm.compensation`; default True, measured better).
+        compensate_stats: ``dense`` (compensation regresses on the dense model's inputs, collected once) or
+            ``current`` (collected again before every mask update, with the earlier masks applied).
+        compensate_tokens: calibration tokens behind the least-squares statistics (None: 64 × the widest
+            compensated input, at most 65,536; fewer tokens than inputs leave the regression under-determined).
+        compensate_store: where those statistics are kept: ``device``, ``host``, ``disk`` or ``auto``
+            (:func:`compressor.algorithm.plan.resolve_store`).
+        loss_chunk_tokens: compute the LM head and the loss this many positions at a time (same loss and
+            gradients, without the full ``[batch, seq, vocab]`` logits in memory); 0 uses the stock
+            ``model(input_ids, labels=...)`` loss. Data-parallel runs always use the stock loss.
+        gradient_checkpointing: recompute each decoder layer's activations in the backward pass instead of
+            keeping them (less memory, about a third more time per step; results are unchanged).
+    """
+
+    ratio: float = _opt(None, "Fraction of the decoder layers' projection parameters (q,k,v,o,gate,up,down) to "
+                            "remove, in (0, 1); the achieved ratio is reported.")
+    criterion: str = _opt("activation", "Importance criterion: lora (LoRAPrune Eq. 10), taylor (Eq. 3, needs W's gradient), "
+                                  "activation (first-order effect of removing a head/channel, from the input gradient "
+                                  "of o_proj/down_proj; no W gradient), residual (the same effect after compensation: "
+                                  "scores what compensation cannot replace; needs compensate), magnitude or random.")
+    steps: int = _opt(250, "Optimizer steps of the LoRA fine-tune (docs/why-defaults.md).")
+    prune_every: int = _opt(10, "Steps between mask updates.")
+    prune_start: float = _opt(0.0, "Fraction of the steps that score (and fine-tune) before the first mask update, "
+                                   "in [0, 1) (the official LoRAPrune trainer: 0.1).")
+    prune_until: float = _opt(0.4, "Fraction of the steps by which the target ratio is reached; the rest only "
+                                   "fine-tune.")
+    schedule: str = _opt("linear", "How the sparsity rises between prune_start and prune_until: linear, or cubic "
+                                   "(fast first, slow near the target, as the official trainer).",
+                         choices=("linear", "cubic"))
+    lam: float = _opt(0.9, "Moving-average factor λ of the scores (G <- λG + (1-λ)Ĝ), in [0, 1).")
+    ema_start: str = _opt("first", "Moving-average start: first (G = the first score) or zero (G = 0, as the "
+                                   "official code).", choices=("first", "zero"))
+    aggregate: str = _opt("sum-sq", "How element scores form group scores: sum-sq (sum of squares, Eq. 4) or "
+                                    "official (|.| summed per group, each projection's group vector L2-normalised "
+                                    "before summing projections, as the official code).",
+                          choices=("sum-sq", "official"))
+    widths: str = _opt("uniform", "uniform (every layer the same widths; a stock config) or adaptive (MLP widths "
+                                  "per layer from one ranking across layers; written as a per-layer remote-code "
+                                  "folder, docs/deploy.md).",
+                       choices=("uniform", "adaptive"))
+    min_channels: float = _opt(0.1, "With widths=adaptive: each layer keeps at least this share of its MLP "
+                                    "channels, in (0, 1].")
+    skip_layers: str = _opt("", "Decoder layers left unpruned: comma-separated indices (negative counts from the "
+                                "end), 'official' (first 10 % and the last layer) or '' (none). The others are "
+                                "pruned harder so that the total ratio is still met.")
+    compensate: bool = _opt(True, "At every mask update, fold the least-squares stand-in for the removed "
+                                   "heads/channels (regressed on the kept ones over the dense model's calibration "
+                                   "inputs) into the kept columns of o_proj/down_proj's W0.")
+    compensate_tokens: int | None = _opt(None, "Calibration tokens behind compensation's input statistics (default: "
+                                               "64 x the widest compensated input, at most 65,536, e.g. 64 x intermediate_size). The "
+                                               "training steps before the first mask update count; the rest are "
+                                               "forward passes over further calibration sequences.")
+    compensate_stats: str = _opt("dense", "Whose inputs compensation regresses on: 'dense' (statistics of the dense model, "
+                                          "collected once before the first mask update) or 'current' (collected "
+                                          "afresh before every mask update from the model as it is then: earlier "
+                                          "masks applied, LoRA trained so far).", choices=("dense", "current"))
+    compensate_store: str = _opt("auto", "Where compensation's statistics (one in x in float32 matrix per layer and "
+                                         "projection) are kept: device (the run's device), host (CPU memory, one "
+                                         "layer at a time on the device at a fold), disk (one file per layer, "
+                                         "collected a group of layers per forward pass at the first mask update) or "
+                                         "auto (device when the run fits with them, else host on a GPU with room in "
+                                         "host memory, else disk).", choices=("auto", "device", "host", "disk"))
+    lora_r: int = _opt(8, "LoRA rank.")
+    lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r).")
+    lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    lora_plus: float = _opt(1.0, "Learning rate of LoRA's B matrices as a multiple of A's (LoRA+, Hayou et al. "
+                                 "2024, suggests 16); 1 = one learning rate for both.")
+    lr: float | None = _opt(None, "Peak AdamW learning rate (cosine decay to 0 after warmup_steps). Default: "
+                                  "1e-3 below ratio 0.25, 2e-3 from 0.25 on, times 576 / hidden_size on models wider "
+                                  "than 576 (docs/why-defaults.md).")
+    warmup_steps: int = _opt(0, "Linear learning-rate warm-up steps.")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _opt(0.0, "Clip the LoRA gradients' global norm to this before each optimizer step "
+                                     "(after scoring); 0 = no clipping.")
+    batch_size: int = _opt(4, "Sequences per micro-batch.")
+    grad_accum: int = _opt(1, "Micro-batches per optimizer step.")
+    seq_len: int = _opt(256, "Tokens per calibration sequence.")
+    max_blocks: int | None = _opt(None, "Use at most this many calibration sequences (default: all).")
+    base_bits: int | None = _opt(None, "Keep W0 in 8-bit (bitsandbytes on CUDA; LoRAPrune-8bit); needs "
+                                       "--no-compensate.", choices=(8,))
+    channel_multiple: int = _opt(8, "Round the kept MLP width to a multiple of this.")
+    head_policy: str = _opt("mlp-first", "Split of the budget between heads and MLP channels: mlp-first (prune heads "
+                                         "only once the MLP keeps 25 %) or balanced (same fraction, as the paper).",
+                            choices=("mlp-first", "balanced"))
+    joint: bool = _opt(True, "Score during the fine-tune (LoRAPrune); False: one-shot from the first prune_every "
+                             "steps' scores, then fine-tune (the 'separate' baseline; CLI: --separate).", cli=False)
+    seed: int = _opt(0, "Seed of data order, LoRA init and the random criterion.")
+    eval_windows: int = _opt(8, "Perplexity windows before/after on held-out text (0 skips).", result=False)
+    eval_seq_len: int = _opt(512, "Tokens per perplexity window.", result=False)
+    save_every: int = _opt(0, "Write a resumable checkpoint every N optimizer steps (0: only on Ctrl-C).",
+                           result=False)
+    device: str = _opt("auto", "Where the run computes: auto (the first CUDA GPU torch sees, else the CPU), cpu, cuda "
+                               "or cuda:N.", result=False)
+    dtype: str = _opt("float32", "Dtype of the float weights.", choices=("float32", "bfloat16"))
+    amp: str = _opt("auto", "Mixed precision of the fine-tune's forward passes (training, teacher, compensation "
+                           "statistics): off (float32), bf16 (torch.autocast to bfloat16; the frozen decoder "
+                           "projections are held once in bfloat16, embeddings, norms, LoRA, optimizer, scores and "
+                           "statistics stay float32) or auto (bf16 where the hardware multiplies bfloat16 natively, a "
+                           "CPU with AMX or AVX512-BF16 or a CUDA GPU with bf16, for models at least 256 wide; "
+                           "otherwise off). The output is float32, or bfloat16 for a bfloat16 checkpoint held in "
+                           "bfloat16.", choices=("off", "bf16", "auto"))
+    distill: float = _opt(0.5, "Weight of distillation from the dense model in the fine-tune loss, in [0, 1]: "
+                               "(1-w)·CE + w·KL(dense‖pruned). The teacher is the same model with LoRA and masks "
+                               "off (no second copy); one more forward pass per step.")
+    teacher: str = _opt("compensated", "Distillation teacher under --compensate: compensated (the frozen base with "
+                                       "compensation's edits of W0 and every group present; docs/why-defaults.md) "
+                                       "or dense "
+                                       "(the dense model: the edits are swapped out in the teacher pass).",
+                        choices=("compensated", "dense"))
+    distill_hidden: float = _opt(0.0, "Weight of hidden-state distillation, added to the loss: mean over decoder "
+                                      "layers and tokens of |h_pruned - h_dense|^2 / |h_dense|^2 (from the same "
+                                      "teacher pass as --distill; 0 turns it off).")
+    loss_chunk_tokens: int = _opt(256, "Positions per LM-head/loss chunk (same loss and gradients, no full "
+                                       "[batch, seq, vocab] logits); 0 = stock loss.")
+    gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass: less memory, about a "
+                                               "third more time per step, same result.")
+    version: int = _opt(CONFIG_VERSION, "Config format version.", cli=False)
+
+    def __post_init__(self) -> None:
+        if self.ratio is None:
+            raise ConfigError("ratio is required: the fraction of the prunable parameters to remove, in (0, 1), e.g. 0.5")
+        _check_types(self)
+        from compressor.algorithm.criteria import get_criterion
+
+        def bad(name: str, valid: str) -> ConfigError:
+            return ConfigError(f"{name}={getattr(self, name)!r} is not valid; {valid}")
+
+        if not (math.isfinite(self.ratio) and 0.0 < self.ratio < 1.0):
+            raise bad("ratio", "give a number in the open interval (0, 1)")
+        get_criterion(self.criterion)
+        if self.steps < 1:
+            raise bad("steps", "need at least 1")
+        if self.prune_every < 1:
+            raise bad("prune_every", "need at least 1")
+        if self.steps < self.prune_every:
+            raise ConfigError(f"steps={self.steps} is smaller than prune_every={self.prune_every}: no pruning step "
+                              f"would run; give steps >= prune_every")
+        if not (0.0 < self.prune_until <= 1.0):
+            raise bad("prune_until", "give a fraction in (0, 1]")
+        if not (0.0 <= self.prune_start < self.prune_until):
+            raise bad("prune_start", f"give a fraction in [0, prune_until={self.prune_until})")
+        for f in fields(self):
+            ch = f.metadata.get("choices")
+            if ch and getattr(self, f.name) not in ch and not (getattr(self, f.name) is None and f.name == "base_bits"):
+                raise bad(f.name, f"use one of {', '.join(map(str, ch))}")
+        if not (0.0 < self.min_channels <= 1.0):
+            raise bad("min_channels", "give a share in (0, 1]")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm >= 0):
+            raise bad("max_grad_norm", "must be >= 0 (0: no clipping)")
+        parse_skip_layers(self.skip_layers, None)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(self.device).strip().lower()):
+            raise bad("device", "use auto, cpu, cuda or cuda:N")
+        if self.criterion == "residual" and not self.compensate:
+            raise ConfigError("criterion='residual' scores what compensation cannot replace and needs compensate=True; "
+                              "drop --no-compensate, or use criterion 'activation'")
+        if self.compensate_stats == "current" and not self.compensate:
+            raise ConfigError("compensate_stats='current' chooses compensation's statistics and needs compensate=True; "
+                              "drop --no-compensate, or leave compensate_stats at 'dense'")
+        if self.amp == "bf16" and (self.base_bits or self.dtype != "float32"):
+            raise ConfigError(f"amp='bf16' mixes bfloat16 into float32 weights; it cannot run with "
+                              f"{'base_bits=8' if self.base_bits else f'dtype={self.dtype!r}'}: use amp='off' or 'auto'")
+        if self.compensate and self.base_bits:
+            raise ConfigError("compensate=True (the default) changes W0 and needs float base weights; it cannot run "
+                              "with base_bits=8: add --no-compensate (compensate=False)")
+        if not (0.0 <= self.lam < 1.0):
+            raise bad("lam", "λ must be in [0, 1)")
+        if self.lora_r < 1:
+            raise bad("lora_r", "the LoRA rank must be >= 1")
+        if not (self.lora_alpha > 0):
+            raise bad("lora_alpha", "must be > 0")
+        if not (0.0 <= self.lora_dropout < 1.0):
+            raise bad("lora_dropout", "must be in [0, 1)")
+        if not (math.isfinite(self.lora_plus) and self.lora_plus > 0):
+            raise bad("lora_plus", "must be a finite number > 0 (1: B and A share one learning rate)")
+        if self.loss_chunk_tokens < 0:
+            raise bad("loss_chunk_tokens", "use a positive number of positions per chunk, or 0 for the stock loss")
+        if not (0.0 <= self.distill <= 1.0):
+            raise bad("distill", "must be in [0, 1] (0: language-modelling loss only, 1: distillation only)")
+        if not (math.isfinite(self.distill_hidden) and self.distill_hidden >= 0):
+            raise bad("distill_hidden", "must be a finite number >= 0 (0 turns hidden-state distillation off)")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad("lr", "must be a finite number > 0 (or null: chosen from the ratio)")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise bad(name, "need at least 1")
+        if self.seq_len < 2:
+            raise bad("seq_len", "need at least 2 tokens")
+        if self.max_blocks is not None and self.max_blocks < 1:
+            raise bad("max_blocks", "need at least 1 (or None for all)")
+        if self.compensate_tokens is not None and self.compensate_tokens < 1:
+            raise bad("compensate_tokens", "need at least 1 token (or None for 64 x the widest compensated input, at most 65,536)")
+        if self.channel_multiple < 1:
+            raise bad("channel_multiple", "need at least 1")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.steps and self.steps > 1 and self.warmup_steps:
+            raise bad("warmup_steps", f"must be in [0, steps={self.steps})")
+        for name in ("eval_windows", "save_every", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.eval_seq_len < 2:
+            raise bad("eval_seq_len", "need at least 2 tokens")
+        if self.version != CONFIG_VERSION:
+            raise bad("version", f"this toolkit reads config version {CONFIG_VERSION}")
+
+    @property
+    def peak_lr(self) -> float:
+        """The peak learning rate at the reference width: ``lr``, or when it is ``None`` the one
+        :data:`LR_BY_RATIO` gives for ``ratio``. A run on a model uses :meth:`peak_lr_for` with its hidden size."""
+        if self.lr is not None:
+            return self.lr
+        return next(lr for upto, lr in LR_BY_RATIO if self.ratio < upto)
+
+    def peak_lr_for(self, hidden_size: int | None) -> float:
+        """The peak learning rate a run on a model of this hidden size uses: an explicit ``lr`` as given; the
+        default :attr:`peak_lr` times ``LR_REF_HIDDEN / hidden_size`` when the model is wider than
+        :data:`LR_REF_HIDDEN` (unchanged for narrower models, or when the width is unknown)."""
+        if self.lr is not None or not hidden_size or hidden_size <= LR_REF_HIDDEN:
+            return self.peak_lr
+        return self.peak_lr * LR_REF_HIDDEN / hidden_size
+
+    # ---- round trip -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        """Build from a mapping; unknown keys and wrong types are errors."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a prune config must be a mapping of option names to values, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(sorted(names))}")
+        if "ratio" not in data:
+            raise ConfigError("the config has no 'ratio' (fraction of prunable parameters to remove, in (0, 1))")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, defaults: dict[str, Any] | None = None,
+                  **overrides: Any) -> PruneConfig:
+        """Read a YAML or JSON file; ``overrides`` (e.g. CLI options the user set) win over the file, which wins
+        over ``defaults`` (e.g. the CLI's own defaults)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:
+            raise ConfigError(f"config file {str(p)!r} cannot be parsed: {exc}") from exc
+        data = dict(data or {}) if isinstance(data, dict) or data is None else data
+        if isinstance(data, dict):
+            data = {**(defaults or {}), **data, **overrides}
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> PruneConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_skip_layers(spec: str, num_layers: int | None) -> list[int]:
+    """Layer indices named by ``skip_layers`` (see :class:`PruneConfig`); ``num_layers=None`` only checks syntax."""
+    spec = (spec or "").strip()
+    if not spec:
+        return []
+    if spec == "official":
+        if num_layers is None:
+            return []
+        return sorted(set(range(int(math.ceil(0.1 * num_layers)))) | {num_layers - 1})
+    out = []
+    for part in spec.split(","):
+        try:
+            i = int(part.strip())
+        except ValueError:
+            raise ConfigError(f"skip_layers={spec!r} is not valid; give comma-separated layer indices (e.g. '0,1,-1'), "
+                              f"'official' or ''") from None
+        if num_layers is not None:
+            if not -num_layers <= i < num_layers:
+                raise ConfigError(f"skip_layers={spec!r}: layer {i} does not exist; the model has {num_layers} "
+                                  f"layers (0..{num_layers - 1})")
+            i %= num_layers
+        out.append(i)
+    if num_layers is not None and len(set(out)) >= num_layers:
+        raise ConfigError(f"skip_layers={spec!r} skips every layer; leave at least one to prune")
+    return sorted(set(out))
+
+
+def _check_types(cfg: PruneConfig) -> None:
+    hints = get_type_hints(type(cfg))
+    for f in fields(cfg):
+        val = getattr(cfg, f.name)
+        typ = hints[f.name]
+        allowed = get_args(typ) if get_origin(typ) in (Union, types.UnionType) else (typ,)
+        ok = False
+        for t in allowed:
+            if t is type(None) and val is None:
+                ok = True
+            elif t is float and isinstance(val, (int, float)) and not isinstance(val, bool):
+                object.__setattr__(cfg, f.name, float(val))
+                ok = True
+            elif t is int and isinstance(val, int) and not isinstance(val, bool):
+                ok = True
+            elif t is bool and isinstance(val, bool):
+                ok = True
+            elif t is str and isinstance(val, str):
+                ok = True
+        if not ok:
+            names = "/".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"config value {f.name}={val!r} has type {type(val).__name__}; expected {names}")
+
+
+#: Named sets of defaults for ``compress prune --recipe``. ``default`` is the dataclass defaults (the
+#: measured best, README "Results"); ``paper`` is LoRAPrune as published (Eq. 10 criterion, plain LM loss).
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # the paper's Algorithm 1 with its criterion and plain LM loss (this toolkit's defaults until 2026-12)
+    "paper": {"criterion": "lora", "distill": 0.0, "lr": 2e-4, "compensate": False, "steps": 200, "prune_every": 10,
+              "amp": "off",
+              "prune_start": 0.0, "prune_until": 0.5, "schedule": "linear", "aggregate": "sum-sq",
+              "ema_start": "first", "lora_r": 8, "lora_alpha": 16.0},
+    # the paper's criterion with the official code's schedule and aggregation (aim-uofa/LoRAPrune trainer)
+    "official": {"criterion": "lora", "distill": 0.0, "lr": 2e-4, "compensate": False, "steps": 200, "amp": "off",
+                 "prune_every": 10, "prune_start": 0.1, "prune_until": 0.9, "schedule": "cubic",
+                 "aggregate": "official", "ema_start": "zero", "lora_r": 8, "lora_alpha": 16.0},
+}

@@ -1,0 +1,471 @@
+"""Resolve and load models: built-in names, local HF folders, ``.gguf`` files, or hub ids.
+
+Supported architectures are listed in :data:`SUPPORTED_MODEL_TYPES`; others get a clear
+:class:`UnsupportedArchitectureError` before any work starts.
+
+Folders with per-layer widths written by this project (``model_type`` ``lorapress_<type>``, see
+:mod:`compressor.modeling.perlayer`) hold remote code; they are loaded with this package's own copy of those classes,
+so no code from the folder runs and no ``trust_remote_code`` is needed. Other remote code is never run.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compressor.core.errors import ModelLoadError, UnsupportedArchitectureError
+from compressor.modeling.architectures import get_architecture, supported
+from compressor.modeling.sizes import is_per_layer, stock_model_type
+
+#: model_type -> model class: a snapshot, at import, of the table in :mod:`compressor.modeling.architectures` (which
+#: :func:`check_architecture` reads). The pruning code reads every size from the config.
+SUPPORTED_MODEL_TYPES = supported()
+
+#: files of which a model folder needs at least one for AutoTokenizer to load its tokenizer
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "tokenizer_config.json")
+
+#: built-in model names -> asset name (see :mod:`compressor.core.assets`).
+BUILTIN_MODELS = {"smollm2-135m": "smollm2-135m", "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b", "gemma3-270m": "gemma3-270m",
+                  "qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b"}
+DEFAULT_MODEL = "smollm2-135m"
+
+PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model came from: ``kind`` is ``builtin``, ``folder``, ``gguf`` or ``hub``."""
+
+    spec: str
+    kind: str
+    path: str
+    gguf_file: str | None = None
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False,
+                  trust_remote_code: bool = False) -> ModelSource:
+    """Turn a user's model argument into a :class:`ModelSource` without loading weights.
+
+    Raises:
+        ModelLoadError: the path does not exist, is not a model folder, only holds pickle weights and
+            ``allow_pickle`` is False, or asks to run its own code (``auto_map``) and ``trust_remote_code``
+            is False.
+    """
+    spec = str(spec) if spec is not None else DEFAULT_MODEL
+    if spec in BUILTIN_MODELS:
+        from compressor.core.assets import fetch_asset
+
+        gguf = fetch_asset(BUILTIN_MODELS[spec])
+        return ModelSource(spec, "builtin", str(gguf.parent), gguf.name)
+    p = Path(spec).expanduser()
+    if p.is_file():
+        if p.suffix != ".gguf":
+            raise ModelLoadError(
+                f"model path {spec!r} is a file but not a .gguf file; give a Hugging Face model folder, "
+                f"a .gguf file, or a built-in name ({', '.join(BUILTIN_MODELS)})"
+            )
+        _check_gguf(p)
+        return ModelSource(spec, "gguf", str(p.parent), p.name)
+    if p.is_dir():
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise ModelLoadError(f"model folder {spec!r} is not readable")
+        if (p / "config.json").is_file():
+            files = [f.name for f in p.iterdir()]
+            has_safe = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files)
+            has_pickle = any(f.endswith(PICKLE_WEIGHT_SUFFIXES) for f in files)
+            if not has_safe and has_pickle and not allow_pickle:
+                raise ModelLoadError(
+                    f"model folder {spec!r} only has pickle weights (e.g. pytorch_model.bin), which can run "
+                    f"arbitrary code when loaded; convert them to safetensors or pass --allow-pickle"
+                )
+            if not has_safe and not has_pickle:
+                raise ModelLoadError(f"model folder {spec!r} has a config.json but no weight files (*.safetensors)")
+            if not trust_remote_code:
+                check_no_remote_code(p, spec)
+            return ModelSource(spec, "folder", str(p))
+        ggufs = sorted(p.glob("*.gguf"))
+        if len(ggufs) == 1:
+            _check_gguf(ggufs[0])
+            return ModelSource(spec, "gguf", str(p), ggufs[0].name)
+        raise ModelLoadError(
+            f"model folder {spec!r} has no config.json" + (" and several .gguf files" if ggufs else "")
+            + "; give a Hugging Face model folder, a .gguf file, or a built-in name "
+            f"({', '.join(BUILTIN_MODELS)})"
+        )
+    looks_like_hub = spec.count("/") == 1 and not spec.startswith((".", "/", "~")) and " " not in spec
+    if looks_like_hub and p.parent.is_dir():
+        # 'models/llama' where ./models exists is a mistyped local path, not a hub id: fail now instead of
+        # after the hub's network retries
+        raise ModelLoadError(
+            f"model folder {spec!r} not found: the folder {str(p.parent)!r} exists but has no {p.name!r}; give an "
+            f"existing model folder or .gguf file (a hub id 'org/name' is only tried when no local folder 'org' exists)"
+        )
+    if looks_like_hub:
+        return ModelSource(spec, "hub", spec)
+    raise ModelLoadError(
+        f"model {spec!r} not found: not a built-in name ({', '.join(BUILTIN_MODELS)}), not an existing "
+        f"folder or .gguf file, and not a hub id of the form 'org/name'"
+    )
+
+
+#: files whose ``auto_map`` makes transformers import Python code from the model folder
+REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
+
+
+def check_no_remote_code(folder: str | os.PathLike, spec: str | None = None) -> None:
+    """Refuse a model folder that asks to run its own Python code, unless the user trusts it.
+
+    A ``config.json`` (or ``tokenizer_config.json``) with an ``auto_map`` names classes in ``*.py`` files of
+    the folder; loading them executes that code. The toolkit never does so without ``--trust-remote-code``
+    (``trust_remote_code=True``), and does not silently substitute the stock class either (the folder's own
+    code may compute something else).
+
+    Raises:
+        ModelLoadError: naming the file, its ``auto_map`` entries and the two ways forward.
+    """
+    import json
+
+    p = Path(folder)
+    for name in REMOTE_CODE_FILES:
+        f = p / name
+        if not f.is_file():
+            continue
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            if name == "config.json":
+                raise ModelLoadError(f"{str(f)!r} is not readable JSON: {exc}") from exc
+            continue
+        auto_map = doc.get("auto_map") if isinstance(doc, dict) else None
+        if auto_map and name == "config.json" and is_per_layer(doc) and stock_model_type(doc) in SUPPORTED_MODEL_TYPES:
+            continue  # our own per-layer-widths folder: loaded with the in-package classes, its copy never runs
+        if auto_map:
+            entries = ", ".join(f"{k} -> {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else repr(auto_map)
+            mt = doc.get("model_type") if name == "config.json" else None
+            stock = (f", or delete auto_map from it to load the folder with transformers' own class for model_type "
+                     f"{mt!r}" if mt in SUPPORTED_MODEL_TYPES else "")
+            raise ModelLoadError(
+                f"model folder {spec or str(p)!r} asks to run its own Python code: {name} has an auto_map ({entries}); "
+                f"code from a model folder is only run with --trust-remote-code (trust_remote_code=True), so pass it "
+                f"if you trust this folder{stock}")
+
+
+def _check_gguf(path: Path) -> None:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{str(path)!r} is not a GGUF file (bad magic {magic!r})")
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))
+    except Exception as exc:  # gguf raises plain ValueError/struct errors on truncated files
+        raise ModelLoadError(f"GGUF file {str(path)!r} is corrupt or truncated: {exc}") from exc
+
+
+def _remote_code_hint(exc: Exception) -> str:
+    return "; pass --trust-remote-code if you trust its code" if "trust_remote_code" in str(exc) else ""
+
+
+def _per_layer_config_class(source: ModelSource):
+    """The in-package config class of a local per-layer-widths folder, or None for any other source."""
+    import json
+
+    from compressor.modeling.sizes import is_per_layer, stock_model_type
+
+    path = Path(source.path) / "config.json"
+    if source.kind != "folder" or not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the config of model {source.spec!r}: {exc}") from exc
+    if not isinstance(d, dict) or not is_per_layer(d):
+        return None
+    from compressor.modeling.remote_code.configuration_lorapress import CONFIGS
+
+    cls = CONFIGS.get(stock_model_type(d) or "")
+    if cls is None or cls.model_type != d.get("model_type"):
+        raise UnsupportedArchitectureError(
+            f"{source.spec!r} has model_type {d.get('model_type')!r}, which this version of lorapress does not know; "
+            f"per-layer model types: {', '.join(c.model_type for c in CONFIGS.values())}")
+    return cls
+
+
+def load_config(source: ModelSource, *, trust_remote_code: bool = False):
+    """Load and check the config of ``source``; raises for unsupported architectures."""
+    from transformers import AutoConfig
+
+    per_layer = _per_layer_config_class(source)
+    try:
+        # a per-layer-widths folder of ours is built from the in-package class (its own copy is never run)
+        cfg = (per_layer.from_pretrained(source.path) if per_layer is not None
+               else AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code,
+                                               **source.load_kwargs()))
+    except Exception as exc:
+        if "trust_remote_code" in str(exc):
+            raise ModelLoadError(f"model {source.spec!r} needs its own Python code to load (auto_map); it is only "
+                                 f"run with --trust-remote-code (trust_remote_code=True)") from exc
+        if source.kind == "hub":
+            raise ModelLoadError(f"model {source.spec!r} is not a local file or folder, and reading it as a Hugging "
+                                 f"Face hub id failed: {exc}") from exc
+        raise ModelLoadError(f"cannot read the config of model {source.spec!r}: {exc}") from exc
+    check_architecture(cfg, source.spec)
+    return cfg
+
+
+def is_onnx_folder(folder: str | os.PathLike) -> bool:
+    """True if ``folder`` is a folder holding at least one ``*.onnx`` file (an exported model)."""
+    p = Path(folder).expanduser()
+    return p.is_dir() and any(p.glob("*.onnx"))
+
+
+def check_architecture(cfg, spec: str = "model") -> None:
+    """Raise :class:`UnsupportedArchitectureError` unless ``cfg``'s model type is in
+    :mod:`compressor.modeling.architectures` (the message lists the supported ones); a per-layer-widths
+    ``lorapress_<type>`` counts as its stock type."""
+    get_architecture(cfg, spec)
+
+
+def _held_class(cls: Any, config: Any) -> Any:
+    """``cls`` with its projections loaded in the requested 16-bit dtype and its other modules with parameters
+    (embeddings, LM head, norms: named from a meta-device instance of ``config``) in float32, straight from the
+    checkpoint (transformers' ``_keep_in_fp32_modules_strict``; no float32 copy of the rest)."""
+    import torch
+    from torch import nn
+
+    with torch.device("meta"):
+        meta = cls._from_config(config)
+    names = {name.rsplit(".", 1)[-1] for name, mod in meta.named_modules()
+             if name and not isinstance(mod, nn.Linear) and any(True for _ in mod.parameters(recurse=False))}
+    names |= {"lm_head"} & {name.rsplit(".", 1)[-1] for name, _ in meta.named_modules()}
+    keep = sorted(set(getattr(cls, "_keep_in_fp32_modules_strict", None) or ()) | names)
+    return type(cls.__name__, (cls,), {"_keep_in_fp32_modules_strict": keep, "__module__": cls.__module__,
+                                       "__qualname__": cls.__qualname__})
+
+
+def hold_projections(model: Any, dtype: Any) -> int:
+    """Hold the linear layers inside the decoder layers in ``dtype`` and every other float parameter and buffer in
+    float32, in place, one module at a time (the model's own memory plus one layer at most). Returns how many
+    tensors changed dtype. Under bfloat16 autocast the forward pass computes what it computed before: autocast
+    casts a float32 projection weight to bfloat16 for every product anyway."""
+    import torch
+    from torch import nn
+
+    changed = 0
+    inside: set[int] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and ".layers." in f".{name}" and "lora_" not in name:
+            inside.update(id(t) for t in mod.parameters(recurse=False))
+            for t in mod.parameters(recurse=False):
+                if t.dtype.is_floating_point and t.dtype != dtype:
+                    t.data = t.data.to(dtype)
+                    changed += 1
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in inside and t.dtype.is_floating_point and t.dtype != torch.float32:
+            t.data = t.data.float()
+            changed += 1
+    return changed
+
+
+def held_dtype(model: Any) -> Any:
+    """The 16-bit dtype of the decoder projections of a model held by :func:`hold_projections` (projections in
+    bfloat16 or float16, embeddings in float32), else None."""
+    import torch
+    from torch import nn
+
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is None or getattr(emb, "weight", None) is None or emb.weight.dtype != torch.float32:
+        return None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear) and ".layers." in f".{name}":
+            w = mod.weight
+            return w.dtype if w.dtype in (torch.bfloat16, torch.float16) else None
+    return None
+
+
+def source_dtype(config: Any) -> str | None:
+    """The dtype a model's checkpoint declares (``dtype`` / ``torch_dtype`` in its config), e.g. ``bfloat16``."""
+    d = vars(config).get("dtype") or vars(config).get("torch_dtype")  # no deprecation warning on either release
+    return None if d is None else str(d).replace("torch.", "")
+
+
+def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32", base_bits: int | None = None,
+               allow_pickle: bool = False, attn_implementation: str = "eager", trust_remote_code: bool = False,
+               linear_dtype: str | None = None, device: Any = None):
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        spec: built-in name (default ``smollm2-135m``; see :data:`BUILTIN_MODELS`), HF folder, ``.gguf`` file, or hub id.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
+        base_bits: ``8`` or ``4`` to load the linear weights quantized with bitsandbytes, else None.
+        allow_pickle: allow ``pytorch_model.bin``-style weights (they can execute code when loaded).
+        attn_implementation: attention kernel; ``eager`` is needed for dependency tracing.
+        trust_remote_code: allow a folder's own Python code (``auto_map``) to run (default False: such a
+            folder is refused with :class:`ModelLoadError`; see :func:`check_no_remote_code`).
+        linear_dtype: ``bfloat16`` loads the linear layers in bfloat16 and the embeddings, LM head and norms in
+            float32 (``dtype``): the frozen base of a run under bfloat16 autocast, held once.
+        device: load straight onto this device (e.g. ``cuda:0``; default: the CPU).
+
+    Returns:
+        ``(model, tokenizer, source)``. GGUF weights are dequantized and ``quantization_config`` is
+        removed so the model saves as a plain safetensors checkpoint.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    cfg = load_config(source, trust_remote_code=trust_remote_code)
+    if source.kind == "folder":
+        check_weight_files(source, cfg)
+    if source.kind == "folder" and not any((Path(source.path) / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"model folder {source.spec!r} has no tokenizer ({', '.join(TOKENIZER_FILES)} are all "
+                             f"missing); save it next to the weights with tokenizer.save_pretrained(folder)")
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        from compressor.core.errors import ConfigError
+
+        raise ConfigError(f"dtype {dtype!r} is not valid; use float32, bfloat16 or float16")
+    kwargs: dict[str, Any] = dict(source.load_kwargs(), dtype=torch_dtype, attn_implementation=attn_implementation,
+                                  trust_remote_code=trust_remote_code)
+    if base_bits is not None:
+        from transformers import BitsAndBytesConfig
+
+        from compressor.core.optional import require
+
+        if base_bits in (8, 4):
+            require("bitsandbytes", f"--base-bits {base_bits}")
+        if base_bits == 8:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
+        elif base_bits == 4:
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=["lm_head"])
+        else:
+            from compressor.core.errors import ConfigError
+
+            raise ConfigError(f"base_bits {base_bits!r} is not valid; use 8, 4 or None")
+        kwargs["dtype"] = torch.float32
+    if linear_dtype is not None and base_bits is None:
+        if linear_dtype != "bfloat16" or dtype != "float32":
+            from compressor.core.errors import ConfigError
+
+            raise ConfigError(f"linear_dtype {linear_dtype!r} with dtype {dtype!r} is not valid; use "
+                              f"linear_dtype='bfloat16' with dtype='float32', or linear_dtype=None")
+        # a GGUF file is dequantized whole in float32 anyway, and transformers would dequantize the float32-kept
+        # modules through bfloat16: load it in float32 and hold the projections afterwards (below)
+        if not source.gguf_file:
+            kwargs["dtype"] = torch.bfloat16
+    if device is not None and torch.device(device).type != "cpu":
+        kwargs["device_map"] = {"": str(torch.device(device))}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = None if source.kind == "gguf" or source.kind == "builtin" else True
+    loader: Any = AutoModelForCausalLM
+    from compressor.modeling.sizes import is_per_layer
+
+    if is_per_layer(cfg):  # our own per-layer class, not the folder's copy of it
+        from compressor.modeling.perlayer import per_layer_model_class
+
+        loader = per_layer_model_class(cfg)
+        kwargs["config"] = cfg
+    if kwargs["dtype"] == torch.bfloat16 and linear_dtype is not None:
+        if loader is AutoModelForCausalLM:
+            from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+            loader = MODEL_FOR_CAUSAL_LM_MAPPING[type(cfg)]
+        loader = _held_class(loader, cfg)
+    try:
+        model: Any = loader.from_pretrained(source.path, **kwargs)
+    except Exception as exc:
+        hint = ("; its weight files look corrupt or incomplete (re-download or re-save the model)"
+                if "safetensor" in type(exc).__name__.lower() or isinstance(exc, (EOFError, OSError))
+                else _remote_code_hint(exc))
+        raise ModelLoadError(f"cannot load model {source.spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code,
+                                                  **source.load_kwargs())
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of model {source.spec!r}: {exc}{_remote_code_hint(exc)}") from exc
+    if source.gguf_file:  # transformers' Gemma GGUF tokenizer splits words apart: tokenize as llama.cpp does
+        from compressor.modeling.gguf_tokenizer import fix_gguf_tokenizer
+
+        fix_gguf_tokenizer(tokenizer, Path(source.path) / source.gguf_file)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if source.gguf_file and base_bits is None:
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config._name_or_path = source.spec
+    model.config.use_cache = True
+    if linear_dtype is not None and base_bits is None:
+        hold_projections(model, torch.bfloat16)  # a GGUF model, and whatever a folder load left in another dtype
+    if linear_dtype is not None or base_bits is not None:
+        model.lorapress_source_dtype = source_dtype(cfg)  # what the checkpoint holds, not the held copy
+    return model, tokenizer, source
+
+
+def check_weight_files(source: ModelSource, config: Any) -> None:
+    """Check a model folder's ``*.safetensors`` against its config before loading: every file complete, every
+    weight the model needs present (transformers would silently initialise a missing one at random) and of
+    the shape the config implies. Reads the file headers only; pickle folders are not checked.
+
+    Raises:
+        ModelLoadError: naming the file, the tensor, the shape found and the one expected.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from compressor.core.io import safetensors_header
+
+    folder = Path(source.path)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files or getattr(config, "auto_map", None):  # a trusted folder's own class may lay out other weights
+        return
+    found: dict[str, tuple[list[int], str]] = {}
+    for f in files:
+        try:
+            table = safetensors_header(f)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"weight file {str(f)!r} of model {source.spec!r} is corrupt or incomplete: {exc} "
+                                 f"(re-download or re-save the model)") from exc
+        found.update({k: (list(v.get("shape", [])), f.name) for k, v in table.items()})
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            raise ModelLoadError(f"{str(index)!r} is not a valid safetensors index: {exc}") from exc
+        absent = sorted(s for s in shards if not (folder / s).is_file())
+        if absent:
+            raise ModelLoadError(f"model {source.spec!r}: {str(index)!r} lists weight files that are missing: "
+                                 f"{', '.join(absent[:5])}")
+    try:
+        with torch.device("meta"):
+            ref = AutoModelForCausalLM.from_config(config)
+    except Exception:  # noqa: BLE001 - a config transformers cannot build is reported by the real load
+        return
+    expected = {k: list(v.shape) for k, v in ref.state_dict().items()}
+    prefix = getattr(ref, "base_model_prefix", "model")
+    for k in list(found):
+        if k not in expected and f"{prefix}.{k}" in expected:  # a base model saved without its prefix
+            found[f"{prefix}.{k}"] = found.pop(k)
+    wrong = [(k, found[k], shape) for k, shape in expected.items() if k in found and found[k][0] != shape]
+    if wrong:
+        k, (got, fname), want = wrong[0]
+        raise ModelLoadError(
+            f"model {source.spec!r}: {len(wrong)} weight(s) do not have the shape config.json implies, e.g. {k!r} "
+            f"in {fname!r} is {got}, config.json implies {want}; the weights and config.json are from different "
+            f"models (re-save the folder with save_pretrained)")
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = sorted(k for k in expected if k not in found and not (tied and k.endswith("lm_head.weight")))
+    if missing:
+        raise ModelLoadError(
+            f"model {source.spec!r}: {len(missing)} weight(s) the config needs are in none of "
+            f"{', '.join(f.name for f in files)}, e.g. {missing[:3]}; the folder is incomplete (re-download or "
+            f"re-save it)")
