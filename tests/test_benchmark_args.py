@@ -1,7 +1,8 @@
 """Benchmark scripts refuse a bad ``--name`` before any work, with a message naming the value; the default-budget
-table reports a resumed run's step time."""
+table reports a resumed run's step time; every script has an entry with its command in ``benchmarks/README.md``."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,32 @@ def test_default_budget_table_reports_a_resumed_runs_step_time():
     assert db._resumed_from({"history": hist, "wall_time_s": 25.0}) == -1  # an older report, resumed
     assert db._resumed_from({"history": hist, "wall_time_s": 25.0, "resumed_from_step": 2}) == 2
     assert db._resumed_from({"history": hist, "wall_time_s": 45.0, "resumed_from_step": None}) is None
+
+
+#: modules in benchmarks/ that are no script of their own (imported by the scripts), so need no command line
+BENCHMARK_HELPERS = {"common.py"}
+
+
+def _fenced(text: str) -> str:
+    return "\n".join(re.findall(r"```[a-z]*\n(.*?)```", text, re.S))
+
+
+def test_every_benchmark_script_is_in_the_index_with_a_command():
+    """A new script without an entry in benchmarks/README.md (its command in a code block) fails here."""
+    index = (ROOT / "benchmarks" / "README.md").read_text()
+    code = _fenced(index)
+    scripts = sorted(p.name for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh"))
+    assert "default_budget.py" in scripts and "gpu_check.sh" in scripts  # the glob found the scripts
+    missing = [s for s in scripts if s not in BENCHMARK_HELPERS
+               and not re.search(rf"(?:^|\s)(?:python|bash) benchmarks/{re.escape(s)}(?:\s|$)", code, re.M)]
+    assert not missing, f"benchmarks/README.md gives no command line for {missing}: add an entry to the index"
+    unnamed = [s for s in BENCHMARK_HELPERS if f"`{s}`" not in index]
+    assert not unnamed, f"benchmarks/README.md does not name the helper(s) {unnamed}"
+
+
+def test_the_index_names_no_script_that_does_not_exist():
+    index = (ROOT / "benchmarks" / "README.md").read_text()
+    named = set(re.findall(r"benchmarks/([a-z0-9_]+\.(?:py|sh))\b", index))
+    named |= set(re.findall(r"`([a-z0-9_]+\.(?:py|sh))`", index))
+    missing = sorted(s for s in named if not (ROOT / "benchmarks" / s).is_file())
+    assert not missing, f"benchmarks/README.md names scripts that do not exist: {missing}"
