@@ -6,12 +6,11 @@ budget otherwise; WikiText-2 perplexity of each result (through `compress prune`
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, dense_hf_dir, git_rev, load_json, machine, write_result  # noqa: E402
+from common import ROOT, dense_hf_dir, git_rev, load_json, machine, run_compress, write_result  # noqa: E402
 
 RUNS = ROOT / "benchmarks" / ".runs"
 
@@ -34,17 +33,15 @@ def main() -> None:
     for kind, val, opts in runs:
         out = RUNS / f"ablation-{kind}-{val}"
         if not (out / "compression_report.json").is_file():
-            args = [sys.executable, "-m", "compressor.cli", "prune", str(dense), "--ratio", str(a.ratio), "--out", str(out),
-                    "--force", "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--seq-len", str(a.seq_len),
-                    "--eval-data", "none", "--quiet"]
+            args = ["prune", dense, "--ratio", a.ratio, "--out", out, "--force", "--steps", a.steps,
+                    "--batch-size", a.batch_size, "--seq-len", a.seq_len, "--eval-data", "none", "--quiet"]
             for k, v in opts.items():
                 args += [k, v]
-            print("$ " + " ".join(args), flush=True)
-            subprocess.run(args, cwd=ROOT, check=True)
+            run_compress(args)
         ev = out / "eval_report.json"
         if not ev.is_file():
-            subprocess.run([sys.executable, "-m", "compressor.cli", "eval", str(out), "--tasks", "wikitext2", "--seq-len",
-                            "2048", "--max-windows", str(a.eval_windows), "--out", str(ev), "-q"], cwd=ROOT, check=True)
+            run_compress(["eval", out, "--tasks", "wikitext2", "--seq-len", 2048, "--max-windows", a.eval_windows,
+                          "--out", ev, "-q"])
         ppl = load_json(ev)["results"]["wikitext2"]["ppl"]
         rows.append({"ablation": kind, "value": val, "wikitext2_ppl": ppl,
                      "prune_wall_s": load_json(out / "compression_report.json")["wall_time_s"]})

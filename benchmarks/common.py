@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,6 +87,46 @@ def check_result_name(ap, name: str, example: str) -> None:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         ap.error(f"--name {name!r}: give a plain file stem such as {example} (written under benchmarks/results/; "
                  "no folders, no leading dot)")
+
+
+@dataclass
+class CompressRun:
+    """One finished ``compress`` subprocess: its arguments, the command as a user types it, wall seconds, and its
+    output (stdout then stderr; empty unless captured)."""
+
+    args: list[str]
+    command: str
+    seconds: float
+    returncode: int
+    output: str = ""
+
+
+class CompressFailed(RuntimeError):
+    """A ``compress`` subprocess exited non-zero (the message ends with its output's tail when captured)."""
+
+
+def run_compress(args, *, capture: bool = False, check: bool = True, echo: bool = True) -> CompressRun:
+    """Run ``compress ARGS`` the way a user does, as its own process: ``python -m compressor.cli ARGS`` with this
+    Python, in the repository root (so its memory and time are its own and the product's CLI is what is measured).
+
+    Args:
+        args: the command's arguments after ``compress`` (``["prune", MODEL, "--ratio", "0.5", ...]``); any
+            path-like or number is turned into a string.
+        capture: keep stdout and stderr in :attr:`CompressRun.output` instead of printing them.
+        check: raise :class:`CompressFailed` when the command exits non-zero.
+        echo: print the command (``+ compress ...``) before running it.
+    """
+    args = [str(a) for a in args]
+    command = "compress " + shlex.join(args)
+    if echo:
+        print("+ " + command, flush=True)
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "compressor.cli", *args], cwd=ROOT, capture_output=capture, text=True)
+    run = CompressRun(args, command, time.perf_counter() - t0, p.returncode, (p.stdout or "") + (p.stderr or ""))
+    if check and p.returncode != 0:
+        tail = f":\n{run.output[-3000:]}" if capture else ""
+        raise CompressFailed(f"{command} failed ({p.returncode}){tail}")
+    return run
 
 
 def load_json(path: Path) -> dict:

@@ -18,13 +18,12 @@ import argparse
 import dataclasses
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DENSE_WIKITEXT2_20, ROOT, eval_ppl, load_json, write_result  # noqa: E402  (common also puts the repository on sys.path)
+from common import DENSE_WIKITEXT2_20, ROOT, eval_ppl, load_json, run_compress, write_result  # noqa: E402  (common also puts the repository on sys.path)
 from plots import RESULTS, _plt, _save  # noqa: E402
 
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
@@ -54,12 +53,6 @@ def _busy_warning() -> None:
               "step speed will not be comparable (run one job at a time)", file=sys.stderr)
 
 
-def _compress(*args: str) -> None:
-    cmd = [sys.executable, "-m", "compressor.cli", *args]
-    print("+ compress " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-
-
 def _copy(src: Path, dst: Path) -> None:
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)
@@ -74,11 +67,10 @@ def run(name: str, ratio: float, model: str, extra: list[str], runs: Path, force
     _busy_warning()
     out = runs / name
     t0 = time.time()
-    _compress("prune", model, "--ratio", str(ratio), "--out", str(out), "--quiet",
-              *(["--force"] if force else []), *extra)
+    run_compress(["prune", model, "--ratio", ratio, "--out", out, "--quiet", *(["--force"] if force else []), *extra])
     prune_s = time.time() - t0
     ev = runs / f"eval-{name}.json"
-    _compress("eval", str(out), *EVAL_ARGS, "--out", str(ev), "--quiet", *(["--force"] if force else []))
+    run_compress(["eval", out, *EVAL_ARGS, "--out", ev, "--quiet", *(["--force"] if force else [])])
     _copy(out / "compression_report.json", targets[0])
     if (out / "pruning.png").is_file():
         _copy(out / "pruning.png", RESULTS / f"prune_{name}.png")
@@ -98,7 +90,7 @@ def dense(model: str, runs: Path, force: bool) -> None:
         sys.exit(f"error: {dst} already exists; pass --force to measure again")
     _busy_warning()
     ev = runs / name
-    _compress("eval", model, *EVAL_ARGS, "--out", str(ev), "--quiet", *(["--force"] if force else []))
+    run_compress(["eval", model, *EVAL_ARGS, "--out", ev, "--quiet", *(["--force"] if force else [])])
     _copy(ev, dst)
     table()
 

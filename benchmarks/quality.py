@@ -12,31 +12,20 @@ Every run goes through the product's own CLI (``compress prune`` then ``compress
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ROOT, dense_hf_dir, git_rev, load_json, machine, write_result  # noqa: E402
+from common import RESULTS, ROOT, dense_hf_dir, git_rev, load_json, machine, run_compress, write_result  # noqa: E402
 
 RUNS = ROOT / "benchmarks" / ".runs"
-
-
-def _sh(args: list[str]) -> float:
-    t0 = time.time()
-    print("  $ " + " ".join(args), flush=True)
-    p = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(f"command failed ({p.returncode}): {' '.join(args)}\n{p.stderr[-2000:]}")
-    return time.time() - t0
 
 
 def evaluate(model_dir: Path, a) -> dict:
     out = model_dir / "eval_report.json"
     if not out.is_file() or a.reeval:
-        _sh([sys.executable, "-m", "compressor.cli", "eval", str(model_dir), "--tasks", a.tasks, "--seq-len",
-             str(a.eval_seq_len), "--max-windows", str(a.eval_windows), "--limit", str(a.limit), "--out", str(out), "-q"])
+        run_compress(["eval", model_dir, "--tasks", a.tasks, "--seq-len", a.eval_seq_len, "--max-windows",
+                      a.eval_windows, "--limit", a.limit, "--out", out, "-q"], capture=True)
     return load_json(out)
 
 
@@ -81,13 +70,13 @@ def main() -> None:
             name = f"{a.name}-{crit}-{int(ratio * 100)}"
             out = RUNS / name
             if not (out / "compression_report.json").is_file() or a.rerun:
-                args = [sys.executable, "-m", "compressor.cli", "prune", str(dense), "--ratio", str(ratio), "--out", str(out),
-                        "--force", "--steps", str(a.steps), "--prune-every", str(a.prune_every), "--batch-size",
-                        str(a.batch_size), "--seq-len", str(a.seq_len), "--lr", str(a.lr), "--eval-data", "none", "--quiet",
-                        "--criterion", "lora" if crit == "separate" else crit]
+                args = ["prune", dense, "--ratio", ratio, "--out", out, "--force", "--steps", a.steps,
+                        "--prune-every", a.prune_every, "--batch-size", a.batch_size, "--seq-len", a.seq_len,
+                        "--lr", a.lr, "--eval-data", "none", "--quiet", "--criterion",
+                        "lora" if crit == "separate" else crit]
                 if crit == "separate":
                     args.append("--separate")
-                _sh(args)
+                run_compress(args, capture=True)
             rep = load_json(out / "compression_report.json")
             row = dict(name=name, ratio=ratio, criterion=crit, ratio_achieved=rep["ratio_achieved"],
                        params=rep["params_total_after"], prune_wall_s=rep["wall_time_s"],

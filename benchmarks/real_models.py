@@ -29,14 +29,12 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, git_rev, load_json, machine  # noqa: E402
+from common import ROOT, CompressFailed, CompressRun, git_rev, load_json, machine, run_compress  # noqa: E402
 
 RESULT = ROOT / "benchmarks" / "results" / "real_models.json"
 WIKI = ROOT.parent / "shared" / "data" / "wikitext2" / "test.txt"
@@ -160,15 +158,13 @@ def check(name: str, windows: int, seq_len: int) -> None:
     _update(name, "check", res)
 
 
-def _run(cmd: list[str]) -> tuple[float, float, str]:
-    """Run ``cmd``; returns (wall s, peak RSS GiB of the child, output)."""
-    t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    wall = time.time() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest child so far
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, rss, proc.stdout + proc.stderr
+def _run(args: list) -> tuple[CompressRun, float]:
+    """Run ``compress ARGS`` (output captured); returns the run and the peak RSS (GiB) of the largest child so far."""
+    try:
+        run = run_compress(args, capture=True)
+    except CompressFailed as exc:
+        raise SystemExit(str(exc)) from None
+    return run, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 
 
 def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], windows: int, seq_len: int) -> None:
@@ -177,15 +173,13 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
 
     from compressor.evaluation.perplexity import perplexity
 
-    py = sys.executable
     out = work / f"{name}-{int(ratio * 100)}"
     onnx = work / f"{name}-{int(ratio * 100)}-onnx"
     res: dict = {"ratio_asked": ratio, "steps": steps, "machine": machine(), "git": git_rev()}
-    cmd = [py, "-m", "compressor.cli", "prune", name, "--ratio", str(ratio), "--steps", str(steps), "--prune-every", "1",
-           *extra, "--out", str(out), "--force", "--quiet"]
-    wall, rss, _ = _run(cmd)
+    run, rss = _run(["prune", name, "--ratio", ratio, "--steps", steps, "--prune-every", 1, *extra, "--out", out,
+                     "--force", "--quiet"])
     rep = load_json(out / "compression_report.json")
-    res["prune"] = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib": round(rss, 2),
+    res["prune"] = {"command": run.command, "wall_s": round(run.seconds, 1), "peak_rss_gib": round(rss, 2),
                     "ratio_achieved": rep.get("ratio_achieved"), "params_before": rep.get("params_before"),
                     "params_after": rep.get("params_after"), "widths_before": rep.get("widths_before"),
                     "widths_after": rep.get("widths_after"),
@@ -211,11 +205,11 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
     for add_bos in (False, True) if tok.bos_token_id is not None else (False,):
         r = perplexity(m1, tok, _wiki(), seq_len=seq_len, max_windows=windows, add_bos=add_bos)
         res[f"ppl_wikitext2_after{'_bos' if add_bos else ''}"] = {k: r[k] for k in ("ppl", "windows", "seq_len", "tokens")}
-    cmd = [py, "-m", "compressor.cli", "export", str(out), "--format", "onnx", "--out", str(onnx), "--force"]
-    wall, rss, log = _run(cmd)
+    run, rss = _run(["export", out, "--format", "onnx", "--out", onnx, "--force"])
     rep_file = next(iter(sorted(onnx.glob("*report*.json"))), None)
-    res["export_onnx"] = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib_max_child": round(rss, 2),
-                          "report": load_json(rep_file) if rep_file else None, "log_tail": log[-1500:]}
+    res["export_onnx"] = {"command": run.command, "wall_s": round(run.seconds, 1),
+                          "peak_rss_gib_max_child": round(rss, 2), "report": load_json(rep_file) if rep_file else None,
+                          "log_tail": run.output[-1500:]}
     # greedy next tokens vs PyTorch: stock ORTModelForCausalLM where optimum is installed, else plain ONNX Runtime
     try:
         from optimum.onnxruntime import ORTModelForCausalLM
@@ -242,10 +236,9 @@ def export_dense(name: str, work: Path) -> tuple[Path, dict]:
     dense = work / f"{name}-dense-onnx"
     if (dense / "model.onnx").is_file():
         return dense, {"reused": str(dense)}
-    cmd = [sys.executable, "-m", "compressor.cli", "export", name, "--format", "onnx", "--out", str(dense), "--force"]
-    wall, rss, log = _run(cmd)
-    return dense, {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "peak_rss_gib_max_child": round(rss, 2),
-                   "log_tail": log[-800:]}
+    run, rss = _run(["export", name, "--format", "onnx", "--out", dense, "--force"])
+    return dense, {"command": run.command, "wall_s": round(run.seconds, 1), "peak_rss_gib_max_child": round(rss, 2),
+                   "log_tail": run.output[-800:]}
 
 
 def bench(name: str, ratio: float, work: Path, threads: int, runs: int) -> None:
@@ -254,11 +247,10 @@ def bench(name: str, ratio: float, work: Path, threads: int, runs: int) -> None:
         raise SystemExit(f"{pruned} has no model.onnx: run `python benchmarks/real_models.py chain {name} {ratio}` first")
     dense, dense_info = export_dense(name, work)
     out = work / f"bench-{name}-{int(ratio * 100)}"
-    cmd = [sys.executable, "-m", "compressor.cli", "bench", str(pruned), "--baseline", str(dense), "--threads",
-           str(threads), "--runs", str(runs), "--out", str(out), "--force"]
-    wall, _, log = _run(cmd)
+    run, _ = _run(["bench", pruned, "--baseline", dense, "--threads", threads, "--runs", runs, "--out", out, "--force"])
+    log = run.output
     rep = load_json(out / "bench_report.json")
-    res = {"command": " ".join(cmd[2:]), "wall_s": round(wall, 1), "dense_export": dense_info, "machine": machine(),
+    res = {"command": run.command, "wall_s": round(run.seconds, 1), "dense_export": dense_info, "machine": machine(),
            "git": git_rev(), "ratios": rep.get("ratios"), "settings": rep.get("settings"),
            "model": {k: rep["model"].get(k) for k in ("latency", "flops_per_token", "params", "file_bytes", "peak_rss_mb")},
            "baseline": {k: rep["baseline"].get(k) for k in ("latency", "flops_per_token", "params", "file_bytes",

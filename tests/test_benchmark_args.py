@@ -65,3 +65,15 @@ def test_the_index_names_no_script_that_does_not_exist():
     named |= set(re.findall(r"`([a-z0-9_]+\.(?:py|sh))`", index))
     missing = sorted(s for s in named if not (ROOT / "benchmarks" / s).is_file())
     assert not missing, f"benchmarks/README.md names scripts that do not exist: {missing}"
+
+
+def test_run_compress_runs_the_cli_as_a_user_does_and_reports_a_failure():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from common import CompressFailed, run_compress
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    run = run_compress(["prune", "--help"], capture=True, echo=False)
+    assert run.returncode == 0 and "--ratio" in run.output and run.command == "compress prune --help"
+    with pytest.raises(CompressFailed, match=r"compress no-such-command failed \(2\)"):
+        run_compress([Path("no-such-command")], capture=True, echo=False)
