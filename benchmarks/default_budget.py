@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DENSE_WIKITEXT2_20, ROOT, eval_ppl, load_json, run_compress, write_result  # noqa: E402  (common also puts the repository on sys.path)
-from plots import RESULTS, _plt, _save  # noqa: E402
+from plots import RESULTS, pyplot, save_png  # noqa: E402
 
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
 #: dense rows measured under the same protocol (first 20 x 2048 tokens); written by ``dense`` or by hand earlier
@@ -207,7 +207,7 @@ def table() -> dict:
 
 
 def _plot(d: dict) -> Path | None:
-    plt = _plt()
+    plt = pyplot()
     rows = [r for r in d["rows"] if r["model"] == "smollm2-135m" and r["steps"] == 250 and r["wikitext2_x_dense"]]
     if plt is None or not rows:
         return None
@@ -225,7 +225,7 @@ def _plot(d: dict) -> Path | None:
         ax.axvline(x, color=c, ls="--", lw=1)
     ax.set_xlabel("WikiText-2 perplexity / dense (first 20 x 2048 tokens); lines: targets 1.3 x (20 %), 3 x (50 %)")
     ax.set_title("SmolLM2-135M, default budget (250 steps), 2 CPU cores; orange: per-layer widths", fontsize=9)
-    return _save(fig, "default_budget")
+    return save_png(fig, "default_budget")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -68,9 +68,9 @@ def pair(model: Path, baseline: Path, runs: int, threads: int) -> dict:
 
 
 def plot(d: dict, name: str) -> None:
-    from plots import _plt, _save
+    from plots import pyplot, save_png
 
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -88,7 +88,7 @@ def plot(d: dict, name: str) -> None:
     ax.set_ylabel("pruned / dense")
     ax.set_title(f"ONNX Runtime, pruned/dense by exporter ({name})")
     ax.legend(fontsize=8)
-    _save(fig, f"onnx_exporters_{name}")
+    save_png(fig, f"onnx_exporters_{name}")
 
 
 def main(argv: list[str] | None = None) -> None:

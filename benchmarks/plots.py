@@ -15,7 +15,8 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _plt():
+def pyplot():
+    """matplotlib's ``pyplot`` on the Agg backend, or None (with a note) where matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -27,7 +28,8 @@ def _plt():
     return plt
 
 
-def _save(fig, name: str, folder: Path = RESULTS) -> Path:
+def save_png(fig, name: str, folder: Path = RESULTS) -> Path:
+    """Save ``fig`` as ``folder/NAME.png`` (default ``benchmarks/results/``)."""
     path = Path(folder) / f"{name}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -37,7 +39,7 @@ def _save(fig, name: str, folder: Path = RESULTS) -> Path:
 
 def plot_resources(d: dict, name: str = "resources") -> Path | None:
     """Peak memory above the loaded model and step time per mode."""
-    plt = _plt()
+    plt = pyplot()
     rows = [r for r in d["rows"] if "error" not in r]
     if plt is None or not rows:
         return None
@@ -50,12 +52,12 @@ def plot_resources(d: dict, name: str = "resources") -> Path | None:
     for ax in (a1, a2):
         ax.tick_params(axis="x", rotation=30)
     fig.suptitle("Scoring step: lora vs taylor (-gc: gradient checkpointing)")
-    return _save(fig, name)
+    return save_png(fig, name)
 
 
 def plot_mask_agreement(d: dict, name: str = "mask_agreement") -> Path | None:
     """Share of pruned channels chosen by both criteria, against the random expectation."""
-    plt = _plt()
+    plt = pyplot()
     if plt is None or not d.get("rows"):
         return None
     rows = d["rows"]
@@ -71,12 +73,12 @@ def plot_mask_agreement(d: dict, name: str = "mask_agreement") -> Path | None:
     ax.set_ylabel("overlap")
     ax.set_title(f"Mask agreement, lora vs taylor ({d.get('steps')} scoring steps)")
     ax.legend(fontsize=8)
-    return _save(fig, name)
+    return save_png(fig, name)
 
 
 def plot_ablation(d: dict, name: str = "ablation") -> Path | None:
     """WikiText-2 perplexity per λ and per prune-every."""
-    plt = _plt()
+    plt = pyplot()
     if plt is None or not d.get("rows"):
         return None
     kinds = list(dict.fromkeys(r["ablation"] for r in d["rows"]))
@@ -87,12 +89,12 @@ def plot_ablation(d: dict, name: str = "ablation") -> Path | None:
         ax.set_xlabel(k)
         ax.set_ylabel("WikiText-2 perplexity")
     fig.suptitle(f"Ablations at {int(d.get('ratio', 0.5) * 100)} %, {d.get('steps')} steps each")
-    return _save(fig, name)
+    return save_png(fig, name)
 
 
 def plot_onnx_latency(files: list[str], name: str = "onnx_latency") -> Path | None:
     """Latency ratio and FLOP ratio per case, for the newest result file of each model."""
-    plt = _plt()
+    plt = pyplot()
     newest: dict[str, dict] = {}
     for f in sorted(files):  # names end in a UTC time stamp: the last one per model wins
         label = Path(f).stem.removeprefix("onnx_latency_").rsplit("_", 1)[0]
@@ -112,12 +114,12 @@ def plot_onnx_latency(files: list[str], name: str = "onnx_latency") -> Path | No
     ax.set_ylabel("pruned / dense")
     ax.set_title("ONNX Runtime (CPU): latency vs FLOP ratio")
     ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, name, Path(sorted(files)[0]).parent)
+    return save_png(fig, name, Path(sorted(files)[0]).parent)
 
 
 def plot_screen(data: dict, name: str = "screen") -> Path | None:
     """Bar chart of a screening grid: WikiText-2 perplexity (log scale) per row, dense as a line."""
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return None
     rows = data.get("rows", [])
@@ -140,12 +142,12 @@ def plot_screen(data: dict, name: str = "screen") -> Path | None:
     ax.set_title(f"ratio {data.get('ratio')}, {data.get('steps')} steps; {ev.get('windows')} × {ev.get('seq_len')} "
                  f"tokens (orange: masked model)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, name)
+    return save_png(fig, name)
 
 
 def plot_criterion_fidelity(data: dict) -> Path | None:
     """Spearman(criterion, taylor) per step and module kind; the LoRA recovery ratio on a third panel."""
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return None
     steps = data["steps"]
@@ -170,7 +172,7 @@ def plot_criterion_fidelity(data: dict) -> Path | None:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, "criterion_fidelity")
+    return save_png(fig, "criterion_fidelity")
 
 
 #: result name -> plot function (called by common.write_result)

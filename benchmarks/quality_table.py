@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import check_result_name, git_rev, load_json  # noqa: E402
-from plots import RESULTS, _plt, _save  # noqa: E402
+from plots import RESULTS, pyplot, save_png  # noqa: E402
 
 ORDER = ["wikitext2", "ptb", "piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "openbookqa",
          "mmlu"]
@@ -73,7 +73,7 @@ def table(rows: dict[str, dict]) -> str:
 
 
 def plot(rows: dict[str, dict], name: str) -> Path | None:
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return None
     tasks = [t for t in ORDER if t not in PPL and any(t in r for r in rows.values())]
@@ -91,7 +91,7 @@ def plot(rows: dict[str, dict], name: str) -> Path | None:
     ax.set_ylabel("accuracy, % (±1 SE)")
     ax.legend(fontsize=8)
     ax.set_title(name)
-    return _save(fig, name)
+    return save_png(fig, name)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DENSE_WIKITEXT2_20, eval_ppl, load_json, write_result  # noqa: E402
-from plots import RESULTS, _plt, _save  # noqa: E402
+from plots import RESULTS, pyplot, save_png  # noqa: E402
 
 #: series -> {ratio: eval report (20 windows)}; a missing file is skipped and listed as not measured
 SERIES_20 = {
@@ -76,7 +76,7 @@ def collect() -> dict:
 
 
 def plot(d: dict) -> Path | None:
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.5))
@@ -101,7 +101,7 @@ def plot(d: dict) -> Path | None:
         a.set_ylabel("perplexity")
         a.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(0.0, -0.18))  # below the axes: the lines fill them
     fig.suptitle("SmolLM2-135M, 2 CPU cores, <= 30 min a run", fontsize=10)
-    return _save(fig, "ratio_curve")
+    return save_png(fig, "ratio_curve")
 
 
 def main() -> None:

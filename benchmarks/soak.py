@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, git_rev, load_json, machine, write_result  # noqa: E402
-from plots import RESULTS, _plt, _save  # noqa: E402
+from plots import RESULTS, pyplot, save_png  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------- worker
@@ -162,7 +162,7 @@ def compare(a: Path, b: Path) -> dict:
 
 
 def plot(d: dict, ref: list[dict], soaked: list[dict]) -> Path | None:
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -180,7 +180,7 @@ def plot(d: dict, ref: list[dict], soaked: list[dict]) -> Path | None:
     ax.set_title(f"soak: {len(d['kills'])} SIGKILLs, max |Δw| = {d['compare']['max_abs_dw']:.1e}, "
                  f"RSS slope {d['rss_slope_mib_per_100_steps']['uninterrupted']:+.2f} MiB/100 steps", fontsize=9)
     ax.legend(fontsize=8)
-    return _save(fig, "soak")
+    return save_png(fig, "soak")
 
 
 def main() -> None:

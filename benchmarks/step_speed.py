@@ -51,28 +51,66 @@ def reference_head_loss(h, weight, y, th, ce_scale, kl_scale, chunk):
     return ce_scale * ce_sum + kl_scale * kl_sum, grad_h
 
 
+class _HeadOnly:
+    """A causal LM whose decoder hands back set hidden states, over the real model's LM head and config: what the
+    product's :func:`compressor.algorithm.loss.lm_loss` reads (``get_decoder``, ``get_output_embeddings``, a config
+    without logit soft-capping), so timing it times the LM head and loss alone, exactly as a pruning step runs them."""
+
+    def __init__(self, model) -> None:
+        from types import SimpleNamespace
+
+        import torch
+
+        self.config = model.config
+        self.hidden = None
+        head = model.get_output_embeddings()
+        self._head = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0], bias=head.bias is not None)
+        self._head.weight = torch.nn.Parameter(head.weight.detach(), requires_grad=False)
+        if head.bias is not None:
+            self._head.bias = torch.nn.Parameter(head.bias.detach(), requires_grad=False)
+        self._decoder = lambda **_: SimpleNamespace(last_hidden_state=self.hidden)
+
+    def get_decoder(self):
+        return self._decoder
+
+    def get_output_embeddings(self):
+        return self._head
+
+
 def head_loss_rows(model, batch: int, seq: int, repeats: int) -> list[dict]:
+    """LM head + loss with a teacher (distillation 0.5, the default's) on ``batch × seq`` positions: the product's
+    chunked :func:`~compressor.algorithm.loss.lm_loss` against :func:`reference_head_loss`, same hidden states,
+    targets and weights; value and gradient w.r.t. the hidden states compared."""
     import torch
 
-    from compressor.algorithm.loss import _HeadLoss
+    from compressor.algorithm.loss import lm_loss, supports_chunked_loss
 
-    head = model.get_output_embeddings().weight.detach()
+    lm = _HeadOnly(model)
+    if not supports_chunked_loss(lm):
+        raise SystemExit(f"{type(model).__name__} post-processes its logits: the product does not use the chunked "
+                         "loss for it (no head-loss rows)")
+    head = lm.get_output_embeddings().weight
     d = head.shape[1]
     g = torch.Generator().manual_seed(0)
     n = batch * seq
-    h = torch.randn(n, d, generator=g)
-    th = h + 0.1 * torch.randn(n, d, generator=g)
-    y = torch.randint(0, head.shape[0], (n,), generator=g)
-    ce_scale, kl_scale, chunk = 0.5 / n, 0.5 / n, 256
+    ids = torch.randint(0, head.shape[0], (batch, seq), generator=g)
+    h = torch.randn(batch, seq, d, generator=g)
+    th = h + 0.1 * torch.randn(batch, seq, d, generator=g)
+    distill, chunk = 0.5, 256
+    # the targets and weights lm_loss forms: the inputs shifted by one (the last position has none), CE averaged
+    # over the batch × (seq − 1) targets, KL over all batch × seq positions
+    y = torch.full_like(ids, -100)
+    y[:, :-1] = ids[:, 1:]
+    ce_scale, kl_scale = (1 - distill) / (batch * (seq - 1)), distill / n
 
     def fused():
-        hh = h.clone().requires_grad_(True)
-        out = _HeadLoss.apply(hh, head, None, y, th, ce_scale, kl_scale, chunk)
-        out[0].backward()
-        return out[0].detach(), hh.grad
+        lm.hidden = h.clone().requires_grad_(True)
+        loss, _ = lm_loss(lm, ids, chunk_tokens=chunk, teacher_hidden=th, distill=distill)
+        loss.backward()
+        return loss.detach(), lm.hidden.grad.reshape(n, d)
 
     def reference():
-        return reference_head_loss(h, head, y, th, ce_scale, kl_scale, chunk)
+        return reference_head_loss(h.reshape(n, d), head, y.reshape(n), th.reshape(n, d), ce_scale, kl_scale, chunk)
 
     rows, results = [], {}
     for name, fn in (("head loss, textbook log_softmax", reference), ("head loss, fused (the product)", fused)):
@@ -119,9 +157,9 @@ def step_rows(path: Path, ratio: float, steps: int) -> list[dict]:
 
 
 def plot(doc: dict, name: str = "step_speed") -> None:
-    from plots import _plt, _save
+    from plots import pyplot, save_png
 
-    plt = _plt()
+    plt = pyplot()
     if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -131,7 +169,7 @@ def plot(doc: dict, name: str = "step_speed") -> None:
         ax.set_ylabel("seconds (median)")
         ax.set_title(kind)
     fig.suptitle(f"{doc['model']}: pruning step, float32 vs bf16 autocast; LM-head loss, textbook vs fused")
-    _save(fig, name)
+    save_png(fig, name)
 
 
 def main() -> None:

@@ -77,3 +77,31 @@ def test_run_compress_runs_the_cli_as_a_user_does_and_reports_a_failure():
     assert run.returncode == 0 and "--ratio" in run.output and run.command == "compress prune --help"
     with pytest.raises(CompressFailed, match=r"compress no-such-command failed \(2\)"):
         run_compress([Path("no-such-command")], capture=True, echo=False)
+
+
+def test_no_benchmark_imports_a_private_name_of_the_packages():
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in (
+                    "compressor", "exporters", "calibration", "plots", "common"):
+                bad += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+    assert not bad, bad
+
+
+def test_step_speed_times_the_products_head_loss_and_it_matches_the_textbook_one():
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import step_speed
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                                         intermediate_size=48, num_hidden_layers=1))
+    rows = step_speed.head_loss_rows(model, 2, 300, 1)  # 600 positions: three chunks of 256
+    assert rows[-1]["max_abs_grad_diff"] < 1e-6 and rows[-1]["loss_diff"] < 1e-5
