@@ -5,6 +5,7 @@ must not leave them broken. The pages' links to each other (and their ``#anchors
 front page: a few screens, its quickstart command, no history (dates belong in CHANGELOG.md)."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from pathlib import Path
@@ -131,3 +132,65 @@ def test_the_readme_is_a_front_page():
     blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
     assert any(line.startswith("bash examples/quickstart.sh") for b in blocks for line in b.splitlines())
     assert (ROOT / "examples" / "quickstart.sh").is_file()
+
+
+# ---- the CLI reference, the docstring and the help texts: one text per option, generated from the code ----
+
+#: a year (1980-2039: not 2048, a window length) or a timing ("5.3 s a step", "55 s", "17 min")
+HISTORY = re.compile(r"\b(?:19[89]\d|20[0-3]\d)\b|\b\d+(?:\.\d+)? ?(?:ms|s|min|h)\b")
+
+
+def test_the_cli_reference_is_current():
+    from compressor.commands.reference import COMMAND, DOC_PATH, render
+
+    assert DOC_PATH == ROOT / "docs" / "cli.md"
+    assert DOC_PATH.is_file(), f"docs/cli.md is missing; run: {COMMAND}"
+    assert DOC_PATH.read_text() == render(), f"docs/cli.md is not current; run: {COMMAND}"
+
+
+def _all_help_texts() -> dict[str, str]:
+    """Every help text ``compress`` holds: the group's and each command's, and each option's, hidden ones too."""
+    from compressor.algorithm.config import PruneConfig
+    from compressor.cli import main
+
+    texts = {"compress": main.help or ""}
+    for name, cmd in main.commands.items():
+        texts[f"compress {name}"] = cmd.help or ""
+        for p in cmd.params:
+            texts[f"compress {name} {p.name}"] = getattr(p, "help", None) or ""
+    for f in dataclasses.fields(PruneConfig):
+        texts[f"PruneConfig.{f.name}"] = f.metadata.get("help", "")
+    return texts
+
+
+def test_the_reference_lists_every_option_and_the_deprecated_spellings():
+    from compressor.cli import main
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    for name, cmd in main.commands.items():
+        assert f"## compress {name}\n" in text, name
+        section = text.split(f"## compress {name}\n")[1].split("\n## ")[0]
+        for p in cmd.params:
+            if isinstance(p, click.Option):
+                assert f"`{p.opts[-1]}" in section or f", {p.opts[-1]}" in section, (name, p.opts)
+    assert "`--int8` (use `--quantize int8`)" in text and "`--provider` (use `--device`)" in text
+
+
+def test_no_help_text_holds_history_or_timings():
+    """Dates, history and one machine's timings belong in docs/why-defaults.md, docs/results.md and CHANGELOG.md;
+    a help text says what the option does and its default."""
+    bad = {k: HISTORY.findall(v) or v for k, v in _all_help_texts().items() if HISTORY.search(v)}
+    assert not bad, bad
+    assert HISTORY.search("150 until 2026-12-04") and HISTORY.search("5.3 s a step on 2 cores")
+    assert HISTORY.search("about 17 min") and HISTORY.search("in 55s")
+    assert not HISTORY.search("[default: min(2048, max_position_embeddings)]; 0 skips; 65,536 tokens; 8s0")
+
+
+def test_the_prune_config_docstring_lists_every_field_with_its_help():
+    from compressor.algorithm.config import PruneConfig
+
+    doc = PruneConfig.__doc__ or ""
+    flat = " ".join(doc.split())
+    for f in dataclasses.fields(PruneConfig):
+        assert re.search(rf"^    {f.name} \(", doc, re.M), f.name
+        assert " ".join(f.metadata["help"].split()) in flat, f.name

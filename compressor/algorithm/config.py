@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import os
 import re
+import textwrap
 import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,15 +17,13 @@ from compressor.core.errors import ConfigError
 
 CONFIG_VERSION = 1
 
-#: Default peak learning rate by ratio (``lr`` None): ``(ratio below, lr)`` pairs, first match wins. Measured at
-#: the default budget on SmolLM2-135M (README, "How the defaults were chosen"): 2e-3 instead of 1e-3 gives
-#: WikiText-2 74.75 vs 78.61 at 50 % and 40.74 vs 42.53 at 30 %, but 32.21 vs 31.33 at 20 % (PTB 66.48 vs 67.90).
+#: Default peak learning rate by ratio (``lr`` None): ``(ratio below, lr)`` pairs, first match wins. The
+#: measurements behind the values: docs/why-defaults.md (``--lr``).
 LR_BY_RATIO: tuple[tuple[float, float], ...] = ((0.25, 1e-3), (math.inf, 2e-3))
 
 #: Hidden size the :data:`LR_BY_RATIO` values were measured at (SmolLM2-135M). Wider models get the default
 #: scaled by ``LR_REF_HIDDEN / hidden_size`` (Adam's per-width rule, as in muP: the update a hidden-layer weight
-#: sees grows with fan-in); narrower ones keep it. Measured on Qwen2.5-0.5B (hidden 896) at 50 %, 250 steps:
-#: 2e-3 gives WikiText-2 82.16, 1e-3 65.41, the scaled 1.29e-3 65.20 (README).
+#: sees grows with fan-in); narrower ones keep it (docs/why-defaults.md, ``--lr`` on wider models).
 LR_REF_HIDDEN = 576
 
 
@@ -45,77 +45,17 @@ def cli_fields() -> list[dataclasses.Field]:
 class PruneConfig:
     """Everything that decides what a pruning run does.
 
-    Args:
-        ratio: fraction of the parameters of the decoder layers' prunable projections
-            (q, k, v, o, gate, up, down) to remove, in (0, 1). Embeddings, norms and the LM head are kept.
-        criterion: importance criterion: ``activation`` (default: first-order effect of removing a whole
-            head/channel, from activation gradients; measured best, README), ``lora`` (LoRAPrune Eq. 10),
-            ``taylor`` (Eq. 3, needs W's gradient), ``magnitude`` or ``random``.
-        steps: optimizer steps of the LoRA fine-tune (pruning happens during the first ``prune_until``).
-        prune_every: optimizer steps between two mask updates (Algorithm 1's frequency).
-        prune_start: fraction of ``steps`` that score without masking before the first mask update.
-        prune_until: fraction of ``steps`` by which the target ratio is reached; the remaining steps only
-            fine-tune.
-        schedule: ``linear`` or ``cubic`` rise of the sparsity between the first and the last mask update.
-        ema_start: ``first`` (moving average starts at the first score) or ``zero`` (official code).
-        aggregate: ``sum-sq`` (Eq. 4 over squared element scores) or ``official`` (absolute values, each
-            projection's group vector L2-normalised before the projections are summed).
-        widths: ``uniform`` or ``adaptive`` (MLP width per layer from one ranking across layers, floor
-            ``min_channels``). Per-layer widths (also from ``skip_layers``) are written as a remote-code
-            folder (:mod:`compressor.modeling.perlayer`).
-        skip_layers: layers left dense (indices, ``official`` = first 10 % + last, or empty).
-        max_grad_norm: clip the LoRA gradients' norm (0: off).
-        lam: moving-average factor λ of Eq. 11 (``G ← λG + (1−λ)Ĝ``), in [0, 1).
-        lora_r, lora_alpha, lora_dropout: LoRA rank, alpha (scaling = alpha / r) and dropout.
-        lora_plus: B's learning rate as a multiple of A's (LoRA+; 1: the same).
-        lr: peak AdamW learning rate (cosine decay to 0 after ``warmup_steps``); ``None`` (default) picks it
-            from the ratio, :data:`LR_BY_RATIO`, scaled down for models wider than :data:`LR_REF_HIDDEN`
-            (read the value a run uses from :meth:`peak_lr_for`).
-        warmup_steps: linear warm-up steps.
-        weight_decay: AdamW weight decay.
-        batch_size: sequences per micro-batch; ``grad_accum`` micro-batches per optimizer step.
-        seq_len: tokens per calibration sequence.
-        max_blocks: use at most this many calibration sequences (None: all).
-        base_bits: ``8`` keeps W0 in 8-bit (bitsandbytes; LoRAPrune-8bit), ``None`` float.
-        channel_multiple: round the kept MLP width to a multiple of this (8: friendly to matmul kernels).
-        head_policy: how the budget is split between heads and MLP channels: ``mlp-first`` (default: keep
-            heads while the MLP keeps >= 25 % of its channels) or ``balanced`` (same fraction for both).
-
-    Every field's ``metadata`` holds its help text and choices; ``compress prune``'s options are generated
-    from it (:func:`cli_fields`).
-        joint: True (default) scores during the fine-tune (LoRAPrune); False prunes one-shot from the
-            scores of the first ``prune_every`` steps, then fine-tunes ("separate" baseline).
-        seed: seed of data order, LoRA init and the random criterion.
-        eval_windows, eval_seq_len: perplexity before/after on held-out text (0 windows: skip).
-        save_every: write a resumable checkpoint every this many optimizer steps (0: only on Ctrl-C).
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (:func:`compressor.core.device.resolve_device`).
-        dtype: dtype of the float weights (``float32``, ``bfloat16``).
-        amp: ``off``, ``bf16`` (the fine-tune's forward passes under ``torch.autocast`` to bfloat16; the frozen
-            decoder projections held once in bfloat16; embeddings, norms, LoRA, optimizer, scores and statistics
-            stay float32) or ``auto`` (``bf16`` where the hardware has native
-            bfloat16 matmuls, AMX or AVX512-BF16 on a CPU or bf16 on a CUDA GPU, for models at least 256 wide; the
-            default; :func:`compressor.algorithm.precision.resolve_amp`).
-        distill: weight of a distillation term in the fine-tune loss, in [0, 1]:
-            ``(1 - distill) · CE + distill · KL(dense ‖ pruned)`` per token. The teacher is the same model with
-            LoRA and masks switched off (no second copy of the weights; one more forward pass per step).
-            0.5 is the default (measured better at 50 %, README); 0 is the paper's plain language-modelling loss.
-        compensate: fold a least-squares stand-in for removed groups into the kept columns of ``W0`` at every
-            mask update (:mod:`compressor.algorithm.compensation`; default True, measured better).
-        compensate_stats: ``dense`` (compensation regresses on the dense model's inputs, collected once) or
-            ``current`` (collected again before every mask update, with the earlier masks applied).
-        compensate_tokens: calibration tokens behind the least-squares statistics (None: 64 × the widest
-            compensated input, at most 65,536; fewer tokens than inputs leave the regression under-determined).
-        compensate_store: where those statistics are kept: ``device``, ``host``, ``disk`` or ``auto``
-            (:func:`compressor.algorithm.plan.resolve_store`).
-        loss_chunk_tokens: compute the LM head and the loss this many positions at a time (same loss and
-            gradients, without the full ``[batch, seq, vocab]`` logits in memory); 0 uses the stock
-            ``model(input_ids, labels=...)`` loss. Data-parallel runs always use the stock loss.
-        gradient_checkpointing: recompute each decoder layer's activations in the backward pass instead of
-            keeping them (less memory, about a third more time per step; results are unchanged).
+    Every field's ``metadata`` holds its help text and choices (:func:`_opt`): ``compress prune``'s options
+    (:func:`cli_fields`), the keys of the YAML/JSON file ``--config`` reads, ``docs/cli.md`` and the field list
+    below are all generated from it, so the help text is the one place an option is described. ``auto`` and
+    ``None`` values are resolved per run: the peak learning rate by :meth:`peak_lr_for`, the device by
+    :func:`compressor.core.device.resolve_device`, ``amp`` by :func:`compressor.algorithm.precision.resolve_amp`,
+    ``compensate_store`` by :func:`compressor.algorithm.plan.resolve_store`.
     """
 
     ratio: float = _opt(None, "Fraction of the decoder layers' projection parameters (q,k,v,o,gate,up,down) to "
-                            "remove, in (0, 1); the achieved ratio is reported.")
+                            "remove, in (0, 1); embeddings, norms and the LM head are kept. The achieved ratio is "
+                            "reported.")
     criterion: str = _opt("activation", "Importance criterion: lora (LoRAPrune Eq. 10), taylor (Eq. 3, needs W's gradient), "
                                   "activation (first-order effect of removing a head/channel, from the input gradient "
                                   "of o_proj/down_proj; no W gradient), residual (the same effect after compensation: "
@@ -144,14 +84,16 @@ class PruneConfig:
                                     "channels, in (0, 1].")
     skip_layers: str = _opt("", "Decoder layers left unpruned: comma-separated indices (negative counts from the "
                                 "end), 'official' (first 10 % and the last layer) or '' (none). The others are "
-                                "pruned harder so that the total ratio is still met.")
+                                "pruned harder so that the total ratio is still met; the output has per-layer "
+                                "widths (a remote-code folder, docs/deploy.md).")
     compensate: bool = _opt(True, "At every mask update, fold the least-squares stand-in for the removed "
                                    "heads/channels (regressed on the kept ones over the dense model's calibration "
                                    "inputs) into the kept columns of o_proj/down_proj's W0.")
     compensate_tokens: int | None = _opt(None, "Calibration tokens behind compensation's input statistics (default: "
                                                "64 x the widest compensated input, at most 65,536, e.g. 64 x intermediate_size). The "
                                                "training steps before the first mask update count; the rest are "
-                                               "forward passes over further calibration sequences.")
+                                               "forward passes over further calibration sequences. Fewer tokens than inputs leave "
+                                               "the regression under-determined.")
     compensate_stats: str = _opt("dense", "Whose inputs compensation regresses on: 'dense' (statistics of the dense model, "
                                           "collected once before the first mask update) or 'current' (collected "
                                           "afresh before every mask update from the model as it is then: earlier "
@@ -165,8 +107,8 @@ class PruneConfig:
     lora_r: int = _opt(8, "LoRA rank.")
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r).")
     lora_dropout: float = _opt(0.0, "LoRA dropout.")
-    lora_plus: float = _opt(1.0, "Learning rate of LoRA's B matrices as a multiple of A's (LoRA+, Hayou et al. "
-                                 "2024, suggests 16); 1 = one learning rate for both.")
+    lora_plus: float = _opt(1.0, "Learning rate of LoRA's B matrices as a multiple of A's (LoRA+; "
+                                 "docs/why-defaults.md); 1 = one learning rate for both.")
     lr: float | None = _opt(None, "Peak AdamW learning rate (cosine decay to 0 after warmup_steps). Default: "
                                   "1e-3 below ratio 0.25, 2e-3 from 0.25 on, times 576 / hidden_size on models wider "
                                   "than 576 (docs/why-defaults.md).")
@@ -180,7 +122,7 @@ class PruneConfig:
     max_blocks: int | None = _opt(None, "Use at most this many calibration sequences (default: all).")
     base_bits: int | None = _opt(None, "Keep W0 in 8-bit (bitsandbytes on CUDA; LoRAPrune-8bit); needs "
                                        "--no-compensate.", choices=(8,))
-    channel_multiple: int = _opt(8, "Round the kept MLP width to a multiple of this.")
+    channel_multiple: int = _opt(8, "Round the kept MLP width to a multiple of this (8 suits matmul kernels).")
     head_policy: str = _opt("mlp-first", "Split of the budget between heads and MLP channels: mlp-first (prune heads "
                                          "only once the MLP keeps 25 %) or balanced (same fraction, as the paper).",
                             choices=("mlp-first", "balanced"))
@@ -203,7 +145,8 @@ class PruneConfig:
                            "bfloat16.", choices=("off", "bf16", "auto"))
     distill: float = _opt(0.5, "Weight of distillation from the dense model in the fine-tune loss, in [0, 1]: "
                                "(1-w)·CE + w·KL(dense‖pruned). The teacher is the same model with LoRA and masks "
-                               "off (no second copy); one more forward pass per step.")
+                               "off (no second copy); one more forward pass per step. 0 is the paper's plain "
+                               "language-modelling loss.")
     teacher: str = _opt("compensated", "Distillation teacher under --compensate: compensated (the frozen base with "
                                        "compensation's edits of W0 and every group present; docs/why-defaults.md) "
                                        "or dense "
@@ -213,9 +156,11 @@ class PruneConfig:
                                       "layers and tokens of |h_pruned - h_dense|^2 / |h_dense|^2 (from the same "
                                       "teacher pass as --distill; 0 turns it off).")
     loss_chunk_tokens: int = _opt(256, "Positions per LM-head/loss chunk (same loss and gradients, no full "
-                                       "[batch, seq, vocab] logits); 0 = stock loss.")
-    gradient_checkpointing: bool = _opt(False, "Recompute activations in the backward pass: less memory, about a "
-                                               "third more time per step, same result.")
+                                       "[batch, seq, vocab] logits); 0 = stock loss. Data-parallel runs always use the "
+                                       "stock loss.")
+    gradient_checkpointing: bool = _opt(False, "Recompute each decoder layer's activations in the backward pass "
+                                               "instead of keeping them: less memory, more time per step "
+                                               "(docs/why-defaults.md), same result.")
     version: int = _opt(CONFIG_VERSION, "Config format version.", cli=False)
 
     def __post_init__(self) -> None:
@@ -363,6 +308,27 @@ class PruneConfig:
         return dataclasses.replace(self, **changes)
 
 
+def _field_docs(cls: type) -> str:
+    """The ``Args:`` list of ``cls``'s docstring, from its fields' metadata (the help text is the only copy)."""
+    lines = ["Args:"]
+    for f in fields(cls):
+        meta = f.metadata
+        notes = [f"default {f.default!r}" if f.name != "ratio" else "required"]
+        if meta.get("choices"):
+            notes.append("one of " + ", ".join(map(str, meta["choices"])))
+        if not meta.get("cli", False):
+            notes.append("no CLI option")
+        if not meta.get("result", True):
+            notes.append("a run setting, not part of the run id")
+        head = f"{f.name} ({f.type}; {'; '.join(notes)}): {meta.get('help', '')}"
+        lines += textwrap.wrap(head, 108, initial_indent="    ", subsequent_indent="        ",
+                               break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+PruneConfig.__doc__ = f"{inspect.cleandoc(PruneConfig.__doc__ or '')}\n\n{_field_docs(PruneConfig)}\n"
+
+
 def parse_skip_layers(spec: str, num_layers: int | None) -> list[int]:
     """Layer indices named by ``skip_layers`` (see :class:`PruneConfig`); ``num_layers=None`` only checks syntax."""
     spec = (spec or "").strip()
@@ -414,11 +380,11 @@ def _check_types(cfg: PruneConfig) -> None:
             raise ConfigError(f"config value {f.name}={val!r} has type {type(val).__name__}; expected {names}")
 
 
-#: Named sets of defaults for ``compress prune --recipe``. ``default`` is the dataclass defaults (the
-#: measured best, README "Results"); ``paper`` is LoRAPrune as published (Eq. 10 criterion, plain LM loss).
+#: Named sets of defaults for ``compress prune --recipe``. ``default`` is the dataclass defaults
+#: (docs/why-defaults.md); ``paper`` is LoRAPrune as published (Eq. 10 criterion, plain LM loss).
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    # the paper's Algorithm 1 with its criterion and plain LM loss (this toolkit's defaults until 2026-12)
+    # the paper's Algorithm 1 with its criterion and plain LM loss (this toolkit's first defaults, CHANGELOG.md)
     "paper": {"criterion": "lora", "distill": 0.0, "lr": 2e-4, "compensate": False, "steps": 200, "prune_every": 10,
               "amp": "off",
               "prune_start": 0.0, "prune_until": 0.5, "schedule": "linear", "aggregate": "sum-sq",

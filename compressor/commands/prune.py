@@ -33,6 +33,20 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
+def option_sections(names: typing.Iterable[str]) -> list[tuple[str, list[str]]]:
+    """``(title, option names)`` of the :data:`SECTIONS` that hold any of ``names``, in order; a name in no
+    section goes to the last one (``help`` and ``help_all`` to none)."""
+    names = list(names)
+    placed = {n for _, section in SECTIONS for n in section}
+    out = []
+    for title, section in SECTIONS:
+        section = section or tuple(sorted(n for n in names if n not in placed and n not in ("help", "help_all")))
+        rows = [n for n in section if n in names]
+        if rows:
+            out.append((title, rows))
+    return out
+
+
 class SectionedCommand(click.Command):
     """A command whose ``--help`` shows the essentials and the names of the other options by section, and whose
     ``--help-all`` shows every option under its section title."""
@@ -44,13 +58,9 @@ class SectionedCommand(click.Command):
             rec = p.get_help_record(ctx) if isinstance(p, click.Option) else None
             if rec is not None and p.name is not None:
                 records["help" if p is help_option else p.name] = rec
-        placed = {n for _, names in SECTIONS for n in names}
         full = ctx.meta.get("help_all", False)
-        for title, names in SECTIONS:
-            names = names or tuple(sorted(n for n in records if n not in placed and n not in ("help", "help_all")))
-            rows = [records[n] for n in names if n in records]
-            if not rows:
-                continue
+        for title, names in option_sections(records):
+            rows = [records[n] for n in names]
             if full or title == SECTIONS[0][0]:
                 with formatter.section(title):
                     formatter.write_dl(rows)
@@ -88,6 +98,12 @@ def _ratio(ctx, param, value):
     return r
 
 
+def cli_default(f) -> typing.Any:
+    """The default of a PruneConfig field's ``compress prune`` option (the CLI checkpoints every
+    :data:`DEFAULT_CLI_SAVE_EVERY` steps; the library only on Ctrl-C)."""
+    return DEFAULT_CLI_SAVE_EVERY if f.name == "save_every" else f.default
+
+
 def _config_options(fn):
     """Decorate ``fn`` with one click option per CLI-exposed PruneConfig field (declaration order)."""
     hints = typing.get_type_hints(PruneConfig)
@@ -95,7 +111,7 @@ def _config_options(fn):
         typ = hints[f.name]
         args = typing.get_args(typ)
         base = next((t for t in args if t is not type(None)), typ) if args else typ
-        default = DEFAULT_CLI_SAVE_EVERY if f.name == "save_every" else f.default
+        default = cli_default(f)
         shown = "" if default is None or f.name == "ratio" else f" [{default}]"
         help_text = f.metadata["help"] + (" [required, here or in --config]" if f.name == "ratio" else shown)
         name = "--" + f.name.replace("_", "-")
@@ -145,8 +161,9 @@ def config_from_cli(ctx: click.Context, opts: dict, *, separate: bool, config_fi
               help="Calibration text: a .txt/.jsonl/.json file, a built-in name (wiki, wikitext2, ptb) or hf:NAME:SPLIT.")
 @click.option("--text-field", default="text", show_default=True, help="Field of a .jsonl/.json row that holds the text.")
 @click.option("--recipe", type=click.Choice(sorted(RECIPES)), default=None,
-              help="Named set of defaults: default (measured best, docs/why-defaults.md), paper (LoRAPrune's Algorithm 1 and "
-                   "criterion as published) or official (its official code's schedule and aggregation).")
+              help="Named set of defaults: default (the option defaults, docs/why-defaults.md), paper (LoRAPrune's "
+                   "Algorithm 1 and criterion as published) or official (its official code's schedule and "
+                   "aggregation).")
 @_config_options
 @click.option("--separate", is_flag=True, help="Baseline: one-shot pruning from the first prune-every steps' scores, then fine-tune.")
 @click.option("--eval-data", default="auto", show_default=True,
