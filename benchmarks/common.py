@@ -4,9 +4,11 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,12 +64,114 @@ def machine() -> dict:
             "native_bf16_cpu": native_bf16(torch.device("cpu")), "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def write_result(name: str, data: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+#: a path outside the repository whose last part has one of these suffixes is a file: it is recorded as
+#: ``folder/file`` (``p50_onnx/model.onnx``), any other as its own name (a run or export folder)
+FILE_SUFFIXES = {".json", ".jsonl", ".onnx", ".onnx_data", ".gguf", ".safetensors", ".bin", ".pt", ".txt", ".md",
+                 ".log", ".png", ".py", ".csv", ".tgz"}
+
+
+def _cache_folder() -> str | None:
+    try:
+        return str(cache_root())
+    except Exception:  # noqa: BLE001 - no package here: no cache to name
+        return None
+
+
+def rel_path(path, *, root: str | os.PathLike = ROOT, cache: str | os.PathLike | None = None) -> str:
+    """How a result records a path, never a machine's absolute one: relative to the repository when inside it
+    (``benchmarks/results/x.json``, ``runs/NAME``), the model's name for a file in the package's cache
+    (``.../assembled/NAME/HASH/file.gguf`` -> ``NAME``), else the folder's own name (a file: ``folder/file``, see
+    :data:`FILE_SUFFIXES`). A relative path is taken from the current folder when it exists there; any other string
+    (a built-in model name, ``none``) is returned as it is. ``root`` and ``cache`` default to this checkout's and this
+    machine's package cache (given explicitly to rewrite results written on another machine)."""
+    s = os.fspath(path)
+    if not os.path.isabs(s):
+        if not s or not os.path.exists(s):
+            return s
+        s = os.path.abspath(s)
+    s = os.path.normpath(s)
+    root_s = os.path.normpath(os.fspath(root))
+    if s == root_s:
+        return "."
+    if s.startswith(root_s + os.sep):
+        return Path(s[len(root_s) + 1:]).as_posix()
+    cache_s = os.fspath(cache) if cache is not None else _cache_folder()
+    if cache_s and s.startswith(os.path.normpath(cache_s) + os.sep):
+        parts = Path(s[len(os.path.normpath(cache_s)) + 1:]).parts
+        return parts[1] if parts[0] == "assembled" and len(parts) > 1 else parts[0]
+    parts = Path(s).parts[1:]
+    if not parts:
+        return s
+    if Path(parts[-1]).suffix in FILE_SUFFIXES and len(parts) > 1:
+        return f"{parts[-2]}/{parts[-1]}"
+    return parts[-1]
+
+
+def machine_prefixes(root: str | os.PathLike = ROOT) -> list[str]:
+    """Folders whose paths are this machine's own: the checkout and the folder holding it, the package cache, the
+    temporary folder and the home folder (longest first)."""
+    root_s = os.path.normpath(os.fspath(root))
+    found = {root_s, os.path.dirname(root_s), _cache_folder(), tempfile.gettempdir(), str(Path.home())}
+    return sorted((os.path.normpath(p) for p in found if p and os.path.normpath(p) != os.sep), key=len, reverse=True)
+
+
+def rel_text(text: str, prefixes: list[str] | None = None, **where) -> str:
+    """``text`` with each absolute path under one of ``prefixes`` (default :func:`machine_prefixes`) replaced by
+    :func:`rel_path`'s form; a string that is one absolute path is replaced whatever folder it is in."""
+    if os.path.isabs(text) and not any(c.isspace() for c in text):
+        return rel_path(text, **where)
+    prefixes = machine_prefixes(where.get("root", ROOT)) if prefixes is None else prefixes
+    if not prefixes:
+        return text
+    pat = re.compile(r"(?<![\w.~/-])(?:" + "|".join(re.escape(p) for p in prefixes) + r")(?![\w.-])(?:/[\w.+@%=~-]+)*/?")
+
+    def one(m: re.Match) -> str:
+        core = m.group(0).rstrip("./") or m.group(0)  # a sentence's full stop or a trailing slash is no part of it
+        return rel_path(core, **where) + m.group(0)[len(core):]
+
+    return pat.sub(one, text)
+
+
+def rel_paths(obj, prefixes: list[str] | None = None, **where):
+    """``obj`` (JSON data) with :func:`rel_text` applied to every string, keys included."""
+    prefixes = machine_prefixes(where.get("root", ROOT)) if prefixes is None else prefixes
+    if isinstance(obj, str):
+        return rel_text(obj, prefixes, **where)
+    if isinstance(obj, list):
+        return [rel_paths(v, prefixes, **where) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(rel_paths(v, prefixes, **where) for v in obj)
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            k2 = rel_text(k, prefixes, **where) if isinstance(k, str) else k
+            if k2 in out:  # two paths with one name: keep the key as it was rather than merge them
+                k2 = k
+            out[k2] = rel_paths(v, prefixes, **where)
+        return out
+    return obj
+
+
+def write_json_result(path, data) -> Path:
+    """Write ``data`` as JSON at ``path`` (atomically, the project's writer) with machine paths made relative
+    (:func:`rel_paths`)."""
     from compressor.core.io import write_json
 
-    write_json(path, data)
+    write_json(path, rel_paths(data))
+    return Path(path)
+
+
+def copy_result_json(src, dst) -> Path:
+    """Copy a JSON report (a ``compress`` command's, from its output folder) into the results, paths made
+    relative (:func:`rel_paths`)."""
+    return write_json_result(dst, load_json(src))
+
+
+def write_result(name: str, data: dict) -> Path:
+    """``benchmarks/results/NAME.json`` (paths recorded relative: :func:`rel_paths`), and its plot where
+    ``plots.PLOTTERS`` has one."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = write_json_result(RESULTS / f"{name}.json", data)
     print(f"wrote {path}")
     if name in PLOTTERS:  # the PNG next to the JSON (quality.py draws its own)
         PLOTTERS[name](data)
@@ -91,8 +195,8 @@ def check_result_name(ap, name: str, example: str) -> None:
 
 @dataclass
 class CompressRun:
-    """One finished ``compress`` subprocess: its arguments, the command as a user types it, wall seconds, and its
-    output (stdout then stderr; empty unless captured)."""
+    """One finished ``compress`` subprocess: its arguments, the command as a user types it (paths as results record
+    them, :func:`rel_path`), wall seconds, and its output (stdout then stderr; empty unless captured)."""
 
     args: list[str]
     command: str
@@ -116,10 +220,11 @@ def run_compress(args, *, capture: bool = False, check: bool = True, echo: bool 
         check: raise :class:`CompressFailed` when the command exits non-zero.
         echo: print the command (``+ compress ...``) before running it.
     """
+    shown = [rel_path(a) if isinstance(a, os.PathLike) else str(a) for a in args]  # as results record it
     args = [str(a) for a in args]
-    command = "compress " + shlex.join(args)
+    command = "compress " + shlex.join(shown)
     if echo:
-        print("+ " + command, flush=True)
+        print("+ compress " + shlex.join(args), flush=True)
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "compressor.cli", *args], cwd=ROOT, capture_output=capture, text=True)
     run = CompressRun(args, command, time.perf_counter() - t0, p.returncode, (p.stdout or "") + (p.stderr or ""))

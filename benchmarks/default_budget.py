@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DENSE_WIKITEXT2_20, ROOT, eval_ppl, load_json, run_compress, write_result  # noqa: E402  (common also puts the repository on sys.path)
+# common also puts the repository on sys.path
+from common import DENSE_WIKITEXT2_20, ROOT, copy_result_json, eval_ppl, load_json, run_compress, write_result  # noqa: E402
 from plots import RESULTS, pyplot, save_png  # noqa: E402
 
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
@@ -54,6 +55,10 @@ def _busy_warning() -> None:
 
 
 def _copy(src: Path, dst: Path) -> None:
+    """Copy a file into the results: a JSON report with machine paths made relative, anything else as it is."""
+    if src.suffix == ".json":
+        copy_result_json(src, dst)
+        return
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)

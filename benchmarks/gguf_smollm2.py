@@ -19,11 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from compressor.core.io import write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, write_json_result  # noqa: E402  (common also puts the repository on sys.path)
 
 
 def _tokenizer_fields(path: Path) -> dict:
@@ -95,7 +92,7 @@ def main(argv=None) -> int:
                          warmup=1, prompt_lengths=(128,), context=128, decode_tokens=16, write=False)
         print(rep.table())
         results["bench"] = {"model": names[-1], "baseline": names[0] if len(names) > 1 else None, **rep.to_dict()}
-    write_json(args.results, results)
+    write_json_result(args.results, results)
     print(f"Results: {args.results}")
     return 0
 

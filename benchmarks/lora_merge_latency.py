@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_rev, machine, write_result  # noqa: E402
+from common import git_rev, machine, write_json_result, write_result  # noqa: E402
 
 VARIANTS = ("lora-unmerged", "merged", "pruned-merged")
 
@@ -180,9 +180,7 @@ def main(argv=None) -> int:
             print(f"  {name:14s} {r['median_ms']:9.2f} ms  {r['tokens_per_s']:10.1f} tok/s  latency x{r['latency_vs_merged']:.3f}"
                   f"  FLOPs x{r['flops_vs_merged']:.3f} (vs merged)")
     if args.out is not None:
-        from compressor.core.io import write_json
-
-        write_json(args.out, result)
+        write_json_result(args.out, result)
     else:
         write_result("lora_merge_latency" + (f"_{args.name}" if args.name else ""), result)
     return 0

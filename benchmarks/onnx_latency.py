@@ -24,12 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, write_json_result  # noqa: E402  (common also puts the repository on sys.path)
 
 from compressor.core.errors import CompressError
-from compressor.core.io import write_json
 
 
 def _ints(s: str) -> list[int]:
@@ -103,8 +101,7 @@ def main(argv=None) -> int:
     data = rep.to_dict()
     data["inputs"] = {"model": {"spec": args.model, **model_info}, "baseline": {"spec": args.baseline, **base_info},
                       "argv": sys.argv[1:] if argv is None else list(argv), "cwd": os.getcwd()}
-    write_json(path, data)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    write_json_result(path, data)  # paths relative to the repository or the folder's name
     from plots import plot_onnx_latency
 
     plot_onnx_latency([str(p) for p in args.results_dir.glob("onnx_latency_*.json")])

@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import git_rev, load_json, machine, write_result  # noqa: E402
-
-WIKI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext2" / "test.txt"
+from common import git_rev, load_json, machine, rel_path, write_result  # noqa: E402
 
 
 class _Graph:
@@ -64,10 +62,13 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=20)
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--text", type=Path, default=WIKI if WIKI.is_file() else Path("/work/shared/data/wikitext2/test.txt"))
+    ap.add_argument("--text", default="wikitext2",
+                    help="evaluation text: wikitext2 (default; found as compress eval finds it), ptb, or a text file")
     args = ap.parse_args()
-    text = args.text.read_text()
-    res: dict = {"git": git_rev(), "machine": machine(), "text": str(args.text), "results": {}}
+    from calibration import load_eval_text
+
+    text = load_eval_text(args.text)
+    res: dict = {"git": git_rev(), "machine": machine(), "text": rel_path(args.text), "results": {}}
     for f in args.folders:
         r = folder_perplexity(f, text, args.windows, args.seq_len, args.threads)
         print(f"{f}: ppl {r['ppl']:.3f} over {r['windows']} x {r['seq_len']} ({r['seconds']} s)", flush=True)

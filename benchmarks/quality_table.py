@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import check_result_name, git_rev, load_json  # noqa: E402
+from common import check_result_name, git_rev, load_json, write_json_result  # noqa: E402
 from plots import RESULTS, pyplot, save_png  # noqa: E402
 
 ORDER = ["wikitext2", "ptb", "piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "boolq", "openbookqa",
@@ -114,10 +114,8 @@ def main() -> None:
         rows[label] = merge(paths)
     md = table(rows)
     print(md)
-    from compressor.core.io import write_json
-
     out = RESULTS / f"{a.name}.json"
-    write_json(out, {"about": "issue #15: models side by side from compress eval reports (benchmarks/quality_table.py)",
+    write_json_result(out, {"about": "issue #15: models side by side from compress eval reports (benchmarks/quality_table.py)",
                      "git": git_rev(), "rows": rows, "markdown": md})
     png = plot(rows, a.name)
     print(f"wrote {out}" + (f" and {png}" if png else ""))

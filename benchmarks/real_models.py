@@ -26,35 +26,47 @@ Usage (one job at a time, on one core)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
+import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, CompressFailed, CompressRun, git_rev, load_json, machine, run_compress  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    ROOT,
+    CompressFailed,
+    CompressRun,
+    git_rev,
+    load_json,
+    machine,
+    run_compress,
+    write_json_result,
+)
 
 RESULT = ROOT / "benchmarks" / "results" / "real_models.json"
-WIKI = ROOT.parent / "shared" / "data" / "wikitext2" / "test.txt"
 PROBES = ["The capital of France is", "def fibonacci(n):\n    return", "  Hello,   world!\n\n\tTabs and  spaces 1234567",
           "Ünïcödé — “quotes” 日本語 🙂", "= Robert Boulter =\n\nRobert Boulter is an English film , television"]
 
 
+@functools.lru_cache(maxsize=1)
 def _wiki() -> str:
-    path = WIKI if WIKI.is_file() else Path("/work/shared/data/wikitext2/test.txt")
-    return path.read_text()
+    """WikiText-2's test split, found as ``compress eval`` finds it (:func:`calibration.load_eval_text`)."""
+    from calibration import load_eval_text
+
+    return load_eval_text("wikitext2")
 
 
 def _update(name: str, key: str, value: dict) -> None:
-    from compressor.core.io import write_json
-
     doc = load_json(RESULT) if RESULT.is_file() else {}
     doc.setdefault(name, {})[key] = value
     doc["_about"] = ("issue #13: the real models through the user's commands at a tiny budget (a smoke chain: it says "
                      "nothing about quality); written by benchmarks/real_models.py")
-    write_json(RESULT, doc)
+    write_json_result(RESULT, doc)
     print(f"wrote {RESULT} [{name}][{key}]")
 
 

@@ -105,3 +105,44 @@ def test_step_speed_times_the_products_head_loss_and_it_matches_the_textbook_one
                                          intermediate_size=48, num_hidden_layers=1))
     rows = step_speed.head_loss_rows(model, 2, 300, 1)  # 600 positions: three chunks of 256
     assert rows[-1]["max_abs_grad_diff"] < 1e-6 and rows[-1]["loss_diff"] < 1e-5
+
+
+def _common():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return common
+
+
+def test_results_record_paths_relative_to_the_repository_or_by_name():
+    c = _common()
+    where = dict(root="/work/main", cache="/root/.cache/lorapress")
+    assert c.rel_path("/work/main/benchmarks/results/x.json", **where) == "benchmarks/results/x.json"
+    assert c.rel_path("/work/runsX/NAME", **where) == "NAME"
+    assert c.rel_path("/root/.cache/lorapress/assembled/gemma3-270m/a5fd/gemma-3-270m-q4_k_m.gguf", **where) == \
+        "gemma3-270m"
+    assert c.rel_path("/tmp/fused/p50_onnx-genai/model.onnx", **where) == "p50_onnx-genai/model.onnx"
+    assert c.rel_path("smollm2-135m", **where) == "smollm2-135m"  # a built-in name stays
+    assert c.rel_path(ROOT / "runs" / "s50") == "runs/s50"  # this checkout
+    prefixes = ["/work", "/tmp", "/root"]
+    assert c.rel_text("compress prune m --out /tmp/real/g-30 --force", prefixes, **where) == \
+        "compress prune m --out g-30 --force"
+    assert c.rel_text('File "/work/main/compressor/cli.py", line 3', prefixes, **where) == 'File "compressor/cli.py", line 3'
+    assert c.rel_text("see /work/shared/data/wikitext2/test.txt.", prefixes, **where) == "see wikitext2/test.txt."
+    assert c.rel_text("a/tmp/b and /tmpx/y", prefixes, **where) == "a/tmp/b and /tmpx/y"  # not a machine folder
+    assert c.rel_paths({"/tmp/f/p50": {"folder": "/tmp/f/p50", "n": 1}}, prefixes, **where) == \
+        {"p50": {"folder": "p50", "n": 1}}
+
+
+def test_no_result_file_and_no_script_holds_a_machine_path():
+    absolute = re.compile(r"(?<![\w.~-])/(?:work|tmp|root|home|Users)/")
+    files = [p for p in (ROOT / "benchmarks" / "results").rglob("*") if p.is_file() and p.suffix != ".png"]
+    assert len(files) > 100
+    bad = [str(p.relative_to(ROOT)) for p in files if absolute.search(p.read_text(errors="replace"))]
+    assert not bad, f"absolute paths of a machine in {bad}: record them with common.rel_path / write_result"
+    for p in sorted((ROOT / "benchmarks").glob("*.py")):
+        text = p.read_text()
+        assert '"shared" / "data"' not in text and "shared/data" not in text, \
+            f"{p.name}: find data through calibration.load_eval_text, not a folder of one machine"
