@@ -22,7 +22,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 #: name -> (tiny model case, PruneConfig overrides)
 CASES = {
@@ -55,7 +54,7 @@ def _digest(tensors: dict) -> str:
 
 def run_case(name: str, case: str, overrides: dict) -> dict:
     import torch
-    from tiny import tiny_model
+    from tests.tiny import tiny_model
 
     from compressor import PruneConfig, prune
 
@@ -72,31 +71,31 @@ def run_case(name: str, case: str, overrides: dict) -> dict:
             "widths": res.report.get("widths"), "masks": masks}
 
 
-def run_resumed() -> dict:
-    """The GQA default run stopped after half its steps into a checkpoint and resumed: same weights as one run."""
-    import torch
-    from tiny import tiny_model
+def run_job(resumed: bool) -> dict:
+    """The whole job (:func:`compressor.job.prune_job`) on a saved tiny GQA folder; ``resumed``: stopped after step 6
+    (the checkpoint of step 4 kept) and resumed to the end. Both give the same weights."""
+    from tests.tiny import tiny_job_inputs
 
-    from compressor import PruneConfig, prune
+    from compressor import PruneConfig
+    from compressor.job import prune_job
 
     cfg = PruneConfig(**(BASE | {"save_every": 4}))
-    blocks = torch.randint(0, 96, (8, BASE["seq_len"]), generator=torch.Generator().manual_seed(1))
     with tempfile.TemporaryDirectory() as tmp:
-        ck = Path(tmp) / "ck"
-        calls = {"n": 0}
+        src, data = tiny_job_inputs(Path(tmp))
+        out = Path(tmp) / "out"
+        if resumed:
+            calls = {"n": 0}
 
-        def stop(rec):
-            calls["n"] += 1
-            if calls["n"] == 6:
-                raise KeyboardInterrupt
+            def stop(rec):
+                calls["n"] += 1
+                if calls["n"] == 6:
+                    raise KeyboardInterrupt
 
-        torch.manual_seed(0)
-        try:
-            prune(tiny_model("llama-gqa", layers=2), cfg, blocks, checkpoint_dir=ck, progress=stop)
-        except KeyboardInterrupt:
-            pass
-        torch.manual_seed(0)
-        res = prune(tiny_model("llama-gqa", layers=2), cfg, blocks, checkpoint_dir=ck, resume=True)
+            try:
+                prune_job(str(src), out, cfg, data=str(data), eval_data="none", progress=stop)
+            except KeyboardInterrupt:
+                pass
+        res = prune_job(str(src), out, cfg, data=str(data), eval_data="none", resume=resumed)
     return {"weights": _digest(res.model.state_dict()),
             "losses_sha": hashlib.sha256(json.dumps([float(h["loss"]) for h in res.history]).encode()).hexdigest()}
 
@@ -110,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     out = {name: run_case(name, case, ov) for name, (case, ov) in CASES.items()}
-    out["gqa-default-resumed"] = run_resumed()
+    out["job-gqa"] = run_job(resumed=False)
+    out["job-gqa-resumed"] = run_job(resumed=True)
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     if not args.compare:
         for name, rec in out.items():

@@ -67,10 +67,14 @@ __all__ = [
 
 def __getattr__(name: str):
     # torch-heavy parts are imported lazily so `import compressor` stays cheap
-    if name in ("prune", "PruneResult", "save_plan", "load_plan"):
+    if name in ("prune", "PruneResult"):
         import importlib
 
         return getattr(importlib.import_module("compressor.algorithm.api"), name)
+    if name in ("save_plan", "load_plan"):
+        import importlib
+
+        return getattr(importlib.import_module("compressor.job.checkpoint"), name)
     if name == "load_model":
         from compressor.modeling.loading import load_model
 

@@ -1,4 +1,6 @@
-"""LoRAPrune's progressive pruning loop (Algorithm 1) and the one-call API :func:`prune`.
+"""LoRAPrune's progressive pruning (Algorithm 1) in memory: the one-call API :func:`prune`, and the three steps it is
+made of (:func:`start_run`, :func:`run_steps`, :func:`conclude`), which :func:`compressor.job.prune_job` drives with
+checkpoints. Nothing here writes a file or takes a lock.
 
 During a LoRA fine-tune with the base weights frozen, every ``prune_every`` optimizer steps the group
 scores (criterion, Eq. 4) smoothed by a moving average (Eq. 11) decide which heads and channels of every
@@ -15,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,29 +26,21 @@ import torch
 from torch import nn
 
 from compressor.algorithm.config import PruneConfig
+from compressor.algorithm.distributed import accelerator
 from compressor.algorithm.groups import ModelGroups
-from compressor.algorithm.loop import DataOrder, PruneLoop, StepRecord, wrap_lora
-from compressor.algorithm.loss import distill_loss
+from compressor.algorithm.loop import PruneLoop
 from compressor.algorithm.masking import MaskState
+from compressor.algorithm.precision import Precision
 from compressor.algorithm.scoring import LayerScores
+from compressor.algorithm.settings import resolve_settings
 from compressor.algorithm.summary import build_report, count_params
 from compressor.core.device import resolve_device
-from compressor.core.errors import CalibrationError, ConfigError, NonFiniteError, ResumeError
-from compressor.core.lock import output_lock
-from compressor.core.memory import MemoryTrace, peak_rss_mb
-from compressor.job.checkpoint import (
-    PLAN_FILE,
-    has_checkpoint,
-    load_checkpoint,
-    load_plan,
-    save_checkpoint,
-    save_plan,
-)
+from compressor.core.errors import CalibrationError, ConfigError
+from compressor.core.memory import MemoryTrace
 from compressor.modeling.architectures import needs_bos
 from compressor.modeling.loading import held_dtype
 
-__all__ = ["prune", "PruneResult", "PruneLoop", "StepRecord", "save_plan", "load_plan", "PLAN_FILE",
-           "distill_loss", "wrap_lora", "DataOrder", "peak_rss_mb"]
+__all__ = ["prune", "PruneResult", "Run", "start_run", "run_steps", "conclude", "as_blocks", "check_writable"]
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -71,30 +63,6 @@ class PruneResult:
     masks: MaskState
     groups: ModelGroups
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class _Stop:
-    """SIGINT → finish the current step, write a checkpoint, then raise KeyboardInterrupt."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: Any = None
-
-    def __enter__(self):
-        import threading
-
-        if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        if self.requested:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 def as_blocks(data: Any, tokenizer: Any, cfg: PruneConfig, *, add_bos: bool = False) -> torch.Tensor:
@@ -139,23 +107,108 @@ def check_writable(config: PruneConfig, model_type: str | None = None) -> None:
                           f"{model_type!r}; use widths='uniform' and no skip_layers")
 
 
-def _distributed():
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import Accelerator
+@dataclass
+class Run:
+    """A run set up in memory by :func:`start_run`: the loop and what the report needs from before it."""
 
-        return Accelerator(cpu=not torch.cuda.is_available())
-    return None
+    loop: PruneLoop
+    model_id: str
+    tokenizer: Any
+    eval_text: str | None
+    params_before: int
+    ppl_before: dict[str, Any] | None
+    trace: MemoryTrace
+    t_start: float
+    is_main: bool
+
+
+def start_run(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None,
+              eval_text: str | None = None, plan: dict[str, Any] | None = None, memory: MemoryTrace | None = None,
+              device: torch.device | None = None, precision: Precision | None = None, accelerator: Any = None,
+              statistics_dir: str | os.PathLike | None = None, store: tuple[str, int] | None = None,
+              checked: bool = False) -> Run:
+    """Check ``model`` and ``config`` together, resolve the config once (:func:`resolve_settings`), build the
+    calibration blocks, measure the perplexity before and set up the :class:`PruneLoop`.
+
+    ``device``, ``precision``: already resolved by the caller (default: from ``config``); ``checked``: the caller
+    already refused what :func:`check_writable` and :func:`~compressor.job.checkpoint.check_plan` refuse;
+    ``statistics_dir``, ``store``: where compensation's statistics go when they are kept on disk, and the store a
+    memory plan chose (default: chosen when the loop starts)."""
+    t_start = time.time()
+    trace = memory if memory is not None else MemoryTrace()
+    acc = accelerator
+    model_id = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+    from compressor.modeling.loading import check_architecture
+
+    check_architecture(model.config, model_id)
+    if not checked:
+        check_writable(config, model.config.model_type)
+        if plan is not None:
+            from compressor.algorithm.saved_plan import check_plan
+
+            check_plan(plan, model.config, model_id)
+    from compressor.algorithm.groups import discover_groups
+
+    device = acc.device if acc is not None else (device or resolve_device(config.device))
+    groups = discover_groups(model)
+    # infeasible widths, or a result that would not reload, are refused here, before any work
+    settings = resolve_settings(model, config, groups, device=device, precision=precision, plan=plan, store=store)
+    with trace.phase("calibration"):
+        blocks = as_blocks(data, tokenizer, config, add_bos=needs_bos(model.config))
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos and blocks.shape[1] > max_pos:
+        raise ConfigError(f"seq_len {blocks.shape[1]} is above the model's limit max_position_embeddings={max_pos}")
+    is_main = acc is None or acc.is_main_process
+    params_before = count_params(model)
+    if model.device != device and not getattr(model, "is_quantized", False):
+        model.to(device)
+    with trace.phase("perplexity_before"):
+        ppl_before = _perplexity(model, tokenizer, eval_text, config) if is_main else None
+    loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id, groups=groups,
+                     settings=settings, statistics_dir=statistics_dir)
+    return Run(loop, model_id, tokenizer, eval_text, params_before, ppl_before, trace, t_start, is_main)
+
+
+def run_steps(run: Run, *, progress: ProgressFn | None = None,
+              after_step: Callable[[PruneLoop], None] | None = None) -> None:
+    """Step ``run``'s loop to the end; ``progress`` gets every step's record (main process), ``after_step`` the loop
+    after every step (e.g. to write a checkpoint)."""
+    loop = run.loop
+    with run.trace.phase("loop"):
+        while not loop.done:
+            rec = loop.step()
+            if progress is not None and run.is_main:
+                progress(dict(rec.as_dict(), total_steps=loop.cfg.steps))
+            if after_step is not None:
+                after_step(loop)
+
+
+def conclude(run: Run) -> PruneResult:
+    """Merge ``run``'s finished loop into the smaller model, measure the perplexity after, build the report."""
+    loop, trace = run.loop, run.trace
+    ranks_agree = loop.masks_agree_across_ranks()
+    if ranks_agree is False:
+        raise RuntimeError("data-parallel ranks chose different masks; this is a bug, please report it")
+    with trace.phase("merge"):
+        merged = loop.finish()
+    with trace.phase("perplexity_after"):
+        ppl_after = _perplexity(merged, run.tokenizer, run.eval_text, loop.cfg) if run.is_main else None
+    report = build_report(loop, merged, model_id=run.model_id, params_before=run.params_before,
+                          ppl_before=run.ppl_before, ppl_after=ppl_after, wall_time_s=time.time() - run.t_start,
+                          peak_rss_mb=trace.overall_peak_mb, ranks_agree=ranks_agree)
+    report["memory_phases"] = trace.as_list()
+    return PruneResult(merged, report, loop.ema.value, loop.masks, loop.groups, loop.history)
 
 
 def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, eval_text: str | None = None,
-          checkpoint_dir: str | os.PathLike | None = None, resume: bool = False,
           plan: dict[str, Any] | None = None, progress: ProgressFn | None = None,
-          memory: MemoryTrace | None = None, memory_check: bool = True) -> PruneResult:
-    """Prune ``model`` with LoRAPrune and return the merged, smaller model.
+          memory: MemoryTrace | None = None) -> PruneResult:
+    """Prune ``model`` with LoRAPrune in memory and return the merged, smaller model (no files, no locks: for
+    checkpoints, resume, memory checks and a saved folder use :func:`compressor.job.prune_job`).
 
     Args:
-        model: a loaded causal LM of a type in :mod:`compressor.modeling.architectures` (llama, mistral, qwen2, qwen3,
-            gemma, gemma2, gemma3_text, phi3), or a model spec accepted by
+        model: a loaded causal LM of a type in :mod:`compressor.modeling.architectures` (llama, mistral, qwen2,
+            qwen3, gemma, gemma2, gemma3_text, phi3), or a model spec accepted by
             :func:`compressor.modeling.loading.load_model` (built-in name, HF folder, .gguf file).
         config: what to do (:class:`PruneConfig`).
         data: calibration data: a LongTensor ``[num_blocks, seq_len]``, a list of strings, or a path /
@@ -163,17 +216,12 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         tokenizer: needed when ``data`` or ``eval_text`` is text.
         eval_text: held-out text; perplexity before and after goes into the report
             (``config.eval_windows`` windows of ``config.eval_seq_len`` tokens).
-        checkpoint_dir: where resumable checkpoints go (every ``config.save_every`` steps, and on Ctrl-C).
-        resume: continue from the checkpoint in ``checkpoint_dir``.
-        plan: saved pruning plan (``{"heads": [...], "channels": [...]}`` from :func:`load_plan`): mask at
-            once from these scores, no scoring, then fine-tune.
+        plan: saved pruning plan (``{"heads": [...], "channels": [...]}`` from
+            :func:`compressor.job.checkpoint.load_plan`): mask at once from these scores, no scoring, then fine-tune.
         progress: called after every optimizer step with ``{"step", "loss", "sparsity", "lr", ...}``.
-        memory: a :class:`compressor.core.memory.MemoryTrace` to record the phases into (``load`` when ``model`` is a
-            spec, ``calibration``, ``perplexity_before``, ``loop``, ``merge``, ``perplexity_after``); default a new
+        memory: a :class:`compressor.core.memory.MemoryTrace` to record the phases into (``load`` when ``model`` is
+            a spec, ``calibration``, ``perplexity_before``, ``loop``, ``merge``, ``perplexity_after``); default a new
             one. The report gets them as ``memory_phases`` and its ``peak_rss_mb`` is the trace's overall peak.
-        memory_check: predict the run's peak memory from the model's config first (:mod:`compressor.algorithm.plan`; the
-            report's ``memory_plan``) and refuse, before any weight is read, a run that would not fit its device
-            (:class:`~compressor.algorithm.plan.InsufficientMemoryError`, naming the options that would fit).
 
     Returns:
         :class:`PruneResult`.
@@ -184,111 +232,25 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
         >>> res = prune(model, PruneConfig(ratio=0.5, steps=100), "wiki", tokenizer=tok)  # doctest: +SKIP
         >>> res.model.save_pretrained("pruned")                             # doctest: +SKIP
     """
-    t_start = time.time()
     trace = memory if memory is not None else MemoryTrace()
-    acc = _distributed()
+    acc = accelerator()
     device = acc.device if acc is not None else resolve_device(config.device)
-    from compressor.algorithm.plan import check_fits, plan_run
-
-    mem_plan, alts, resident = plan_run(model, config, device)
-    if memory_check:
-        check_fits(mem_plan, alts, resident=resident)
+    precision = None
     if not isinstance(model, nn.Module):
-        from compressor.algorithm.precision import held_linear_dtype
+        from compressor.algorithm.precision import precision_for
         from compressor.modeling.loading import load_config, load_model, resolve_model
 
-        model_id = str(model)
+        spec = str(model)
         with trace.phase("load"):
-            hidden = getattr(load_config(resolve_model(model)), "hidden_size", None)
-            model, tok, _ = load_model(model, dtype=config.dtype, base_bits=config.base_bits,
-                                       linear_dtype=held_linear_dtype(config, device, hidden),
-                                       device=device if acc is None else None)
+            precision = precision_for(config, device, getattr(load_config(resolve_model(spec)), "hidden_size", None))
+            model, tok, _ = load_model(spec, dtype=config.dtype, base_bits=config.base_bits,
+                                       linear_dtype=precision.held, device=device if acc is None else None)
+        model.config._name_or_path = model.config._name_or_path or spec
         tokenizer = tokenizer or tok
-    else:
-        model_id = str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
-    from compressor.modeling.loading import check_architecture
-
-    check_architecture(model.config, model_id)
-    check_writable(config, model.config.model_type)
-    if plan is not None:
-        from compressor.job.checkpoint import check_plan
-
-        check_plan(plan, model.config, model_id)
-    from compressor.algorithm.groups import discover_groups
-    from compressor.algorithm.loop import check_output_config
-
-    groups = discover_groups(model)
-    output = check_output_config(model, groups, config)  # infeasible widths, or a result that would not reload
-    with trace.phase("calibration"):
-        blocks = as_blocks(data, tokenizer, config, add_bos=needs_bos(model.config))
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos and blocks.shape[1] > max_pos:
-        raise ConfigError(f"seq_len {blocks.shape[1]} is above the model's limit max_position_embeddings={max_pos}")
-    if checkpoint_dir is None and (resume or config.save_every):
-        raise ConfigError("resume / save_every need a checkpoint folder (checkpoint_dir)")
-    is_main = acc is None or acc.is_main_process
-    params_before = count_params(model)
-    if model.device != device and not getattr(model, "is_quantized", False):
-        model.to(device)
-    with trace.phase("perplexity_before"):
-        ppl_before = _perplexity(model, tokenizer, eval_text, config) if is_main else None
-
-    # one run per checkpoint folder: a second prune() on it fails at once (OutputLockedError)
-    with _Stop() as stop, output_lock(checkpoint_dir) if checkpoint_dir is not None else contextlib.nullcontext(), \
-            trace.phase("loop"):
-        loop = PruneLoop(model, config, blocks, plan=plan, accelerator=acc, model_id=model_id, groups=groups,
-                         output=output, statistics_dir=None if checkpoint_dir is None
-                         else os.path.join(checkpoint_dir, "compensation"))
-        if resume:
-            _resume(loop, checkpoint_dir)
-        while not loop.done:
-            try:
-                rec = loop.step()
-            except NonFiniteError as exc:
-                raise NonFiniteError(f"{exc}; the last good checkpoint (if any) is kept in {str(checkpoint_dir)!r}; "
-                                     f"resume it with --resume, or start again with a lower --lr") from exc
-            if progress is not None and is_main:
-                progress(dict(rec.as_dict(), total_steps=config.steps))
-            due = config.save_every and loop.step_count % config.save_every == 0
-            if checkpoint_dir is not None and is_main and (due or stop.requested):
-                save_checkpoint(checkpoint_dir, loop.state_dict())
-            if stop.requested:
-                raise KeyboardInterrupt(f"stopped at step {loop.step_count}; checkpoint written to {str(checkpoint_dir)!r}")
-    ranks_agree = loop.masks_agree_across_ranks()
-    if ranks_agree is False:
-        raise RuntimeError("data-parallel ranks chose different masks; this is a bug, please report it")
-    with trace.phase("merge"):
-        merged = loop.finish()
-    with trace.phase("perplexity_after"):
-        ppl_after = _perplexity(merged, tokenizer, eval_text, config) if is_main else None
-    report = build_report(loop, merged, model_id=model_id, params_before=params_before, ppl_before=ppl_before,
-                          ppl_after=ppl_after, wall_time_s=time.time() - t_start, peak_rss_mb=trace.overall_peak_mb,
-                          ranks_agree=ranks_agree)
-    report["memory_phases"] = trace.as_list()
-    report["memory_plan"] = mem_plan.as_dict()
-    return PruneResult(merged, report, loop.ema.value, loop.masks, loop.groups, loop.history)
-
-
-def _resume(loop: PruneLoop, checkpoint_dir: str | os.PathLike | None) -> None:
-    if checkpoint_dir is None or not has_checkpoint(checkpoint_dir):
-        raise ResumeError(f"--resume given but there is no checkpoint in {str(checkpoint_dir)!r}")
-    st = load_checkpoint(checkpoint_dir)
-    if st.get("run_id") != loop.run_id:
-        raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} was written by a run with another model, "
-                          f"data or configuration (run id {st.get('run_id')} != {loop.run_id}); resume it with the "
-                          f"options it was started with, start over with --force (discards it), or use another --out")
-    step, history = st.get("step"), st.get("history")
-    if not isinstance(history, list) or not isinstance(step, int) or not 0 <= step <= loop.cfg.steps \
-            or len(history) != step:
-        raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} is inconsistent (edited?): step {step!r} with "
-                          f"{len(history) if isinstance(history, list) else history!r} history entries, for a run of "
-                          f"{loop.cfg.steps} steps; start over with --force (discards it)")
-    try:
-        loop.load_state_dict(st)
-    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:  # a hand-edited checkpoint
-        raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} does not fit this run's model: "
-                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}; start over with "
-                          f"--force (discards it)") from exc
+    run = start_run(model, config, data, tokenizer=tokenizer, eval_text=eval_text, plan=plan, memory=trace,
+                    device=device, precision=precision, accelerator=acc)
+    run_steps(run, progress=progress)
+    return conclude(run)
 
 
 def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneConfig) -> dict[str, Any] | None:

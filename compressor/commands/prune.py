@@ -239,13 +239,13 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
 
 def _dry_run(model, cfg: PruneConfig, *, allow_pickle: bool, trust_remote_code: bool) -> None:
     """``--dry-run``: the memory plan of this run and of the alternatives, on stdout; nothing is loaded or written."""
-    from compressor.algorithm.plan import GiB, plan_run
+    from compressor.algorithm.memory_plan import GiB, plan_run
     from compressor.core.device import resolve_device
-    from compressor.modeling.loading import DEFAULT_MODEL
+    from compressor.modeling.loading import DEFAULT_MODEL, load_config, resolve_model
 
     device = resolve_device(cfg.device)
-    plan, alts, _ = plan_run(model or DEFAULT_MODEL, cfg, device, allow_pickle=allow_pickle,
-                             trust_remote_code=trust_remote_code)
+    source = resolve_model(model or DEFAULT_MODEL, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    plan, alts = plan_run(source, load_config(source, trust_remote_code=trust_remote_code), cfg, device)
     click.echo(f"{model or DEFAULT_MODEL}: ratio {cfg.ratio}, {cfg.steps} steps, batch {cfg.batch_size} x "
                f"{cfg.seq_len} tokens")
     for line in plan.lines():

@@ -68,6 +68,7 @@ class MemoryTrace:
     def __init__(self) -> None:
         self.phases: list[dict] = []
         self._overall = peak_rss_mb()
+        self._open: tuple | None = None
 
     @property
     def overall_peak_mb(self) -> float:
@@ -83,22 +84,35 @@ class MemoryTrace:
         def _measure():
             self._overall = max(self._overall, peak_rss_mb())
             reset = reset_peak_rss()
-            start, t0 = current_rss_mb(), time.perf_counter()
+            self._open = (name, current_rss_mb(), time.perf_counter(), reset)
             try:
                 yield
             finally:
-                peak = peak_rss_mb()
-                self._overall = max(self._overall, peak)
-                end = current_rss_mb()
-                rec = {"phase": name, "seconds": round(time.perf_counter() - t0, 2),
-                       "rss_start_mb": None if start is None else round(start, 1),
-                       "rss_end_mb": None if end is None else round(end, 1), "peak_mb": round(peak, 1),
-                       "peak_above_start_mb": None if start is None else round(peak - start, 1)}
-                if not reset:
-                    rec["peak_is_process_peak"] = True
-                self.phases.append(rec)
+                self.phases.append(self._record())
+                self._open = None
 
         return _measure()
+
+    def _record(self) -> dict:
+        """The record of the open phase, measured up to now."""
+        import time
+
+        assert self._open is not None
+        name, start, t0, reset = self._open
+        peak = peak_rss_mb()
+        self._overall = max(self._overall, peak)
+        end = current_rss_mb()
+        rec = {"phase": name, "seconds": round(time.perf_counter() - t0, 2),
+               "rss_start_mb": None if start is None else round(start, 1),
+               "rss_end_mb": None if end is None else round(end, 1), "peak_mb": round(peak, 1),
+               "peak_above_start_mb": None if start is None else round(peak - start, 1)}
+        if not reset:
+            rec["peak_is_process_peak"] = True
+        return rec
+
+    def so_far(self) -> list[dict]:
+        """The finished phases and the open one measured up to now (for a report written inside its last phase)."""
+        return self.as_list() + ([self._record()] if self._open is not None else [])
 
     def as_list(self) -> list[dict]:
         """The phases measured so far, in order (copies)."""

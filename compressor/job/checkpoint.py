@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from compressor.algorithm.saved_plan import PLAN_FILE, check_plan  # noqa: F401 - re-exported
 from compressor.core.errors import ConfigError, ResumeError
 from compressor.core.io import WRITE_FAULT_ERRNOS, atomic_write_text, safetensors_header, write_fault
 
@@ -63,21 +63,6 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, list):
         return [_unflatten(v, tensors) for v in obj]
     return obj
-
-
-def rng_state() -> dict[str, Any]:
-    py = random.getstate()
-    np_state: Any = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": [py[0], list(py[1]), py[2]],
-            "numpy": [np_state[0], np_state[1], int(np_state[2]), int(np_state[3]), float(np_state[4])]}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
 
 
 def save_checkpoint(ckpt_dir: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -245,7 +230,6 @@ def checkpoint_step(ckpt_dir: str | os.PathLike) -> int | None:
 
 
 # ---- saved pruning plan ----------------------------------------------------------------------
-PLAN_FILE = "pruning_plan.safetensors"
 
 
 def save_plan(folder: str | os.PathLike, result: Any) -> None:
@@ -294,22 +278,3 @@ def load_plan(folder: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"pruning plan {str(path)!r} is corrupt: {exc}; give the output folder of an earlier "
                           f"`compress prune`") from exc
     return {"heads": heads, "channels": channels, "source": str(folder)}
-
-
-def check_plan(plan: dict[str, Any], config: Any, model: str = "the model") -> None:
-    """Refuse, before any work, a pruning plan made for a model of other sizes than ``config``'s.
-
-    Raises:
-        ConfigError: naming the plan file, its layers x heads x channels and the model's.
-    """
-    from compressor.modeling.sizes import model_sizes
-
-    s = model_sizes(config)
-    heads = sorted({int(h.numel()) for h in plan["heads"]})
-    chans = sorted({int(c.numel()) for c in plan["channels"]})
-    if len(plan["heads"]) != s.layers or heads != [s.heads] or chans != [s.intermediate]:
-        src = Path(plan.get("source", ".")) / PLAN_FILE
-        raise ConfigError(
-            f"pruning plan {str(src)!r} was made for a model with {len(plan['heads'])} layers x "
-            f"{'/'.join(map(str, heads))} heads x {'/'.join(map(str, chans))} MLP channels, but {model!r} has "
-            f"{s.layers} x {s.heads} x {s.intermediate}; give the output folder of a `compress prune` of this model")

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from compressor.algorithm.config import PruneConfig
-from compressor.core.errors import ConfigError, DiskWriteError, OutputExistsError, ResumeError
+from compressor.core.errors import ConfigError, DiskWriteError, NonFiniteError, OutputExistsError, ResumeError
 from compressor.core.io import write_json
 from compressor.core.lock import output_lock
 from compressor.core.memory import MemoryTrace
@@ -113,7 +115,7 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
         progress: called after every step with the step record.
         say: called with one-line status messages.
         memory_check: refuse, before any weight is read, a run whose predicted peak memory exceeds the free memory
-            of its device (:mod:`compressor.algorithm.plan`; the error names the options that would fit).
+            of its device (:mod:`compressor.algorithm.memory_plan`; the error names the options that would fit).
 
     One run per output: the locks of ``out`` and of the checkpoint folder are held for the whole job
     (:func:`compressor.core.lock.output_lock`); a second job on either fails at once with
@@ -137,26 +139,35 @@ def prune_job(model: str | None, out: str | os.PathLike, config: PruneConfig, *,
 
 def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, eval_data, resume, from_plan, force,
              allow_pickle, trust_remote_code, progress, say, memory_check):
-    from compressor.algorithm.api import check_writable, prune
-    from compressor.algorithm.plan import check_fits, plan_run
-    from compressor.algorithm.precision import held_linear_dtype
+    from calibration import check_seq_len, load_texts, pack_blocks
+    from compressor.algorithm.api import check_writable, conclude, run_steps, start_run
+    from compressor.algorithm.distributed import accelerator, is_secondary_rank
+    from compressor.algorithm.memory_plan import check_fits, plan_run
+    from compressor.algorithm.precision import precision_for
+    from compressor.algorithm.saved_plan import check_plan
     from compressor.core.device import resolve_device
-    from compressor.job.checkpoint import check_plan, checkpoint_step, has_checkpoint, load_plan, save_plan
+    from compressor.job.checkpoint import (
+        checkpoint_step,
+        has_checkpoint,
+        load_plan,
+        save_checkpoint,
+        save_plan,
+    )
     from compressor.job.picture import picture_note, write_prune_png
     from compressor.modeling.loading import load_config, load_model, resolve_model
     from compressor.modeling.save import save_model_folder
 
+    # the config resolved once, before any weight is read: source, device, precision, memory plan
     source = resolve_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     model_config = load_config(source, trust_remote_code=trust_remote_code)
     check_writable(config, model_config.model_type)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = resolve_device(config.device)
-    if memory_check:  # before any weight is read: refuse what would not fit, naming what would
-        mem_plan, alts, _ = plan_run(source.spec, config, device, allow_pickle=allow_pickle,
-                                     trust_remote_code=trust_remote_code)
+    acc = accelerator()
+    device = acc.device if acc is not None else resolve_device(config.device)
+    precision = precision_for(config, device, getattr(model_config, "hidden_size", None))
+    mem_plan = None
+    if memory_check:  # refuse what would not fit, naming what would
+        mem_plan, alts = plan_run(source, model_config, config, device, precision=precision)
         check_fits(mem_plan, alts)
-    from calibration import check_seq_len, load_texts, pack_blocks
-
     trace = MemoryTrace()  # per-phase RSS into the report (memory_phases)
     with trace.phase("texts"):
         texts = load_texts(data, text_field=text_field)
@@ -168,9 +179,8 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     with trace.phase("load"):
         mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits,
                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                                 linear_dtype=None if distributed else held_linear_dtype(
-                                     config, device, getattr(model_config, "hidden_size", None)),
-                                 device=None if distributed else device)
+                                 linear_dtype=None if acc is not None else precision.held,
+                                 device=None if acc is not None else device)
     check_seq_len(config.seq_len, mdl.config)
     with trace.phase("tokenize"):
         blocks = pack_blocks(tok, texts, config.seq_len, max_blocks=config.max_blocks, seed=config.seed,
@@ -180,31 +190,54 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     if not resume and ckpt.is_dir():
         shutil.rmtree(ckpt, ignore_errors=True)  # force: a fresh run starts without the old checkpoint
     mdl.config._name_or_path = source.spec
-    try:
-        res = prune(mdl, config, blocks, tokenizer=tok, eval_text=eval_text, checkpoint_dir=ckpt, resume=resume,
-                    plan=plan, progress=progress, memory=trace, memory_check=False)
-    except KeyboardInterrupt as exc:
-        raise KeyboardInterrupt(str(ckpt) if has_checkpoint(ckpt) else "") from exc
-    res.report["model"] = source.spec
-    res.report["calibration"] = {"source": str(data), "text_field": text_field, "blocks": int(blocks.shape[0]),
-                                 "seq_len": int(blocks.shape[1])}
-    res.report["eval_data"] = eval_data
+    planned = (mem_plan.store, mem_plan.layers_per_pass) \
+        if mem_plan is not None and mem_plan.store and mem_plan.layers_per_pass else None
+    with _Stop() as stop:  # Ctrl-C: finish the step, write a checkpoint, stop
+        try:
+            run = start_run(mdl, config, blocks, tokenizer=tok, eval_text=eval_text, plan=plan, memory=trace,
+                            device=device, precision=precision, accelerator=acc, checked=True,
+                            statistics_dir=ckpt / "compensation", store=planned)
+            if resume:
+                _resume(run.loop, ckpt)
+
+            def after_step(loop: Any) -> None:
+                due = config.save_every and loop.step_count % config.save_every == 0
+                if run.is_main and (due or stop.requested):
+                    save_checkpoint(ckpt, loop.state_dict())
+                if stop.requested:
+                    raise KeyboardInterrupt(f"stopped at step {loop.step_count}; checkpoint written to {str(ckpt)!r}")
+
+            run_steps(run, progress=progress, after_step=after_step)
+        except NonFiniteError as exc:
+            raise NonFiniteError(f"{exc}; the last good checkpoint (if any) is kept in {str(ckpt)!r}; resume it "
+                                 f"with --resume, or start again with a lower --lr") from exc
+        except KeyboardInterrupt as exc:
+            raise KeyboardInterrupt(str(ckpt) if has_checkpoint(ckpt) else "") from exc
+    res = conclude(run)
+    res.report.update({
+        "model": source.spec,
+        "calibration": {"source": str(data), "text_field": text_field, "blocks": int(blocks.shape[0]),
+                        "seq_len": int(blocks.shape[1])},
+        "eval_data": eval_data, "checkpoint_dir": str(ckpt), "picture": picture_note("pruning.png")})
+    if mem_plan is not None:
+        res.report["memory_plan"] = mem_plan.as_dict()
     if eval_data == "auto" and eval_text is None:
         res.report["perplexity_skipped"] = "auto: WikiText-2 not found (see the message of the run)"
-    res.report["checkpoint_dir"] = str(ckpt)
-    res.report["picture"] = picture_note("pruning.png")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+    if is_secondary_rank():
         return res
 
-    def extra(tmp: Path) -> None:
+    def extra(tmp: Path) -> None:  # inside the temporary folder, before it is renamed into place
         save_plan(tmp, res)
         write_prune_png(res.report, Path(tmp) / "pruning.png")
+        # the report is written once, last, with the save phase measured up to here
+        res.report["memory_phases"] = trace.so_far()
+        res.report["peak_rss_mb"] = round(trace.overall_peak_mb, 1)
+        write_json(Path(tmp) / REPORT_NAME, res.report)
 
-    merged: Any = res.model
     try:
         with trace.phase("save"):
-            save_model_folder(merged, tok, out, force=force or resume, report=res.report, extra=extra,
-                              report_name=REPORT_NAME)
+            merged: Any = res.model
+            save_model_folder(merged, tok, out, force=force or resume, extra=extra)
     except DiskWriteError as exc:
         step = checkpoint_step(ckpt)
         if step is None:
@@ -212,8 +245,54 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
         raise DiskWriteError(f"{exc}; the checkpoint of step {step} is kept in {str(ckpt)!r}: run the same command "
                              f"plus --resume once there is space", exc.errno, exc.path) from exc
     shutil.rmtree(ckpt, ignore_errors=True)
-    # the save phase ends after the report was written: add it (and the peak it may set) to the saved report
-    res.report["memory_phases"] = trace.as_list()
-    res.report["peak_rss_mb"] = round(trace.overall_peak_mb, 1)
-    write_json(Path(out) / REPORT_NAME, res.report)
     return res
+
+
+class _Stop:
+    """SIGINT → finish the current step, write a checkpoint, then raise KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self):
+        import threading
+
+        if sys.platform != "win32" and threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+
+def _resume(loop: Any, checkpoint_dir: str | os.PathLike | None) -> None:
+    from compressor.job.checkpoint import has_checkpoint, load_checkpoint
+
+    if checkpoint_dir is None or not has_checkpoint(checkpoint_dir):
+        raise ResumeError(f"--resume given but there is no checkpoint in {str(checkpoint_dir)!r}")
+    st = load_checkpoint(checkpoint_dir)
+    if st.get("run_id") != loop.run_id:
+        raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} was written by a run with another model, "
+                          f"data or configuration (run id {st.get('run_id')} != {loop.run_id}); resume it with the "
+                          f"options it was started with, start over with --force (discards it), or use another --out")
+    step, history = st.get("step"), st.get("history")
+    if not isinstance(history, list) or not isinstance(step, int) or not 0 <= step <= loop.cfg.steps \
+            or len(history) != step:
+        raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} is inconsistent (edited?): step {step!r} with "
+                          f"{len(history) if isinstance(history, list) else history!r} history entries, for a run of "
+                          f"{loop.cfg.steps} steps; start over with --force (discards it)")
+    try:
+        loop.load_state_dict(st)
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:  # a hand-edited checkpoint
+        raise ResumeError(f"the checkpoint in {str(checkpoint_dir)!r} does not fit this run's model: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}; start over with "
+                          f"--force (discards it)") from exc
+

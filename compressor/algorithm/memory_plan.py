@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from compressor.algorithm.config import PruneConfig
+from compressor.algorithm.precision import Precision, precision_for
 from compressor.core.errors import ConfigError
 
 GiB = 2**30
@@ -178,11 +179,12 @@ class MemoryPlan:
 
 
 def resolve_store(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, free: int | None = None,
-                  total: int | None = None, resident: int = 0, host_free: int | None = None) -> tuple[str, int]:
+                  total: int | None = None, resident: int = 0, host_free: int | None = None,
+                  precision: Precision | None = None) -> tuple[str, int]:
     """Where compensation's statistics go (``cfg.compensate_store``; ``auto``: on ``device`` when the whole run
     fits there with them, else in host memory on a CUDA device when they take at most half of it, else on disk)
     and, for ``disk``, how many layers one statistics pass collects (as many as fit). ``resident``: bytes of
-    weights already loaded on ``device`` (not in ``free`` any more)."""
+    weights already loaded on ``device`` (not in ``free`` any more); ``precision``: the run's, when resolved."""
     L = shape.layers
     store = cfg.compensate_store if cfg.compensate else "device"
     if store not in ("auto", "disk"):
@@ -192,7 +194,7 @@ def resolve_store(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, 
 
         free = free_memory_bytes(device)
     if store == "auto":
-        on_device = plan_memory(shape, cfg, device, store="device", free=free, total=total)
+        on_device = plan_memory(shape, cfg, device, store="device", free=free, total=total, precision=precision)
         if free is None or on_device.peak - resident <= FIT_SHARE * free:
             return "device", L
         if device.type == "cuda":
@@ -204,7 +206,8 @@ def resolve_store(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, 
                 return "host", L
     if free is None:
         return "disk", L
-    without = plan_memory(shape, cfg, device, store="disk", layers_per_pass=0, free=free, total=total)
+    without = plan_memory(shape, cfg, device, store="disk", layers_per_pass=0, free=free, total=total,
+                          precision=precision)
     per_layer = _stats_bytes(shape) // L
     room = FIT_SHARE * free + resident - without.peak
     return "disk", int(max(1, min(L, room // per_layer)))
@@ -220,7 +223,8 @@ def _lora_params(shape: ModelShape, r: int) -> int:
 
 def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gguf: bool = False,
                 source_dtype: str | None = None, free: int | None = None, total: int | None = None,
-                store: str | None = None, layers_per_pass: int | None = None) -> MemoryPlan:
+                store: str | None = None, layers_per_pass: int | None = None,
+                precision: Precision | None = None) -> MemoryPlan:
     """The predicted memory of pruning a model of ``shape`` with ``cfg`` on ``device`` (see the module doc).
 
     Args:
@@ -233,12 +237,12 @@ def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gg
         free, total: free and total memory of ``device`` (default: measured now, :func:`compressor.core.device.free_memory_bytes`).
         store, layers_per_pass: where compensation's statistics go and, on disk, how many layers one pass collects
             (default: :func:`resolve_store`).
+        precision: the run's, when the caller resolved it (default: :func:`~compressor.algorithm.precision.precision_for`).
     """
-    from compressor.algorithm.precision import held_linear_dtype, resolve_amp
     from compressor.core.device import free_memory_bytes
 
-    amp = resolve_amp(cfg, device, shape.hidden)
-    held = held_linear_dtype(cfg, device, shape.hidden)
+    precision = precision or precision_for(cfg, device, shape.hidden)
+    amp, held = precision.amp, precision.held
     lin, other = shape.linear_params, shape.other_params
     if cfg.base_bits:
         base = int(lin * cfg.base_bits / 8 * 1.03) + 4 * other  # + scales; the rest in float32
@@ -255,7 +259,7 @@ def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gg
     if free is None:
         free = free_memory_bytes(device)
     if store is None:
-        store, layers_per_pass = resolve_store(shape, cfg, device, free=free, total=total)
+        store, layers_per_pass = resolve_store(shape, cfg, device, free=free, total=total, precision=precision)
     stats = _stats_bytes(shape) if cfg.compensate else 0
     if store == "device":
         stats_dev = stats
@@ -356,22 +360,12 @@ def check_fits(plan: MemoryPlan, alts: list[tuple[str, MemoryPlan]], *, resident
 
 
 
-def plan_run(model: Any, cfg: PruneConfig, device: torch.device, *, allow_pickle: bool = False,
-             trust_remote_code: bool = False) -> tuple[MemoryPlan, list[tuple[str, MemoryPlan]], int]:
-    """The plan and the alternatives of pruning ``model`` (a spec, read as config only, or a loaded model) with
-    ``cfg`` on ``device``, and the bytes of weights already resident there (a loaded model's)."""
-    from torch import nn
+def plan_run(source: Any, config: Any, cfg: PruneConfig, device: torch.device, *,
+             precision: Precision | None = None) -> tuple[MemoryPlan, list[tuple[str, MemoryPlan]]]:
+    """The plan and the alternatives of pruning the model ``source`` (a resolved
+    :class:`~compressor.modeling.loading.ModelSource`, read as its ``config`` only) with ``cfg`` on ``device``."""
+    from compressor.modeling.loading import source_dtype
 
-    from compressor.modeling.loading import load_config, resolve_model, source_dtype
-
-    if isinstance(model, nn.Module):
-        config, gguf = model.config, False
-        sdt = getattr(model, "lorapress_source_dtype", None) or source_dtype(config)
-        resident = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == device.type)
-    else:
-        src = resolve_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-        config, gguf, resident = load_config(src, trust_remote_code=trust_remote_code), src.gguf_file is not None, 0
-        sdt = source_dtype(config)
-    shape = model_shape(config)
-    plan = plan_memory(shape, cfg, device, gguf=gguf, source_dtype=sdt)
-    return plan, alternatives(shape, cfg, device, gguf=gguf, source_dtype=sdt, free=plan.free), resident
+    shape, gguf, sdt = model_shape(config), source.gguf_file is not None, source_dtype(config)
+    plan = plan_memory(shape, cfg, device, gguf=gguf, source_dtype=sdt, precision=precision)
+    return plan, alternatives(shape, cfg, device, gguf=gguf, source_dtype=sdt, free=plan.free)
