@@ -12,7 +12,7 @@ drift in machine load hits all alike):
 
 Cases: one forward pass (prefill, no KV cache) at batch 1 of ``--seq-lens`` tokens (default 2048, as the
 paper, and 128). Reported per case and variant: median / p90 / min latency over ``--runs`` runs after
-``--warmup``, tokens/s, FLOPs per token (:mod:`compressor.algorithm.flops`; LoRA adds ``2 r (in + out)`` per adapted
+``--warmup``, tokens/s, FLOPs per token (:mod:`compressor.modeling.flops`; LoRA adds ``2 r (in + out)`` per adapted
 projection), and the ratios to ``merged``. Before timing, ``merged`` logits are checked against
 ``lora-unmerged`` (max |diff| <= 1e-3: merging must not change the function), so the comparison is of equals.
 
@@ -47,7 +47,7 @@ def _lora_flops(model, r: int) -> float:
 
 
 def _flops(config, seq_len: int) -> float:
-    from compressor.algorithm.flops import flops_per_token
+    from compressor.modeling.flops import flops_per_token
     from compressor.modeling.sizes import model_sizes
 
     return flops_per_token(model_sizes(config), (seq_len + 1) / 2)["total"]

@@ -35,7 +35,7 @@ intermediate size, ``V`` vocabulary and ``T = context`` (``h`` is the model's re
 head-pruned exports whose config.json carries an adjusted one, see :mod:`exporters.ort_config`). Embedding
 lookup, norms, RoPE, softmax and activations (O(h) per layer) are left out. Parameter count is from the same
 config: embedding, the linear layers above, norms and biases (lm_head not counted twice when tied). Both
-formulas live in :mod:`compressor.algorithm.flops`, which counts a layer's projections with the pruning schedule's
+formulas live in :mod:`compressor.modeling.flops`, which counts a layer's projections with the pruning schedule's
 :func:`compressor.algorithm.schedule.layer_params`.
 
 Split by concern: :mod:`exporters.bench_inputs` (folder, config, counts, feeds), :mod:`exporters.bench_memory`
@@ -58,10 +58,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compressor.algorithm.flops import FLOPS_FORMULA
 from compressor.core.errors import ConfigError
 from compressor.core.io import write_json
 from compressor.core.ort import PROVIDERS, import_ort, ort_session, providers_for
+from compressor.modeling.flops import FLOPS_FORMULA
 
 from .bench_inputs import count_params, find_onnx_file, flops_per_token, make_feed, model_dims, read_config
 from .bench_memory import measure_peak_rss

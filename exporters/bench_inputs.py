@@ -8,9 +8,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from compressor.algorithm.flops import count_params as _count_params
-from compressor.algorithm.flops import flops_per_token as _flops_per_token
 from compressor.core.errors import ModelLoadError
+from compressor.modeling.flops import count_params as _count_params
+from compressor.modeling.flops import flops_per_token as _flops_per_token
 from compressor.modeling.sizes import ModelSizes, model_sizes
 
 from .ort_config import true_hidden_size, true_per_layer
@@ -69,13 +69,13 @@ def model_dims(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def count_params(dims: dict[str, Any]) -> int:
-    """Parameter count of a supported decoder from :func:`model_dims` (:func:`compressor.algorithm.flops.count_params`)."""
+    """Parameter count of a supported decoder from :func:`model_dims` (:func:`compressor.modeling.flops.count_params`)."""
     return _count_params(ModelSizes(**dims))
 
 
 def flops_per_token(dims: dict[str, Any], context: float) -> dict[str, float]:
     """Forward FLOPs per token at ``context`` cached positions: ``{"linear", "attention", "total", "context"}``
-    (:func:`compressor.algorithm.flops.flops_per_token`)."""
+    (:func:`compressor.modeling.flops.flops_per_token`)."""
     return _flops_per_token(ModelSizes(**dims), context)
 
 

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from compressor.algorithm.flops import FLOPS_FORMULA
 from compressor.core.errors import ConfigError, ModelLoadError
 from compressor.core.io import write_json
+from compressor.modeling.flops import FLOPS_FORMULA
 
 from .bench_inputs import count_params, flops_per_token
 from .bench_report import BENCH_REPORT_FILE, BenchReport, ModelBench, check_report_free, compare

@@ -113,3 +113,47 @@ def test_only_the_cli_imports_exporters():
     bad = sorted(m for m, deps in graph.items()
                  if m.startswith("compressor") and m != "compressor.cli" and any(d.startswith("exporters") for d in deps))
     assert bad == []
+
+
+#: the layers of the packages, lowest first: a module imports only its own layer and the ones below
+#: (``exporters`` sits on the side: it may use the foundation, modeling and evaluation, never the algorithm or the job)
+LAYERS = (
+    ("compressor.core",),
+    ("calibration",),
+    ("compressor.modeling",),
+    ("compressor.evaluation",),
+    ("compressor.algorithm",),
+    ("compressor.job",),
+    ("compressor.commands", "compressor.cli"),
+    ("compressor",),  # the package's __init__: the public names, imported lazily from every layer
+)
+EXPORTERS_MAY_USE = ("compressor.core", "calibration", "compressor.modeling", "compressor.evaluation", "compressor")
+
+
+def _layer(module: str) -> int | None:
+    best: tuple[int, int] | None = None  # (prefix length, layer)
+    for i, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[0]):
+                best = (len(p), i)
+    return None if best is None else best[1]
+
+
+def test_packages_import_one_way():
+    """foundation <- calibration <- modeling <- evaluation <- algorithm <- job <- CLI: no module imports a layer
+    above its own."""
+    graph = import_graph()
+    up = sorted(f"{m} -> {d}" for m, deps in graph.items() if _layer(m) is not None
+                for d in deps if _layer(d) is not None and _layer(d) > _layer(m)  # type: ignore[operator]
+                and not (m.startswith("compressor.cli") and d.startswith("exporters")))
+    assert up == []
+    # every compressor module belongs to a layer (a new top-level module has to pick one)
+    assert sorted(m for m in graph if m.startswith("compressor.") and _layer(m) in (None, len(LAYERS) - 1)) == []
+
+
+def test_exporters_use_only_the_lower_layers():
+    graph = import_graph()
+    bad = sorted(f"{m} -> {d}" for m, deps in graph.items() if m.startswith("exporters")
+                 for d in deps if d.startswith(("compressor", "calibration"))
+                 and _layer(d) not in {_layer(p) for p in EXPORTERS_MAY_USE})
+    assert bad == []

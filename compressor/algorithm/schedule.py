@@ -13,6 +13,7 @@ from typing import Any
 
 from compressor.algorithm.groups import LayerGroups
 from compressor.core.errors import ConfigError
+from compressor.modeling.flops import projection_params
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,7 @@ def layer_params(lg: LayerGroups, hidden: int, heads: int | None = None, kv: int
     heads = lg.num_heads if heads is None else heads
     kv = lg.num_kv_heads if kv is None else kv
     inter = lg.intermediate_size if inter is None else inter
-    d = lg.head_dim
-    return hidden * d * (2 * heads + 2 * kv) + 3 * hidden * inter
+    return projection_params(hidden, lg.head_dim, heads, kv, inter)
 
 
 def _kept(lg: LayerGroups, heads_per_kv: int) -> tuple[int, int]:

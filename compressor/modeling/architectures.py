@@ -14,7 +14,7 @@ The generic code (:mod:`compressor.algorithm.groups`, :mod:`compressor.algorithm
   their weight has ``head_dim`` entries (a norm over ``num_heads * head_dim``, as OLMo 2's, would have to
   be sliced and is not supported).
 * ``hidden_norms_per_layer``: RMSNorms of width ``hidden_size`` per decoder layer (2; Gemma 2/3 add pre/post
-  feed-forward norms: 4), for the parameter count in :mod:`compressor.algorithm.flops`.
+  feed-forward norms: 4), for the parameter count in :mod:`compressor.modeling.flops`.
 * ``needs_bos``: the model was trained with every sequence starting with BOS and degrades badly without it
   (Gemma: dense Gemma-3-270M WikiText-2 perplexity 61.5 without BOS, 23.9 with it, 4 × 512 tokens). Calibration
   blocks and the prune report's perplexity then start with BOS; other models keep the papers' no-BOS protocol.

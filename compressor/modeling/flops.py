@@ -1,7 +1,7 @@
 """Parameter and FLOP counts of a LLaMA-family decoder from its sizes: one formula for the schedule and the bench.
 
 The prunable projections of a layer (``q, k, v, o, gate, up, down``) hold
-:func:`compressor.algorithm.schedule.layer_params` weights, ``h*d*(2H + 2K) + 3*h*I``; that count is used here too::
+:func:`projection_params` weights, ``h*d*(2H + 2K) + 3*h*I`` (the pruning schedule counts with it too)::
 
     params          = V*h + L*(layer_params + N*h + M*d [+ biases]) + h + (V*h unless tied)
     linear FLOPs    = 2 * (L * layer_params + V*h)           multiply-add = 2 FLOPs, lm_head included
@@ -28,17 +28,19 @@ def layer_widths(s: ModelSizes) -> list[tuple[int, int, int]]:
     return [(s.heads, s.kv_heads, s.intermediate)] * s.layers
 
 
+def projection_params(hidden: int, head_dim: int, heads: int, kv_heads: int, intermediate: int) -> int:
+    """Weights in one layer's prunable projections (biases ignored): ``h*d*(2H + 2K) + 3*h*I``; the pruning schedule
+    counts with it too (:func:`compressor.algorithm.schedule.layer_params`)."""
+    return hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * intermediate
+
+
 def layer_projection_params(s: ModelSizes, heads: int | None = None, kv_heads: int | None = None,
                             intermediate: int | None = None) -> int:
-    """Weights of one layer's prunable projections (:func:`compressor.algorithm.schedule.layer_params`), with the scalar
-    widths of ``s`` unless given."""
-    from compressor.algorithm.groups import LayerGroups
-    from compressor.algorithm.schedule import layer_params
-
-    H = s.heads if heads is None else heads
-    K = s.kv_heads if kv_heads is None else kv_heads
-    return layer_params(LayerGroups(0, H, K, s.head_dim, s.intermediate if intermediate is None else intermediate),
-                        s.hidden)
+    """Weights of one layer's prunable projections (:func:`projection_params`), with the scalar widths of ``s`` unless
+    given."""
+    return projection_params(s.hidden, s.head_dim, s.heads if heads is None else heads,
+                             s.kv_heads if kv_heads is None else kv_heads,
+                             s.intermediate if intermediate is None else intermediate)
 
 
 def count_params(s: ModelSizes) -> int:
