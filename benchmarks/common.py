@@ -167,6 +167,92 @@ def copy_result_json(src, dst) -> Path:
     return write_json_result(dst, load_json(src))
 
 
+#: what :func:`compact_prune_report` did, recorded in the report it wrote
+COMPACTED = ("benchmarks/common.py compact_prune_report: 'history' (one object per step) as 'history_columns' (one "
+             "list per field, same values); each layer's kept 'channels' as 'channels_mask', the hex of the integer "
+             "whose bit i is set when channel i is kept (common.kept_channels decodes it); lists on one line")
+
+
+def _finite(x):
+    """``x``, or None for a float that JSON cannot hold (NaN, infinity; the project's writer does the same)."""
+    return None if isinstance(x, float) and (x != x or abs(x) == float("inf")) else x
+
+
+def compact_prune_report(report: dict) -> dict:
+    """A ``compress prune`` report made small for ``benchmarks/results/`` (a 250-step run on Qwen2.5-0.5B is 1.3 MB
+    as written, mostly one line per kept channel index), losing no figure: the per-step ``history`` becomes
+    ``history_columns`` (each scalar field a list over the steps: step, loss, lm_loss, lr, sparsity, time_s; a
+    per-step field that is not a scalar, such as a per-layer array, is dropped), and each ``kept`` layer's channel
+    indices a bit mask (``channels_mask``; ``channels_kept`` and ``channels_of`` beside it). Already compact
+    reports are returned as they are. Read the history back with :func:`history_rows`, the channels with
+    :func:`kept_channels`."""
+    widths = (report.get("widths_before") or {}).get("intermediate_size")
+    out: dict = {}
+    for key, value in report.items():
+        if key == "history" and isinstance(value, list) and all(isinstance(h, dict) for h in value):
+            fields = list(dict.fromkeys(f for h in value for f, x in h.items()
+                                        if x is None or isinstance(x, (bool, int, float, str))))
+            out["history_columns"] = {f: [_finite(h.get(f)) for h in value] for f in fields}
+        elif key == "kept" and isinstance(value, list):
+            layers = []
+            for i, e in enumerate(value):
+                ch = e.get("channels") if isinstance(e, dict) else None
+                if isinstance(ch, list) and all(isinstance(c, int) for c in ch):
+                    e = {k: v for k, v in e.items() if k != "channels"}
+                    li = e.get("layer", i)
+                    n = (widths[li] if 0 <= li < len(widths) else None) if isinstance(widths, list) else widths
+                    e.update(channels_kept=len(ch), channels_of=n, channels_mask=format(sum(1 << c for c in ch), "x"))
+                layers.append(e)
+            out[key] = layers
+        else:
+            out[key] = value
+    if out != report:
+        out["compacted"] = COMPACTED
+    return out
+
+
+def history_rows(report: dict) -> list[dict]:
+    """A prune report's per-step history as one dict per step, from ``history`` or a compacted report's
+    ``history_columns``."""
+    if "history" in report:
+        return report["history"] or []
+    cols = report.get("history_columns") or {}
+    n = max((len(v) for v in cols.values()), default=0)
+    return [{f: v[i] for f, v in cols.items() if i < len(v)} for i in range(n)]
+
+
+def kept_channels(layer: dict) -> list[int]:
+    """One ``kept`` entry's channel indices, from ``channels`` or a compacted report's ``channels_mask``."""
+    if "channels" in layer:
+        return list(layer["channels"])
+    mask = int(layer["channels_mask"], 16)
+    return [i for i in range(mask.bit_length()) if mask >> i & 1]
+
+
+def dumps_compact(data) -> str:
+    """JSON indented like the project's reports, but each list of plain values on one line."""
+
+    def go(obj, level: int) -> str:
+        pad, inner = "  " * level, "  " * (level + 1)
+        if isinstance(obj, dict) and obj:
+            return "{\n" + ",\n".join(f"{inner}{json.dumps(k, ensure_ascii=False)}: {go(v, level + 1)}"
+                                       for k, v in obj.items()) + f"\n{pad}}}"
+        if isinstance(obj, list) and any(isinstance(v, (dict, list)) and v for v in obj):
+            return "[\n" + ",\n".join(inner + go(v, level + 1) for v in obj) + f"\n{pad}]"
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
+
+    return go(data, 0) + "\n"
+
+
+def copy_prune_report(src, dst) -> Path:
+    """Copy a ``compress prune`` report into the results: compacted (:func:`compact_prune_report`), paths made
+    relative (:func:`rel_paths`), lists on one line (:func:`dumps_compact`), written atomically."""
+    from compressor.core.io import atomic_write_text
+
+    atomic_write_text(dst, dumps_compact(rel_paths(compact_prune_report(load_json(src)))), what="prune report")
+    return Path(dst)
+
+
 def write_result(name: str, data: dict) -> Path:
     """``benchmarks/results/NAME.json`` (paths recorded relative: :func:`rel_paths`), and its plot where
     ``plots.PLOTTERS`` has one."""

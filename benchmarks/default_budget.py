@@ -24,7 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # common also puts the repository on sys.path
-from common import DENSE_WIKITEXT2_20, ROOT, copy_result_json, eval_ppl, load_json, run_compress, write_result  # noqa: E402
+from common import (  # noqa: E402
+    DENSE_WIKITEXT2_20,
+    ROOT,
+    copy_prune_report,
+    copy_result_json,
+    eval_ppl,
+    history_rows,
+    load_json,
+    run_compress,
+    write_result,
+)
 from plots import RESULTS, pyplot, save_png  # noqa: E402
 
 EVAL_ARGS = ["--tasks", "wikitext2,ptb", "--seq-len", "2048", "--max-windows", "20"]
@@ -55,7 +65,11 @@ def _busy_warning() -> None:
 
 
 def _copy(src: Path, dst: Path) -> None:
-    """Copy a file into the results: a JSON report with machine paths made relative, anything else as it is."""
+    """Copy a file into the results: a prune report compacted, a JSON report with machine paths made relative,
+    anything else as it is."""
+    if src.name == "compression_report.json":
+        copy_prune_report(src, dst)
+        return
     if src.suffix == ".json":
         copy_result_json(src, dst)
         return
@@ -153,7 +167,7 @@ def _step_time(report: dict) -> float:
     process's only); derived from the history, so reports written before ``step_time_total_s`` existed get it too."""
     from compressor.algorithm.summary import step_time_total
 
-    return round(step_time_total(report.get("history") or []), 1)
+    return round(step_time_total(history_rows(report)), 1)
 
 
 def _resumed_from(report: dict) -> int | None:

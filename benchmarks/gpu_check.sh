@@ -121,12 +121,12 @@ else
 fi
 
 "$PY" - "$WORK/summary.json" <<EOF
-import json, sys
+import json, os, sys
 rc = {$(for k in "${!RC[@]}"; do printf '"%s": [%s, %s], ' "$k" "${RC[$k]}" "${SECS[$k]}"; done)}
 notes = {$(for k in "${!NOTE[@]}"; do printf '"%s": "%s", ' "$k" "${NOTE[$k]}"; done)}
 out = {k: {"rc": v[0], "seconds": v[1]} for k, v in rc.items()}
 out.update({k: {"note": v} for k, v in notes.items()})
-out["model"] = "$MODEL" + (" (random-weight stand-in of ${STANDIN_SHAPE:-}: timing and memory only)" if "${STANDIN_SHAPE:-}" else "")
+out["model"] = os.path.basename("$MODEL".rstrip("/")) + (" (random-weight stand-in of ${STANDIN_SHAPE:-}: timing and memory only)" if "${STANDIN_SHAPE:-}" else "")
 json.dump(out, open(sys.argv[1], "w"), indent=1)
 print(json.dumps(out))
 EOF
@@ -134,8 +134,10 @@ EOF
 if [ -n "${OUT:-}" ] && [ "$OUT" != "$WORK" ]; then  # the device tool returns at most 8 files: JSONs + one tarball
   cp -f "$WORK/summary.json" "$WORK/env.json" "$OUT/" 2>/dev/null
   cp -f "$WORK/resources_cuda.json" "$WORK/scale_cuda.json" "$OUT/" 2>/dev/null
-  for r in bf16 8bit default; do
-    cp -f "$WORK/smollm2-50-$r/compression_report.json" "$OUT/prune-$r.compression_report.json" 2>/dev/null
+  for r in bf16 8bit default; do  # compacted, paths made relative (benchmarks/common.py copy_prune_report)
+    [ -f "$WORK/smollm2-50-$r/compression_report.json" ] && "$PY" -c \
+      'import sys; sys.path.insert(0, "benchmarks"); import common; common.copy_prune_report(*sys.argv[1:])' \
+      "$WORK/smollm2-50-$r/compression_report.json" "$OUT/prune-$r.compression_report.json"
   done
   tar -czf "$OUT/gpu_check_logs.tgz" -C "$WORK" --exclude='*.safetensors' --exclude='*.onnx' --exclude='*.onnx_data' \
     --exclude='*.pt' --exclude='*.bin' . 2>/dev/null

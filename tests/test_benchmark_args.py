@@ -146,3 +146,35 @@ def test_no_result_file_and_no_script_holds_a_machine_path():
         text = p.read_text()
         assert '"shared" / "data"' not in text and "shared/data" not in text, \
             f"{p.name}: find data through calibration.load_eval_text, not a folder of one machine"
+
+
+def test_a_prune_report_copied_into_the_results_is_compact_and_loses_no_figure():
+    import json
+
+    c = _common()
+    report = {"model": "m", "widths_before": {"intermediate_size": 12},
+              "kept": [{"layer": 0, "heads": [0, 2], "channels": [0, 3, 11]}, {"layer": 1, "heads": [1], "channels": []}],
+              "history": [{"step": 1, "loss": 2.5, "lr": 1e-3, "time_s": 4.0, "per_layer": [1, 2]},
+                          {"step": 2, "loss": 2.25, "lr": 5e-4, "time_s": 5.0, "per_layer": [3, 4]}],
+              "wall_time_s": 9.5}
+    small = c.compact_prune_report(report)
+    assert "history" not in small and small["history_columns"]["loss"] == [2.5, 2.25]
+    assert "per_layer" not in small["history_columns"]  # a per-step array is dropped
+    assert c.history_rows(small) == [{k: v for k, v in h.items() if k != "per_layer"} for h in report["history"]]
+    assert [c.kept_channels(e) for e in small["kept"]] == [[0, 3, 11], []]
+    assert small["kept"][0]["channels_of"] == 12 and small["kept"][0]["heads"] == [0, 2]
+    assert c.compact_prune_report(small) == small  # idempotent
+    assert json.loads(c.dumps_compact(small)) == small
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import default_budget as db
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert db._step_time(small) == db._step_time(report) == 9.0
+
+
+def test_the_prune_reports_in_the_results_are_compact():
+    files = sorted((ROOT / "benchmarks" / "results").rglob("*compression_report.json"))
+    assert len(files) > 40
+    big = [f"{p.name}: {p.stat().st_size // 1000} kB" for p in files if p.stat().st_size > 150_000]
+    assert not big, f"copy prune reports with common.copy_prune_report (compacted): {big}"
