@@ -7,6 +7,7 @@ plot from the JSON already on disk, without re-running anything:
 """
 from __future__ import annotations
 
+import argparse
 import glob
 import json
 from pathlib import Path
@@ -181,6 +182,7 @@ PLOTTERS = {"resources": plot_resources, "mask_agreement": plot_mask_agreement, 
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     for stem, fn in PLOTTERS.items():
         p = RESULTS / f"{stem}.json"
         if p.is_file():

@@ -10,6 +10,7 @@ paper recipe was measured).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -105,6 +106,7 @@ def plot(d: dict) -> Path | None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     d = collect()
     print(json.dumps(d, indent=1))
     write_result("ratio_curve", d)  # atomic, the project's JSON writer

@@ -178,3 +178,10 @@ def test_the_prune_reports_in_the_results_are_compact():
     assert len(files) > 40
     big = [f"{p.name}: {p.stat().st_size // 1000} kB" for p in files if p.stat().st_size > 150_000]
     assert not big, f"copy prune reports with common.copy_prune_report (compacted): {big}"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py") if p.name != "common.py"))
+def test_every_benchmark_script_answers_help_without_running(script):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--help"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("usage:"), r.stderr[-2000:]
