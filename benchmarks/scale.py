@@ -1,6 +1,6 @@
 """Scale: peak memory per phase of the default prune on random-weight stand-ins of real model shapes.
 
-Every size gets the prediction of :mod:`compressor.algorithm.plan` (no weights); sizes that the plan says fit this device
+Every size gets the prediction of :mod:`compressor.algorithm.memory_plan` (no weights); sizes that the plan says fit this device
 are also run, each in a fresh process: the stand-in is built straight on the device in the held dtypes (no
 download, no float32 detour), then ``--steps`` steps of the default recipe with one mask update (compensation
 folded), the layer-wise merge and the save, each phase measured (CPU: RSS, ``MALLOC_MMAP_THRESHOLD_`` set so freed
@@ -78,7 +78,7 @@ def predict(name: str, args, free: int | None) -> dict:
     """The plan of the default run and of the alternatives, for ``name`` on ``args.device``."""
     import torch
 
-    from compressor.algorithm.plan import alternatives, model_shape, plan_memory
+    from compressor.algorithm.memory_plan import alternatives, model_shape, plan_memory
     from compressor.core.device import resolve_device
 
     device = resolve_device(args.device) if not args.predict_only else torch.device(args.device.split(":")[0])
@@ -99,7 +99,7 @@ def measure(name: str, args, overrides: dict) -> dict:
 
     from compressor.algorithm.groups import discover_groups
     from compressor.algorithm.loop import PruneLoop
-    from compressor.algorithm.plan import model_shape, plan_memory
+    from compressor.algorithm.memory_plan import model_shape, plan_memory
     from compressor.core.device import resolve_device
     from compressor.core.memory import MemoryTrace
     from compressor.modeling.loading import hold_projections
@@ -217,7 +217,7 @@ def main() -> None:
             chosen = json.loads(args.options)
             row["ran_with"] = chosen
         elif not fits:
-            from compressor.algorithm.plan import ALTERNATIVES
+            from compressor.algorithm.memory_plan import ALTERNATIVES
 
             for label, over in ALTERNATIVES:
                 if p["alternatives"].get(label, {}).get("fits"):

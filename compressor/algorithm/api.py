@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from compressor.algorithm.config import PruneConfig
+from compressor.algorithm.criteria import Criterion
 from compressor.algorithm.distributed import accelerator
 from compressor.algorithm.groups import ModelGroups
 from compressor.algorithm.loop import PruneLoop
@@ -124,13 +125,14 @@ class Run:
 
 def start_run(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None,
               eval_text: str | None = None, plan: dict[str, Any] | None = None, memory: MemoryTrace | None = None,
-              device: torch.device | None = None, precision: Precision | None = None, accelerator: Any = None,
+              device: torch.device | None = None, criterion: Criterion | None = None,
+              precision: Precision | None = None, accelerator: Any = None,
               statistics_dir: str | os.PathLike | None = None, store: tuple[str, int] | None = None,
               checked: bool = False) -> Run:
     """Check ``model`` and ``config`` together, resolve the config once (:func:`resolve_settings`), build the
     calibration blocks, measure the perplexity before and set up the :class:`PruneLoop`.
 
-    ``device``, ``precision``: already resolved by the caller (default: from ``config``); ``checked``: the caller
+    ``device``, ``criterion``, ``precision``: already resolved by the caller (default: from ``config``); ``checked``: the caller
     already refused what :func:`check_writable` and :func:`~compressor.job.checkpoint.check_plan` refuse;
     ``statistics_dir``, ``store``: where compensation's statistics go when they are kept on disk, and the store a
     memory plan chose (default: chosen when the loop starts)."""
@@ -152,7 +154,8 @@ def start_run(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = No
     device = acc.device if acc is not None else (device or resolve_device(config.device))
     groups = discover_groups(model)
     # infeasible widths, or a result that would not reload, are refused here, before any work
-    settings = resolve_settings(model, config, groups, device=device, precision=precision, plan=plan, store=store)
+    settings = resolve_settings(model, config, groups, device=device, criterion=criterion, precision=precision,
+                                plan=plan, store=store)
     with trace.phase("calibration"):
         blocks = as_blocks(data, tokenizer, config, add_bos=needs_bos(model.config))
     max_pos = getattr(model.config, "max_position_embeddings", None)

@@ -16,6 +16,7 @@ from compressor.algorithm.compensation import TOKENS_CAP, TOKENS_PER_INPUT, Comp
 from compressor.algorithm.config import PruneConfig
 from compressor.algorithm.groups import ModelGroups
 from compressor.algorithm.masking import MaskState
+from compressor.algorithm.precision import Precision
 from compressor.core.errors import ConfigError
 from compressor.modeling.adapters import unwrap
 
@@ -27,7 +28,8 @@ def kept_of(masks: MaskState) -> Kept:
     return [(m.heads, m.channels) for m in masks.layers]
 
 
-def choose_store(model: nn.Module, cfg: PruneConfig, device: torch.device, num_layers: int) -> tuple[str, int]:
+def choose_store(model: nn.Module, cfg: PruneConfig, device: torch.device, num_layers: int,
+                 precision: Precision | None = None) -> tuple[str, int]:
     """Where compensation's statistics go and how many layers one collection pass covers
     (:func:`compressor.algorithm.memory_plan.resolve_store`, with the weights already on the device counted as resident)."""
     from compressor.algorithm.memory_plan import model_shape, resolve_store
@@ -35,7 +37,7 @@ def choose_store(model: nn.Module, cfg: PruneConfig, device: torch.device, num_l
     if cfg.compensate_store in ("device", "host"):
         return cfg.compensate_store, num_layers
     resident = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == device.type)
-    return resolve_store(model_shape(unwrap(model).config), cfg, device, resident=resident)
+    return resolve_store(model_shape(unwrap(model).config), cfg, device, resident=resident, precision=precision)
 
 
 class CompensationRun:
@@ -49,14 +51,14 @@ class CompensationRun:
         accelerator: data-parallel runs reduce the statistics across ranks.
         statistics_dir: the folder of statistics kept on disk (default: a temporary one).
         store: where the statistics go and layers per collection pass, when already resolved (the job's memory
-            plan); default :func:`choose_store`.
+            plan); default :func:`choose_store` (with the run's ``precision``).
     """
 
     def __init__(self, pm: nn.Module, groups: ModelGroups, cfg: PruneConfig, *, device: torch.device,
                  accelerator: Any = None, statistics_dir: str | os.PathLike | None = None,
-                 store: tuple[str, int] | None = None):
+                 store: tuple[str, int] | None = None, precision: Precision | None = None):
         self.cfg, self.acc = cfg, accelerator
-        where, per_pass = store or choose_store(pm, cfg, device, groups.num_layers)
+        where, per_pass = store or choose_store(pm, cfg, device, groups.num_layers, precision)
         if where == "disk" and accelerator is not None:
             raise ConfigError("compensate_store='disk' cannot run data-parallel; use 'device' or 'host'")
         self.comp = Compensator(pm, groups, store=where, layers_per_pass=per_pass,

@@ -114,7 +114,8 @@ class PruneLoop:
         self.ema = MovingAverage(config.lam, config.ema_start)
         #: compensation within the run; ``comp``: its statistics (:class:`~compressor.algorithm.compensation.Compensator`)
         self.compensation = CompensationRun(self.pm, self.groups, config, device=self.device, accelerator=acc,
-                                            statistics_dir=statistics_dir, store=s.store) if config.compensate else None
+                                            statistics_dir=statistics_dir, store=s.store,
+                                            precision=s.precision) if config.compensate else None
         self.comp = self.compensation.comp if self.compensation is not None else None
         #: criterion ``residual``: the scorer reads transforms built from compensation's statistics, (re)built for
         #: the current masks before the next score whenever ``_residual_stale``

@@ -45,10 +45,10 @@ class RunSettings:
 
 
 def resolve_settings(model: Any, config: PruneConfig, groups: ModelGroups, *, device: torch.device | None = None,
-                     precision: Precision | None = None, plan: Any = None,
+                     criterion: Criterion | None = None, precision: Precision | None = None, plan: Any = None,
                      store: tuple[str, int] | None = None) -> RunSettings:
-    """Resolve ``config`` for ``model`` (its ``groups``) on ``device`` (default: ``config.device``); ``precision``:
-    already resolved by the caller (the job resolves it before loading, to load the base in its held dtype);
+    """Resolve ``config`` for ``model`` (its ``groups``) on ``device`` (default: ``config.device``); ``criterion``,
+    ``precision``: already resolved by the caller (the job resolves it before loading, to load the base in its held dtype);
     ``plan``: a saved pruning plan (the masks come from it at once: no mask-update steps); ``store``: compensation's
     store as a memory plan resolved it.
 
@@ -60,7 +60,7 @@ def resolve_settings(model: Any, config: PruneConfig, groups: ModelGroups, *, de
         from compressor.core.device import resolve_device
 
         device = resolve_device(config.device)
-    crit = get_criterion(config.criterion)
+    crit = criterion or get_criterion(config.criterion)
     if config.base_bits and crit.needs_weight_grad:
         raise ConfigError("criterion 'taylor' needs W's gradient in float; it cannot run with base_bits=8")
     shapes = {(lg.num_heads, lg.num_kv_heads, lg.head_dim, lg.intermediate_size) for lg in groups.layers}

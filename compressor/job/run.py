@@ -141,6 +141,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
              allow_pickle, trust_remote_code, progress, say, memory_check):
     from calibration import check_seq_len, load_texts, pack_blocks
     from compressor.algorithm.api import check_writable, conclude, run_steps, start_run
+    from compressor.algorithm.criteria import get_criterion
     from compressor.algorithm.distributed import accelerator, is_secondary_rank
     from compressor.algorithm.memory_plan import check_fits, plan_run
     from compressor.algorithm.precision import precision_for
@@ -163,7 +164,8 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     check_writable(config, model_config.model_type)
     acc = accelerator()
     device = acc.device if acc is not None else resolve_device(config.device)
-    precision = precision_for(config, device, getattr(model_config, "hidden_size", None))
+    criterion = get_criterion(config.criterion)
+    precision = precision_for(config, device, getattr(model_config, "hidden_size", None), criterion)
     mem_plan = None
     if memory_check:  # refuse what would not fit, naming what would
         mem_plan, alts = plan_run(source, model_config, config, device, precision=precision)
@@ -177,7 +179,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
         eval_text = eval_text_for(eval_data, say)
     say(f"Loading {source.spec} ...")
     with trace.phase("load"):
-        mdl, tok, _ = load_model(source.spec, dtype=config.dtype, base_bits=config.base_bits,
+        mdl, tok, _ = load_model(source, config=model_config, dtype=config.dtype, base_bits=config.base_bits,
                                  allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
                                  linear_dtype=None if acc is not None else precision.held,
                                  device=None if acc is not None else device)
@@ -195,7 +197,7 @@ def _run_job(model, out, ckpt: Path, config: PruneConfig, *, data, text_field, e
     with _Stop() as stop:  # Ctrl-C: finish the step, write a checkpoint, stop
         try:
             run = start_run(mdl, config, blocks, tokenizer=tok, eval_text=eval_text, plan=plan, memory=trace,
-                            device=device, precision=precision, accelerator=acc, checked=True,
+                            device=device, criterion=criterion, precision=precision, accelerator=acc, checked=True,
                             statistics_dir=ckpt / "compensation", store=planned)
             if resume:
                 _resume(run.loop, ckpt)

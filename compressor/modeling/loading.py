@@ -9,6 +9,7 @@ so no code from the folder runs and no ``trust_remote_code`` is needed. Other re
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,13 +233,15 @@ def check_architecture(cfg, spec: str = "model") -> None:
     get_architecture(cfg, spec)
 
 
-def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32", base_bits: int | None = None,
-               allow_pickle: bool = False, attn_implementation: str = "eager", trust_remote_code: bool = False,
-               linear_dtype: str | None = None, device: Any = None):
+def load_model(spec: str | os.PathLike | ModelSource | None = None, *, dtype: str = "float32",
+               base_bits: int | None = None, allow_pickle: bool = False, attn_implementation: str = "eager",
+               trust_remote_code: bool = False, linear_dtype: str | None = None, device: Any = None,
+               config: Any = None):
     """Load a causal LM and its tokenizer.
 
     Args:
-        spec: built-in name (default ``smollm2-135m``; see :data:`BUILTIN_MODELS`), HF folder, ``.gguf`` file, or hub id.
+        spec: built-in name (default ``smollm2-135m``; see :data:`BUILTIN_MODELS`), HF folder, ``.gguf`` file, or hub id;
+            or the :class:`ModelSource` :func:`resolve_model` made of one.
         dtype: ``float32`` (default), ``bfloat16`` or ``float16``.
         base_bits: ``8`` or ``4`` to load the linear weights quantized with bitsandbytes, else None.
         allow_pickle: allow ``pytorch_model.bin``-style weights (they can execute code when loaded).
@@ -248,6 +251,7 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
         linear_dtype: ``bfloat16`` loads the linear layers in bfloat16 and the embeddings, LM head and norms in
             float32 (``dtype``): the frozen base of a run under bfloat16 autocast, held once.
         device: load straight onto this device (e.g. ``cuda:0``; default: the CPU).
+        config: the model's config as :func:`load_config` read it (a copy is used), when the caller has it.
 
     Returns:
         ``(model, tokenizer, source)``. GGUF weights are dequantized and ``quantization_config`` is
@@ -256,8 +260,9 @@ def load_model(spec: str | os.PathLike | None = None, *, dtype: str = "float32",
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
-    cfg = load_config(source, trust_remote_code=trust_remote_code)
+    source = spec if isinstance(spec, ModelSource) else \
+        resolve_model(spec, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    cfg = copy.deepcopy(config) if config is not None else load_config(source, trust_remote_code=trust_remote_code)
     if source.kind == "folder":
         check_weight_files(source, cfg)
     if source.kind == "folder" and not any((Path(source.path) / f).is_file() for f in TOKENIZER_FILES):
