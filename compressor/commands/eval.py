@@ -5,13 +5,25 @@ from pathlib import Path
 
 import click
 
+REPORT_NAME = "eval_report.json"
+
+
+def report_path(model: str, out: str | None) -> Path:
+    """Where ``compress eval MODEL [--out OUT]`` writes its report.
+
+    ``--out`` a folder (an existing one, or a path without ``.json``): ``OUT/eval_report.json`` (the folder is
+    created); ``--out`` a ``.json`` file: that file. Without ``--out``: a model folder gets
+    ``MODEL/eval_report.json`` (next to its config and weights); a ``.gguf`` file gets ``eval_report.json`` in the
+    file's folder; a built-in name gets ``./eval_report.json``.
+    """
+    if out:
+        o = Path(out).expanduser()
+        return o if o.suffix.lower() == ".json" and not o.is_dir() else o / REPORT_NAME
+    return default_report_path(model)
+
 
 def default_report_path(model: str) -> Path:
-    """Where ``compress eval MODEL`` writes its report when ``--out`` is not given.
-
-    A model folder gets ``MODEL/eval_report.json`` (next to its config and weights); a ``.gguf`` file gets
-    ``eval_report.json`` in the file's folder; a built-in name gets ``./eval_report.json``.
-    """
+    """Where ``compress eval MODEL`` writes its report when ``--out`` is not given (see :func:`report_path`)."""
     p = Path(model).expanduser()
     if p.is_dir():
         return p / "eval_report.json"
@@ -72,8 +84,11 @@ def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int |
 @click.option("--add-bos/--no-add-bos", default=None,
               help="Start each perplexity window with BOS. Default: only for models that need it (Gemma); others keep "
                    "the papers' no-BOS protocol.")
-@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
-              help="Report path [default: MODEL_DIR/eval_report.json].")
+@click.option("--out", "out", type=click.Path(), default=None,
+              help="Output folder for eval_report.json (created), or a .json file path [default: MODEL_DIR].")
+@click.option("--device", default="auto", show_default=True,
+              help="Where a model runs: auto (the first CUDA GPU, else the CPU), cpu, cuda or cuda:N; an ONNX folder "
+                   "uses the matching ONNX Runtime execution provider.")
 @click.option("--wikitext2-file", type=click.Path(dir_okay=False), default=None,
               help="Text file for the wikitext2 task [default: $COMPRESS_SHARED_DATA or ../shared/data, else the datasets "
                    "library or its cache].")
@@ -84,15 +99,15 @@ def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int |
               help="Allow a model folder's own Python code (auto_map in config.json) to run; only for folders you trust.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--force", is_flag=True, help="Replace an existing report file.")
-def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, add_bos, out, wikitext2_file, ptb_file,
-             allow_pickle, trust_remote_code, quiet, force):
+def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, add_bos, out, device, wikitext2_file,
+             ptb_file, allow_pickle, trust_remote_code, quiet, force):
     """Evaluate MODEL_DIR (HF folder, exported ONNX folder, .gguf file or built-in name); write eval_report.json
     (an existing report only with --force).
 
     \b
     Examples:
       compress eval pruned/ --tasks wikitext2,ptb --max-windows 8
-      compress eval pruned/ --tasks piqa,boolq --limit 200 --out reports/pruned.json
+      compress eval pruned/ --tasks piqa,boolq --limit 200 --out reports/pruned/
       compress eval smollm2-135m --tasks zeroshot,mmlu --limit 500 --limit mmlu=2
     """
     from compressor.core.errors import ConfigError
@@ -103,13 +118,19 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
         from compressor.core.quiet import no_progress_bars
 
         no_progress_bars()
+    from compressor.core.device import resolve_device
+
     task_list = resolve_tasks(tasks)  # fail on a bad task name before loading the model
     limits = parse_limits(limit, task_list)
-    out_path = Path(out) if out else default_report_path(model_dir)
+    resolve_device(device)  # a bad --device before loading the model
+    out_path = report_path(model_dir, out)
     if out_path.exists() and out_path.is_dir():
-        raise ConfigError(f"--out {str(out_path)!r} is a folder; give a file path")
+        raise ConfigError(f"--out {str(out_path)!r} is a folder named like a report; give another path")
     parent = out_path.absolute().parent
-    if not parent.is_dir():
+    out_is_folder = bool(out) and out_path.name == REPORT_NAME and Path(out).expanduser().name != REPORT_NAME
+    if parent.exists() and not parent.is_dir():
+        raise ConfigError(f"--out {str(parent)!r} is a file, not a folder")
+    if not parent.is_dir() and not (out_is_folder and parent.parent.is_dir()):
         raise ConfigError(f"--out folder {str(parent)!r} does not exist")
     if out_path.exists() and not force:  # before minutes of evaluation
         from compressor.core.errors import OutputExistsError
@@ -122,7 +143,8 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
     texts = {k: v for k, v in (("wikitext2", wikitext2_file), ("ptb", ptb_file)) if v}
     report = evaluate(model_dir, tasks, seq_len=seq_len, limit=limits, max_windows=max_windows,
                       batch_size=batch_size, add_bos=add_bos, dtype=dtype, progress=not quiet, log=log, texts=texts,
-                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                      allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, device=device)
+    parent.mkdir(parents=True, exist_ok=True)
     write_json(out_path, report.to_dict())
     click.echo(report.table())
     click.echo(f"report: {out_path}")

@@ -48,7 +48,7 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
              batch_size: int | None = None, add_bos: bool | None = None, dtype: str = "float32", progress: bool = False,
              log: Callable[[str], None] | None = None,
              texts: dict[str, str | os.PathLike] | None = None, allow_pickle: bool = False,
-             trust_remote_code: bool = False) -> EvalReport:
+             trust_remote_code: bool = False, device: str = "auto") -> EvalReport:
     """Evaluate a model on perplexity, zero-shot and MMLU 5-shot tasks.
 
     Zero-shot tasks and MMLU run through lm-evaluation-harness (``HFLM`` around the loaded model, lm-eval's
@@ -79,6 +79,9 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
             (both off by default: pickle weights and a folder's own code can run arbitrary code).
         texts: perplexity task -> UTF-8 text file to use instead of the built-in source, e.g.
             ``{"wikitext2": "wiki.test.raw"}`` (the whole file is the evaluation string).
+        device: when ``model`` is a path: ``auto`` (the first CUDA GPU, else the CPU), ``cpu``, ``cuda`` or
+            ``cuda:N`` (:func:`compressor.core.device.resolve_device`); an ONNX folder runs on the matching ONNX
+            Runtime execution provider. A loaded model stays where it is.
 
     Returns:
         :class:`EvalReport`.
@@ -110,17 +113,18 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         require_lm_eval()  # before loading a model
     source = None
     if isinstance(model, (str, os.PathLike)):
+        from compressor.core.device import resolve_device
         from compressor.modeling.loading import is_onnx_folder
 
-        spec = os.fspath(model)
+        spec, where = os.fspath(model), resolve_device(device)
         if is_onnx_folder(spec):
-            model, loaded_tok = _load_onnx(spec)
+            model, loaded_tok = _load_onnx(spec, provider=where.type)
             source = {"spec": spec, "kind": "onnx", "path": str(Path(spec).resolve()), "gguf_file": None}
         else:
             from compressor.modeling.loading import load_model
 
             model, loaded_tok, src = load_model(spec, dtype=dtype, allow_pickle=allow_pickle,
-                                                trust_remote_code=trust_remote_code)
+                                                trust_remote_code=trust_remote_code, device=where)
             source = {"spec": spec, "kind": src.kind, "path": src.path, "gguf_file": src.gguf_file}
         tokenizer = tokenizer or loaded_tok
     if tokenizer is None:
@@ -198,22 +202,26 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
     return EvalReport(results=results, config=config, details=details)
 
 
-def _load_onnx(folder: str):
-    """An exported ONNX folder as ``(model, tokenizer)``: optimum's ``ORTModelForCausalLM`` where
-    ``optimum.onnxruntime`` imports, else :class:`~compressor.evaluation.ort_model.OrtCausalLM` (plain ONNX Runtime)."""
+def _load_onnx(folder: str, provider: str = "cpu"):
+    """An exported ONNX folder as ``(model, tokenizer)`` on ``provider`` (``cpu``, ``cuda``): optimum's
+    ``ORTModelForCausalLM`` where ``optimum.onnxruntime`` imports, else
+    :class:`~compressor.evaluation.ort_model.OrtCausalLM` (plain ONNX Runtime)."""
+    from transformers import AutoTokenizer
+
     from compressor.core.errors import ModelLoadError
+    from compressor.core.ort import PROVIDERS
     from compressor.evaluation.ort_model import OrtCausalLM
 
     try:
         from optimum.onnxruntime import ORTModelForCausalLM
-        loader: Any = ORTModelForCausalLM.from_pretrained
     except Exception:  # noqa: BLE001 - no optimum (or none that imports beside this transformers): ORT directly
-        loader = OrtCausalLM
-    from transformers import AutoTokenizer
-
-    name = "ORTModelForCausalLM" if loader is not OrtCausalLM else "ONNX Runtime"
+        ORTModelForCausalLM = None
+    name = "ONNX Runtime" if ORTModelForCausalLM is None else "ORTModelForCausalLM"
     try:
-        model = loader(folder)
+        if ORTModelForCausalLM is None:
+            model: Any = OrtCausalLM(folder, provider=provider)
+        else:
+            model = ORTModelForCausalLM.from_pretrained(folder, provider=PROVIDERS[provider])
         tok = AutoTokenizer.from_pretrained(folder)
     except Exception as exc:  # noqa: BLE001 - any loader failure: say which folder and why
         raise ModelLoadError(f"cannot load ONNX folder {folder!r} with {name}: {type(exc).__name__}: {exc}") from exc
