@@ -54,9 +54,9 @@ def _digest(tensors: dict) -> str:
 
 def run_case(name: str, case: str, overrides: dict) -> dict:
     import torch
-    from tests.tiny import tiny_model
 
     from compressor import PruneConfig, prune
+    from tests.tiny import tiny_model
 
     layers = 3 if overrides.get("widths") == "adaptive" else 2
     vocab = 96
@@ -74,10 +74,9 @@ def run_case(name: str, case: str, overrides: dict) -> dict:
 def run_job(resumed: bool) -> dict:
     """The whole job (:func:`compressor.job.prune_job`) on a saved tiny GQA folder; ``resumed``: stopped after step 6
     (the checkpoint of step 4 kept) and resumed to the end. Both give the same weights."""
-    from tests.tiny import tiny_job_inputs
-
     from compressor import PruneConfig
     from compressor.job import prune_job
+    from tests.tiny import tiny_job_inputs
 
     cfg = PruneConfig(**(BASE | {"save_every": 4}))
     with tempfile.TemporaryDirectory() as tmp:
