@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 # no test reaches a dataset hub: WikiText-2 / PTB come from ../shared/data or a test's own files (the datasets
 # library, where installed, would otherwise spend ~25 s retrying the network before it gives up)
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: Tiny LLaMA shapes for the exporter tests: (hidden, heads, kv heads, head_dim, intermediate).
 #: ``pruned-*`` have head_dim != hidden // heads, as head pruning leaves them.
@@ -50,3 +56,65 @@ def tiny_llama_dir(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def per_layer_folders(tmp_path_factory):
+    """case -> (saved per-layer folder, masked-model logits, merged-model logits, merged model), for every
+    ``tests.tiny.PER_LAYER_CASES`` (built once per session: the per-layer model tests and the exporter tests)."""
+    from compressor.algorithm.merge import merge_and_slice
+    from compressor.modeling.save import save_model_folder
+    from tests.tiny import PER_LAYER_CASES, logits_of, per_layer_masked, tiny_tokenizer
+
+    out = {}
+    for case in PER_LAYER_CASES:
+        pm, masks, groups = per_layer_masked(case)
+        masked = logits_of(pm)
+        merged = merge_and_slice(pm, groups, masks).eval()
+        path = tmp_path_factory.mktemp(f"pl-{case}")
+        save_model_folder(merged, tiny_tokenizer(), path, force=True)
+        out[case] = (path, masked, logits_of(merged), merged)
+    return out
+
+
+_HOLDER = """
+import os, sys, time
+from compressor.core.lock import output_lock
+with output_lock(sys.argv[1]):
+    for tmp in sys.argv[2:]:
+        os.makedirs(tmp)
+    print("locked", flush=True)
+    time.sleep(300)
+"""
+
+
+class _Holder:
+    """A real second process holding the lock of ``out`` (and creating ``tmps`` while it holds it)."""
+
+    def __init__(self, out: Path, *tmps: Path):
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.p = subprocess.Popen([sys.executable, "-c", _HOLDER, str(out), *map(str, tmps)], stdout=subprocess.PIPE,
+                                  text=True, env=env)
+        line = self.p.stdout.readline() if self.p.stdout else ""
+        assert line.strip() == "locked", f"the lock holder did not start (rc={self.p.poll()})"
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGKILL)
+        self.p.wait(timeout=30)
+
+
+@pytest.fixture
+def holder():
+    """Factory: ``holder(out, *tmps)`` starts a process that holds the output lock of ``out`` (the lock tests of
+    tests/core and the one-run-per-output tests of tests/cli); killed at the end of the test."""
+    made: list[_Holder] = []
+
+    def make(out: Path, *tmps: Path) -> _Holder:
+        h = _Holder(out, *tmps)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.kill()

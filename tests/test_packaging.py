@@ -11,8 +11,7 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
-from compressor.core.errors import DependencyMissingError
-from compressor.core.optional import EXTRAS, install_line, require
+from compressor.core.optional import EXTRAS
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -76,41 +75,6 @@ def test_every_extra_a_message_names_exists_and_installs_its_module():
     assert "optimum" not in closure("test") and "optimum-onnx" not in closure("test")
 
 
-def test_a_missing_optional_package_names_the_extra(monkeypatch):
-    for name in ("onnxruntime", "onnxruntime.quantization"):  # import -> ImportError, even if imported before
-        monkeypatch.setitem(sys.modules, name, None)
-    with pytest.raises(DependencyMissingError, match=r'benchmarking needs .*onnxruntime.*pip install "lorapress\[onnx\]"'):
-        require("onnxruntime.quantization", "benchmarking")
-    assert install_line("lm_eval.tasks") == 'pip install "lorapress[eval]"'
-    assert install_line("yaml") == "pip install pyyaml"
-
-
-def test_base_bits_without_bitsandbytes_names_the_quant_extra(monkeypatch, tmp_path):
-    from compressor.modeling.loading import load_model
-    from tests.tiny import tiny_model, tiny_tokenizer
-
-    tiny_model().save_pretrained(tmp_path)
-    tiny_tokenizer().save_pretrained(tmp_path)
-    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
-    with pytest.raises(DependencyMissingError, match=r'--base-bits 8 .*pip install "lorapress\[quant\]"'):
-        load_model(str(tmp_path), base_bits=8)
-
-
-def test_the_report_notes_a_skipped_picture_without_matplotlib(monkeypatch):
-    import importlib.util
-
-    from compressor.job import picture as plots
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
-    note = plots.picture_note("pruning.png")
-    assert note == plots.NO_MATPLOTLIB and 'pip install "lorapress[plots]"' in note
-    monkeypatch.undo()
-    if importlib.util.find_spec("matplotlib") is not None:
-        assert plots.picture_note("pruning.png") == "pruning.png"
-
-
 def test_importing_the_packages_and_the_cli_pulls_no_optional_package():
     code = ("import sys, compressor, exporters, calibration, compressor.cli\n"
             f"bad = [m for m in {OPTIONAL_MODULES!r} if m in sys.modules]\n"
@@ -129,55 +93,3 @@ def test_ci_runs_the_readme_test_command_verbatim():
     start = readme.index("**Tests**:")
     block = readme[start:].split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
     assert "pytest" in block and block in ci.splitlines()
-
-
-def test_a_saved_tokenizer_names_a_class_transformers_4_and_5_both_load(tmp_path):
-    import json
-
-    from transformers import AutoTokenizer
-
-    from compressor.modeling.save import save_tokenizer
-    from tests.tiny import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    rep = save_tokenizer(tok, tmp_path)
-    assert rep["reload_ok"]
-    cls = json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"]
-    assert cls != "TokenizersBackend"  # transformers 4.57 has no such class
-    assert AutoTokenizer.from_pretrained(tmp_path)("w1 w2").input_ids == tok("w1 w2").input_ids
-
-
-@pytest.mark.parametrize("params, legacy", [
-    ({"rope_type": "default", "rope_theta": 100000.0}, {"rope_theta": 100000.0, "rope_scaling": None}),
-    ({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0},
-     {"rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0}}),
-    ({"full_attention": {"rope_type": "default", "rope_theta": 1e6},
-      "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
-     {"rope_theta": 1e6, "rope_scaling": None, "rope_local_base_freq": 1e4}),
-])
-def test_legacy_rope_keys_from_rope_parameters(params, legacy):
-    from compressor.modeling.save import legacy_rope_keys
-
-    assert legacy_rope_keys({"rope_parameters": params}) == legacy
-    assert legacy_rope_keys({"rope_parameters": params, "rope_theta": 1.0}) == {}  # already there: untouched
-
-
-def test_a_saved_folder_carries_the_rope_theta_transformers_4_reads(tmp_path):
-    """transformers 5 writes only rope_parameters; 4.x would fall back to rope_theta 10000 without the legacy key.
-    The folder must also reload identically on the stack that wrote it."""
-    import json
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from compressor.modeling.save import save_model_folder
-    from tests.tiny import tiny_model, tiny_tokenizer
-
-    model = tiny_model(rope_theta=12345.0)  # both stacks accept the legacy keyword
-    save_model_folder(model, tiny_tokenizer(), tmp_path / "m")
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert cfg["rope_theta"] == 12345.0
-    ids = torch.tensor([[1, 5, 9, 13]])
-    back = AutoModelForCausalLM.from_pretrained(tmp_path / "m", attn_implementation="eager").eval()
-    with torch.no_grad():
-        assert torch.equal(back(ids).logits, model(ids).logits)

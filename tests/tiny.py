@@ -158,3 +158,94 @@ def assert_resumed_run_matches(a, b):
         assert torch.allclose(masked, wa(input_ids=ids).logits, atol=1e-4)
     sa, sb = wa.state_dict(), wb.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def tiny_folder(tmp_path, case: str = "llama-mha", **config):
+    """``(model, folder)``: :func:`tiny_model` and its tokenizer saved as a Hugging Face folder ``tmp_path / "m"``."""
+    m = tiny_model(case, **config)
+    d = tmp_path / "m"
+    m.save_pretrained(d)
+    tiny_tokenizer().save_pretrained(d)
+    return m, d
+
+
+# ---- short runs of the loop ---------------------------------------------------------------------------------
+def tiny_config(**kw):
+    """A short run (12 steps, masks updated every 2, 32-token blocks, no perplexity); ``kw`` overrides fields."""
+    from compressor.algorithm.config import PruneConfig
+
+    base = dict(ratio=0.5, steps=12, prune_every=2, seq_len=32, batch_size=2, eval_windows=0, lr=1e-3)
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+def tiny_eval_config(**kw):
+    """:func:`tiny_config` with perplexity before and after (2 windows of 64 tokens)."""
+    from compressor.algorithm.config import PruneConfig
+
+    base = dict(ratio=0.5, steps=12, prune_every=2, seq_len=32, batch_size=2, eval_windows=2, eval_seq_len=64, lr=1e-3)
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+def tiny_loop(case="llama-gqa", layers=2, **kw):
+    """A ``PruneLoop`` over :func:`tiny_model` with :func:`tiny_config` ``(**kw)`` on :func:`tiny_text` blocks."""
+    from compressor.algorithm.api import as_blocks
+    from compressor.algorithm.loop import PruneLoop
+
+    cfg = tiny_config(**kw)
+    tok = tiny_tokenizer()
+    m = tiny_model(case, layers=layers)
+    return PruneLoop(m, cfg, as_blocks([tiny_text(3000)], tok, cfg))
+
+
+def layer_groups(heads=6, kv=2, d=8, inter=40, index=0):
+    """The groups of one decoder layer, without a model."""
+    from compressor.algorithm.groups import LayerGroups
+
+    return LayerGroups(index, heads, kv, d, inter)
+
+
+def peft_random_lora(model, seed=0):
+    """``model`` wrapped by peft itself (rank 4, every projection) with random A and B factors."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                      "gate_proj", "up_proj", "down_proj"])
+    from compressor.core.quiet import quiet_peft_wrap
+
+    with quiet_peft_wrap():
+        pm = get_peft_model(model, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # B non-zero so merge parity means something
+        for n, p in pm.named_parameters():
+            if "lora_B" in n or "lora_A" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return pm
+
+
+# ---- per-layer widths ------------------------------------------------------------------------------------------
+#: :data:`CASES` with per-layer widths; llama-mha gets different KV heads per layer (MHA: KV heads = heads)
+PER_LAYER_CASES = ("llama-gqa", "llama-mha", "qwen2-gqa", "mistral-mqa")
+PER_LAYER_IDS = [[5, 9, 17, 3, 44, 2, 8, 60, 12, 1], [7, 7, 30, 31, 32, 90, 4, 4, 11, 0]]
+
+
+def per_layer_masked(case: str, vocab: int = 96, lora: bool = True, **config):
+    """``(masked model, masks, groups)``: 3 layers; layer 0 dense, layers 1-2 with one query head per KV group
+    fewer and 8 / 16 MLP channels; LoRA B non-zero."""
+    from compressor.algorithm.groups import discover_groups
+    from compressor.algorithm.masking import MaskState, mask_lowest
+
+    m = tiny_model(case, layers=3, vocab=vocab, **config)
+    groups = discover_groups(m)
+    pm = lora_with_random_b(m) if lora else m
+    masks = MaskState.full(groups).install(pm, groups)
+    lg0 = groups.layers[0]
+    per = lg0.heads_per_kv if lg0.gqa else lg0.num_heads
+    mask_lowest(masks, random_scores(groups), groups, [per, per - 1, per - 1], [lg0.intermediate_size, 8, 16])
+    return pm, masks, groups
+
+
+def logits_of(model, ids=PER_LAYER_IDS):
+    with torch.no_grad():
+        return model(torch.as_tensor(ids)).logits

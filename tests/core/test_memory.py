@@ -1,13 +1,10 @@
-"""Per-phase memory trace of a pruning job (``memory_phases`` in compression_report.json)."""
+"""compressor.core.memory: the per-phase memory trace (``memory_phases`` in compression_report.json; the prune
+job's phases: tests/job/test_prune_job.py)."""
 from __future__ import annotations
-
-import json
 
 import pytest
 
 from compressor.core.memory import MemoryTrace, current_rss_mb, reset_peak_rss
-from tests.test_quality_options import _cfg
-from tests.tiny import tiny_job_inputs
 
 needs_proc = pytest.mark.skipif(current_rss_mb() is None or not reset_peak_rss(), reason="needs Linux /proc")
 
@@ -36,18 +33,3 @@ def test_trace_names_the_phase_that_peaks():
     # (not compared with peak_rss_mb(): in a long test process the peak before the trace existed can be higher)
     assert trace.overall_peak_mb >= big["peak_mb"] - 0.05  # phases are rounded to 0.1 MiB
     assert all(p["seconds"] >= 0 and "peak_is_process_peak" not in p for p in trace.as_list())
-
-
-@needs_proc
-def test_prune_job_reports_every_phase(tmp_path):
-    from compressor.job import prune_job
-
-    src, data = tiny_job_inputs(tmp_path)
-    out = tmp_path / "out"
-    res = prune_job(str(src), out, _cfg(steps=4), data=str(data), eval_data="none")
-    rep = json.loads((out / "compression_report.json").read_text())
-    names = [p["phase"] for p in rep["memory_phases"]]
-    assert names == ["texts", "load", "tokenize", "calibration", "perplexity_before", "loop", "merge",
-                     "perplexity_after", "save"]
-    assert rep["peak_rss_mb"] >= max(p["peak_mb"] for p in rep["memory_phases"]) - 0.1
-    assert res.report["memory_phases"] == rep["memory_phases"]

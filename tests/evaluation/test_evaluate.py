@@ -1,11 +1,9 @@
-"""compressor.evaluation: perplexity against a hand computation, evaluate(), CLI (lm-eval tasks: test_lm_eval_tasks.py)."""
+"""compressor.evaluation: perplexity against a hand computation, evaluate(), CLI (lm-eval tasks: test_tasks.py)."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
-import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -237,26 +235,7 @@ def test_cli_eval_writes_report(tmp_path, shared_text):
     assert isinstance(res.exception, ConfigError) and "valid tasks" in str(res.exception)
 
 
-# ---------------------------------------------------------------------------------------------- real model
-
-def _smollm2_spec():
-    p = os.environ.get("LORAPRESS_SMOLLM2_HF", "/tmp/sm_hf")
-    return p if Path(p, "config.json").is_file() else "smollm2-135m"
-
-
-@pytest.mark.slow
-def test_smollm2_wikitext2_first_window():
-    from calibration import load_eval_text, shared_data_dir
-    from compressor.modeling.loading import load_model
-
-    try:
-        shared_data_dir("wikitext2/test.txt")
-    except CalibrationError:
-        pytest.skip("shared/data/wikitext2 not present")
-    model, tok, _ = load_model(_smollm2_spec())
-    r = ev.perplexity(model, tok, load_eval_text("wikitext2"), seq_len=2048, max_windows=1)
-    assert r["ppl"] == pytest.approx(15.15, abs=0.05)
-
+# ---------------------------------------------------------------------------------------------- ONNX models
 
 def _saved_llama(folder):
     """The tiny llama and its tokenizer, also saved as an HF folder at ``folder``."""

@@ -14,7 +14,7 @@ from compressor.core import assets as assets_mod
 from compressor.core.errors import ConfigError, DependencyMissingError
 from compressor.evaluation import mmlu as mmlu_mod
 from compressor.evaluation import tasks as tasks_mod
-from tests.test_evaluate import make_llama, make_tokenizer
+from tests.evaluation.test_evaluate import make_llama, make_tokenizer
 
 pytest.importorskip("lm_eval")
 
@@ -191,7 +191,7 @@ def test_evaluate_mmlu_macro_average(local_assets):
 
 def test_onnx_folder_zero_shot_and_mmlu_equal_the_pytorch_folder(local_assets, tmp_path):
     """An exported ONNX folder runs the same lm-eval tasks through ONNX Runtime, with the same metrics as the
-    PyTorch folder it was exported from (per-item log-likelihood parity: tests/test_evaluate.py)."""
+    PyTorch folder it was exported from (per-item log-likelihood parity: tests/evaluation/test_evaluate.py)."""
     from exporters import export_onnx
 
     try:  # `compress eval` loads the folder with optimum's class where it imports, else in plain ONNX Runtime
@@ -266,16 +266,6 @@ def test_onnx_model_zero_shot_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="PreTrainedModel.*ORTModelForCausalLM.*got NotHF"):
         ev.evaluate(NotHF(), "piqa", tokenizer=tok)
-
-
-@pytest.mark.slow
-def test_smollm2_piqa_few_items():
-    """The real model on 40 PIQA items (the dense run: acc_norm 0.66 on 200); MMLU is left out: one question a topic takes ~10 min."""
-    from compressor.modeling.loading import load_model
-
-    model, tok, _ = load_model("smollm2-135m")
-    r = ev.evaluate(model, "piqa", tokenizer=tok, limit=40)
-    assert r.details["piqa"]["n"] == 40 and 0.5 <= r.results["piqa"]["acc_norm"] <= 0.9
 
 
 @pytest.mark.slow

@@ -20,9 +20,9 @@ import pytest
 from compressor.core import assets
 from compressor.core.assets import ASSETS, AssetPart, SplitAsset, asset_path, fetch_asset, register_asset
 from compressor.core.errors import AssetError
-from tests.test_assets import build_wheel, offline  # noqa: F401  (offline is a fixture)
+from tests.core.test_assets import build_wheel, offline  # noqa: F401  (offline is a fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHUNKS = [b"first chunk \x00\x01" * 50, b"second chunk " * 70, b"third and last"]
 
 

@@ -1,4 +1,5 @@
-"""ONNX and safetensors export on tiny random LLaMA models (dense / head-pruned, MHA / GQA)."""
+"""ONNX and safetensors export on tiny random LLaMA models (dense / head-pruned, MHA / GQA), and of per-layer-width
+folders (the ``per_layer_folders`` fixture of tests/conftest.py)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +17,10 @@ from compressor.core.errors import (
     UnsupportedArchitectureError,
     ValidationError,
 )
+from compressor.modeling.perlayer import REMOTE_CODE_FILES
 from exporters import ExportResult, export_onnx, export_safetensors
 from tests.conftest import EXPORT_CASES
+from tests.tiny import PER_LAYER_IDS, logits_of
 
 PROMPTS = ("w1 w2 w3 w4", "w10 w20 w30", "w5")  # words of the tiny tokenizer's vocabulary
 
@@ -469,3 +472,95 @@ def test_sliding_window_model_exports(tmp_path):
         ort = ORTModelForCausalLM.from_pretrained(tmp_path / "o")
         kw = {"attention_mask": torch.ones_like(x), "max_new_tokens": 4, "do_sample": False, "pad_token_id": 2}
         assert model.generate(x, **kw).tolist() == ort.generate(x, **kw).tolist()
+
+
+def test_safetensors_export_keeps_the_remote_code(per_layer_folders, tmp_path):
+    from compressor.modeling.loading import load_model
+    from exporters import export_safetensors
+
+    path, _, merged_logits, _ = per_layer_folders["qwen2-gqa"]
+    res = export_safetensors(path, tmp_path / "s")
+    assert res.report["remote_code"] == list(REMOTE_CODE_FILES)
+    assert all((tmp_path / "s" / f).is_file() for f in REMOTE_CODE_FILES)
+    model, _, _ = load_model(tmp_path / "s")
+    assert torch.equal(logits_of(model.eval()), merged_logits)
+
+
+@pytest.fixture(scope="module")
+def per_layer_onnx(per_layer_folders, tmp_path_factory):
+    """The llama-gqa per-layer folder exported to ONNX (torch exporter, validated): ``(folder, report)``."""
+    from exporters import export_onnx
+
+    out = tmp_path_factory.mktemp("pl-onnx") / "o"
+    res = export_onnx(per_layer_folders["llama-gqa"][0], out, threads=1, prompts=("w1 w2 w3 w4", "w5"))
+    return out, res.report
+
+
+def test_onnx_export_of_per_layer_model_parity(per_layer_folders, per_layer_onnx):
+    """The torch exporter traces the per-layer class itself: the graph holds every layer's real shapes, matches
+    PyTorch in plain onnxruntime, and config.json is the stock one with the real widths beside it."""
+    import numpy as np
+    import onnx
+    import onnxruntime
+
+    out, rep = per_layer_onnx
+    v = rep["validation"]
+    assert rep["exporter"] == "torch"
+    assert v["parity"]["passed"] and v["parity"]["max_abs_diff"] < 1e-4 and v["generate"]["passed"]
+    assert v["generate"]["all_equal"]
+    merged = per_layer_folders["llama-gqa"][3]
+    dims = {tuple(i.dims) for i in onnx.load(str(out / "model.onnx")).graph.initializer}
+    want = {tuple(layer.mlp.down_proj.weight.shape[::-1]) for layer in merged.model.layers}  # MatMul: transposed
+    assert len(want) == 3 and want <= dims, "each layer's own MLP width is in the graph"
+    sess = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.asarray(PER_LAYER_IDS, np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "position_ids": np.tile(np.arange(ids.shape[1]), (ids.shape[0], 1))}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            feed[i.name] = np.zeros((ids.shape[0], i.shape[1], 0, i.shape[3]), np.float32)
+    got = sess.run(["logits"], feed)[0]
+    assert np.abs(got - per_layer_folders["llama-gqa"][2].numpy()).max() < 1e-4
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and "auto_map" not in cfg
+    assert cfg["lorapress_export"]["per_layer"]["per_layer_intermediate_size"] == [40, 8, 16]
+    assert not any((out / f).exists() for f in REMOTE_CODE_FILES)
+    from exporters.bench_inputs import count_params, flops_per_token, model_dims
+
+    dims = model_dims(cfg)  # the bench counts every layer's real widths, not the scalars
+    assert count_params(dims) == sum(p.numel() for p in merged.parameters())
+    linear = sum(m.weight.numel() for m in merged.modules() if isinstance(m, torch.nn.Linear))
+    assert flops_per_token(dims, 10)["linear"] == 2 * linear
+
+
+def test_onnx_export_of_per_layer_model_parity_and_stock_optimum(per_layer_folders, per_layer_onnx):
+    """Where optimum is installed (floor-stack job): the torch exporter's per-layer folder loads in stock optimum's
+    ORTModelForCausalLM (which sizes its KV cache from the widest layer's config), and the export's generate check
+    ran through it."""
+    pytest.importorskip("optimum.onnxruntime")
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    out, rep = per_layer_onnx
+    assert rep["validation"]["generate"]["runner"] == "optimum" and rep["validation"]["generate"]["passed"]
+    ort = ORTModelForCausalLM.from_pretrained(out, use_cache=True)
+    ids = torch.tensor(PER_LAYER_IDS)
+    got = ort(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert torch.allclose(got, per_layer_folders["llama-gqa"][2], atol=1e-4)
+
+
+def test_cli_onnx_export_of_per_layer_model(per_layer_folders, tmp_path):
+    """The command (not only the API) exports a per-layer folder and says what its config holds."""
+    from compressor.cli import main
+
+    r = CliRunner().invoke(main, ["export", str(per_layer_folders["llama-gqa"][0]), "--format", "onnx", "--out",
+                                  str(tmp_path / "o"), "--threads", "1"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "per-layer widths" in r.output and (tmp_path / "o" / "model.onnx").is_file()
+
+
+def test_onnx_refuses_different_kv_heads_per_layer(per_layer_folders, tmp_path):
+    from exporters import export_onnx
+
+    with pytest.raises(UnsupportedArchitectureError, match=r"per_layer_num_key_value_heads=\[4, 3, 3\]"):
+        export_onnx(per_layer_folders["llama-mha"][0], tmp_path / "o", threads=1)
+    assert not (tmp_path / "o").exists()

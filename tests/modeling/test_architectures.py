@@ -36,7 +36,7 @@ CASES = {
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 32})),
     # hidden 48: transformers >= 5.16's LlamaConfig / Gemma2Config refuse the 3 heads the MHA cases are pruned to
-    # when they do not divide hidden_size (tests/test_prune_core.py covers a llama whose head count does not)
+    # when they do not divide hidden_size (tests/modeling/test_perlayer.py covers a llama whose head count does not)
     "llama3-rope-untied-mha": ("LlamaConfig", "LlamaForCausalLM", dict(
         hidden_size=48, num_key_value_heads=4, head_dim=8, tie_word_embeddings=False,
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compressor.algorithm.api import distill_loss
 from compressor.algorithm.config import PruneConfig
-from compressor.algorithm.loss import decoder_hidden, lm_loss, supports_chunked_loss
+from compressor.algorithm.loss import decoder_hidden, distill_loss, lm_loss, supports_chunked_loss
 from tests.tiny import CASES, masked_lora, tiny_model
 
 
@@ -108,3 +107,21 @@ def test_hidden_distillation_chunked_equals_stock_and_a_hand_computation():
 
     with pytest.raises(ConfigError, match="distill_hidden"):
         PruneConfig(ratio=0.5, distill_hidden=-1.0)
+
+
+def test_distill_teacher_is_the_dense_model():
+    from tests.tiny import masked_lora
+
+    ids = torch.randint(0, 96, (2, 16))
+    with torch.no_grad():
+        dense = tiny_model("llama-gqa")(input_ids=ids).logits
+    pm, masks = masked_lora("llama-gqa")
+    with torch.no_grad():
+        student = pm(input_ids=ids).logits
+        with pm.disable_adapter(), masks.bypassed():
+            teacher = pm(input_ids=ids).logits
+        again = pm(input_ids=ids).logits
+    torch.testing.assert_close(teacher, dense)  # LoRA off, masks off: the original model
+    torch.testing.assert_close(again, student)  # both come back on after the block
+    assert (student - dense).abs().max() > 1e-3
+    assert distill_loss(dense, dense).abs() < 1e-6 and distill_loss(student, dense) > 0

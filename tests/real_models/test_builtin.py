@@ -39,7 +39,7 @@ def test_builtin_loads_and_tokenizes_as_llama_cpp(name):
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from real_models import PROBES, LlamaCpp  # the llama.cpp side of benchmarks/real_models.py check
 
     cpp = LlamaCpp(str(Path(source.path) / source.gguf_file))

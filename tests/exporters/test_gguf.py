@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from compressor.algorithm.merge import merge_and_slice
 from compressor.core.errors import (
     ConfigError,
     DependencyMissingError,
@@ -19,7 +20,7 @@ from compressor.core.errors import (
 from compressor.modeling.sizes import rope_theta
 from exporters import export_gguf
 from exporters.gguf_write import interleave_rope_rows
-from tests.tiny import CASES, tiny_bpe_tokenizer, tiny_model
+from tests.tiny import CASES, per_layer_masked, tiny_bpe_tokenizer, tiny_model
 
 VOCAB = 320  # the byte-level BPE tokenizer needs the 256 byte symbols + specials + a few merges
 
@@ -299,3 +300,36 @@ def test_cli_export_and_bench(tok, tmp_path):
     assert all(st["median_ms"] > 0 for st in rep["model"]["latency"].values())
     assert any("decode batch 4 not measured" in n for n in rep["model"]["notes"])
     assert rep["model"]["config"]["head_dim"] == 8 and rep["model"]["config"]["tied"] is True
+
+
+@pytest.mark.parametrize("case", ["llama-gqa", "llama-mha", "qwen2-gqa"])
+def test_gguf_deci_parity_in_llamacpp(case, tmp_path):
+    pytest.importorskip("xllamacpp", reason='xllamacpp not installed (pip install "lorapress[gguf]")')
+    from gguf import GGUFReader
+
+    from exporters import export_gguf
+
+    pm, masks, groups = per_layer_masked(case, vocab=320, lora=False, initializer_range=0.1, bos_token_id=1,
+                                     eos_token_id=2, pad_token_id=0)
+    with torch.no_grad():  # Qwen2 initialises its q/k/v biases to 0: make them matter
+        for layer in pm.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                if getattr(proj, "bias", None) is not None:
+                    proj.bias.normal_(0, 0.3)
+    merged = merge_and_slice(pm, groups, masks).eval()
+    res = export_gguf(merged, tmp_path / "g", tokenizer=tiny_bpe_tokenizer(320), gguf_type="f32")
+    lp = res.report["validation"]["logprobs"]
+    assert lp["passed"] and lp["max_abs_diff"] < 1e-4 and lp["argmax_agreement"] == 1.0
+    r = GGUFReader(str(tmp_path / "g" / "model.gguf"))
+    meta = {k: f.contents() for k, f in r.fields.items() if not k.startswith("GGUF.")}
+    c = merged.config
+    assert meta["general.architecture"] == "deci"
+    assert meta["deci.feed_forward_length"] == list(c.per_layer_intermediate_size)
+    assert meta["deci.attention.head_count"] == list(c.per_layer_num_attention_heads)
+    assert meta["deci.attention.head_count_kv"] == list(c.per_layer_num_key_value_heads)
+    assert meta["deci.attention.key_length"] == groups.layers[0].head_dim
+    from exporters.bench_inputs import count_params
+    from exporters.gguf_bench import gguf_dims
+
+    dims, _ = gguf_dims(tmp_path / "g" / "model.gguf")
+    assert count_params(dims) == sum(p.numel() for p in merged.parameters())
