@@ -283,7 +283,7 @@ def validate(cfg: PruneConfig) -> None:
     parse_skip_layers(cfg.skip_layers, None)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(cfg.device).strip().lower()):
         raise bad("device", "use auto, cpu, cuda or cuda:N")
-    if cfg.criterion == "residual" and not cfg.compensate:
+    if get_criterion(cfg.criterion).uses_compensation and not cfg.compensate:
         raise ConfigError("criterion='residual' scores what compensation cannot replace and needs compensate=True; "
                           "drop --no-compensate, or use criterion 'activation'")
     if cfg.compensate_stats == "current" and not cfg.compensate:

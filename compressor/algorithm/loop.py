@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.algorithm.activation_scorer import ActivationScorer
 from compressor.algorithm.compensation import TOKENS_CAP, TOKENS_PER_INPUT  # noqa: F401 - re-exported
 from compressor.algorithm.compensation_run import CompensationRun, kept_of
 from compressor.algorithm.config import PruneConfig
+from compressor.algorithm.criteria import GroupCriterion
 from compressor.algorithm.distributed import masks_agree, reduce_scores
 from compressor.algorithm.finetune import DataOrder, FineTune, StepRecord, checkpointing, lr_lambda, wrap_lora  # noqa: F401
 from compressor.algorithm.groups import ModelGroups, discover_groups
@@ -110,7 +110,8 @@ class PruneLoop:
                              device=self.device, accelerator=acc)
         self.pm = self.tune.pm
         self.masks = MaskState.full(self.groups).install(self.pm, self.groups)
-        self.scorer = ActivationScorer(self.pm, self.groups) if self.crit.group_level and plan is None else None
+        self.scorer = self.crit.make_scorer(self.pm, self.groups) \
+            if isinstance(self.crit, GroupCriterion) and plan is None else None
         self.ema = MovingAverage(config.lam, config.ema_start)
         #: compensation within the run; ``comp``: its statistics (:class:`~compressor.algorithm.compensation.Compensator`)
         self.compensation = CompensationRun(self.pm, self.groups, config, device=self.device, accelerator=acc,
@@ -119,7 +120,7 @@ class PruneLoop:
         self.comp = self.compensation.comp if self.compensation is not None else None
         #: criterion ``residual``: the scorer reads transforms built from compensation's statistics, (re)built for
         #: the current masks before the next score whenever ``_residual_stale``
-        self._residual = config.criterion == "residual" and self.scorer is not None
+        self._residual = self.crit.uses_compensation and self.scorer is not None
         self._residual_stale = self._residual
         self.data = DataOrder(blocks, config.seed)
         self.step_count, self.pos = 0, 0
@@ -207,7 +208,8 @@ class PruneLoop:
 
     def scores(self) -> list[LayerScores]:
         """This step's group scores (from the gradients of the last backward pass), averaged over ranks."""
-        if self.scorer is not None:
+        if isinstance(self.crit, GroupCriterion):
+            assert self.scorer is not None, "a group criterion scores through its scorer"
             s = self.scorer.collect()
         else:
             s = model_scores(self.pm, self.groups, self.crit, self.gen, self.cfg.aggregate)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compressor.algorithm.criteria import Criterion, ProjectionTensors
+from compressor.algorithm.criteria import ElementCriterion, ProjectionTensors
 from compressor.algorithm.groups import MLP, LayerGroups, ModelGroups, decoder_layers, projection
 from compressor.algorithm.masking import masked_part
 from compressor.modeling.adapters import base_weight, lora_parts
@@ -16,7 +16,7 @@ ROW_PRUNED = ROW_PARTS  # groups own output rows
 COL_PRUNED = COL_PARTS  # groups own input columns
 
 
-def projection_tensors(mod: nn.Module, criterion: Criterion, generator: torch.Generator | None,
+def projection_tensors(mod: nn.Module, criterion: ElementCriterion, generator: torch.Generator | None,
                        adapter: str = "default") -> ProjectionTensors:
     A, B, s = lora_parts(mod, adapter)
     w = base_weight(mod)
@@ -50,7 +50,7 @@ def _unit(v: torch.Tensor) -> torch.Tensor:
     return v / n if float(n) > 0 else v
 
 
-def layer_scores(layer: nn.Module, lg: LayerGroups, criterion: Criterion,
+def layer_scores(layer: nn.Module, lg: LayerGroups, criterion: ElementCriterion,
                  generator: torch.Generator | None = None, aggregate: str = "sum-sq",
                  projections: tuple[Projection, ...] = LLAMA_PROJECTIONS) -> LayerScores:
     """Group scores of one layer from the criterion's element importances (Eq. 4).
@@ -93,7 +93,7 @@ def layer_scores(layer: nn.Module, lg: LayerGroups, criterion: Criterion,
     return LayerScores(heads, channels)
 
 
-def model_scores(model: nn.Module, groups: ModelGroups, criterion: Criterion,
+def model_scores(model: nn.Module, groups: ModelGroups, criterion: ElementCriterion,
                  generator: torch.Generator | None = None, aggregate: str = "sum-sq") -> list[LayerScores]:
     """Group scores of every layer of ``model`` (peft-wrapped or plain)."""
     projections = groups.architecture.projections

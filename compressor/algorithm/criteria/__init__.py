@@ -1,9 +1,11 @@
-"""Importance criteria, registered by name.
+"""Importance criteria, registered by name. Two kinds:
 
-A criterion is a pure function of one projection's tensors (:class:`ProjectionTensors`) returning an
-element-wise importance matrix with the weight's shape ``[out, in]``. Group scores are sums of these
-(paper Eq. 4) and are formed in :mod:`compressor.algorithm.scoring`; the loop that collects tensors lives in
-:mod:`compressor.algorithm.api`.
+* element criteria (:func:`register_criterion`: ``lora``, ``taylor``, ``magnitude``, ``random``): a pure function of
+  one projection's tensors (:class:`ProjectionTensors`) returning an element-wise importance matrix with the weight's
+  shape ``[out, in]``. Group scores are sums of these (paper Eq. 4), formed in :mod:`compressor.algorithm.scoring`.
+* group criteria (:func:`register_group_criterion`: ``activation``, ``residual``): whole heads and channels scored
+  from activations and their gradients by the scorer the criterion makes (:meth:`GroupCriterion.make_scorer`,
+  :class:`compressor.algorithm.activation_scorer.ActivationScorer`).
 
 Example:
     >>> from compressor.algorithm.criteria import get_criterion, available_criteria
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -44,24 +46,41 @@ class ProjectionTensors:
     generator: torch.Generator | None = None
 
 
-class Criterion(Protocol):
+class ElementCriterion(Protocol):
     name: str
     needs_lora_grads: bool
     needs_weight_grad: bool
-    group_level: bool
+    group_level: bool  # False
+    uses_compensation: bool
 
     def __call__(self, t: ProjectionTensors) -> torch.Tensor: ...
 
 
+@dataclass(frozen=True)
+class GroupCriterion:
+    """A criterion that scores whole groups: :meth:`make_scorer` builds its scorer for a model (``uses_compensation``:
+    the scorer reads residual transforms built from compensation's statistics)."""
+
+    name: str
+    uses_compensation: bool = False
+    needs_lora_grads: bool = False
+    needs_weight_grad: bool = False
+    group_level: bool = True
+
+    def make_scorer(self, model: Any, groups: Any) -> Any:
+        from compressor.algorithm.activation_scorer import ActivationScorer
+
+        return ActivationScorer(model, groups)
+
+
+Criterion = ElementCriterion | GroupCriterion
+
 _REGISTRY: dict[str, Criterion] = {}
 
 
-def register_criterion(name: str, *, needs_lora_grads: bool = False, needs_weight_grad: bool = False,
-                       group_level: bool = False) -> Callable[[Callable[[ProjectionTensors], torch.Tensor]], Criterion]:
-    """Decorator registering ``fn`` under ``name``. Duplicate names are rejected.
-
-    ``group_level=True`` marks a criterion that scores whole groups from activations
-    (:mod:`compressor.algorithm.activation_scorer`) instead of returning element importances."""
+def register_criterion(name: str, *, needs_lora_grads: bool = False, needs_weight_grad: bool = False
+                       ) -> Callable[[Callable[[ProjectionTensors], torch.Tensor]], ElementCriterion]:
+    """Decorator registering the element criterion ``fn`` under ``name``. Duplicate names are rejected."""
 
     def deco(fn):
         if name in _REGISTRY:
@@ -69,11 +88,20 @@ def register_criterion(name: str, *, needs_lora_grads: bool = False, needs_weigh
         fn.name = name
         fn.needs_lora_grads = needs_lora_grads
         fn.needs_weight_grad = needs_weight_grad
-        fn.group_level = group_level
+        fn.group_level = False
+        fn.uses_compensation = False
         _REGISTRY[name] = fn
         return fn
 
     return deco
+
+
+def register_group_criterion(criterion: GroupCriterion) -> GroupCriterion:
+    """Register a group criterion under its name. Duplicate names are rejected."""
+    if criterion.name in _REGISTRY:
+        raise ValueError(f"criterion {criterion.name!r} is already registered")
+    _REGISTRY[criterion.name] = criterion
+    return criterion
 
 
 def get_criterion(name: str) -> Criterion:

@@ -6,19 +6,15 @@ With ``compensate=True`` a removed input ``x_j`` of ``down_proj`` (a head's ``he
 criterion scores ``x`` itself, so it keeps channels that the compensation would have replaced almost for
 free; this one scores what compensation cannot replace. With ``Λ = G_KK⁻¹`` (the damped second moments of
 the kept inputs, the compensator's statistics of the dense model) the residual of every kept channel against
-all other kept ones is ``r = Λx / diag(Λ)``; for a head block ``H`` it is ``Λ_HH⁻¹ (Λx)_H``. Group-level:
-the scores are collected by :class:`compressor.algorithm.activation_scorer.ActivationScorer` with these transforms."""
+all other kept ones is ``r = Λx / diag(Λ)``; for a head block ``H`` it is ``Λ_HH⁻¹ (Λx)_H``. A group criterion:
+its scorer is :class:`compressor.algorithm.activation_scorer.ActivationScorer` with these transforms."""
 from __future__ import annotations
 
 import torch
 
-from compressor.algorithm.criteria import ProjectionTensors, register_criterion
+from compressor.algorithm.criteria import GroupCriterion, register_group_criterion
 
-
-@register_criterion("residual", group_level=True)
-def residual_importance(t: ProjectionTensors) -> torch.Tensor:
-    raise ValueError("the 'residual' criterion scores whole groups from activation gradients and compensation's "
-                     "statistics; use compressor.algorithm.activation_scorer.ActivationScorer")
+RESIDUAL = register_group_criterion(GroupCriterion("residual", uses_compensation=True))
 
 
 @torch.no_grad()
