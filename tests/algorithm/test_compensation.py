@@ -104,14 +104,14 @@ def test_compensation_statistics_rest_on_enough_tokens():
 
     widest = max(lg.intermediate_size, lg.num_heads * lg.head_dim)
     assert loop.compensation_target() == min(TOKENS_PER_INPUT * widest, TOKENS_CAP) == 64 * widest
-    import compressor.algorithm.loop as loop_mod
+    import compressor.algorithm.compensation_run as run_mod
 
-    orig = loop_mod.TOKENS_CAP
-    loop_mod.TOKENS_CAP = 100
+    orig = run_mod.TOKENS_CAP
+    run_mod.TOKENS_CAP = 100
     try:
         assert loop.compensation_target() == 100, "wide models stop at the cap"
     finally:
-        loop_mod.TOKENS_CAP = orig
+        run_mod.TOKENS_CAP = orig
     trained = 2 * loop.cfg.batch_size * loop.cfg.seq_len  # the tokens of the two steps before the first update
     assert loop.compensation_target() > trained
     loop.step()

@@ -79,11 +79,12 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
 
 def test_prune_with_a_held_base_writes_the_checkpoint_dtype(tmp_path):
     """amp='bf16' end to end from a folder: the base is held in bfloat16 during the run, the merged model is
-    float32 for a float32 checkpoint and bfloat16 for a bfloat16 one; the report has the memory plan."""
-    from compressor import prune
-    from compressor.algorithm.api import as_blocks
+    float32 for a float32 checkpoint and bfloat16 for a bfloat16 one; the job's report has the memory plan."""
+    from compressor.job import prune_job
     from tests.tiny import tiny_text
 
+    data = tmp_path / "cal.txt"
+    data.write_text(tiny_text(2000))
     for src_dtype in (torch.float32, torch.bfloat16):
         m = tiny_model("llama-mha").to(src_dtype)
         d = tmp_path / str(src_dtype)
@@ -91,8 +92,7 @@ def test_prune_with_a_held_base_writes_the_checkpoint_dtype(tmp_path):
         tiny_tokenizer().save_pretrained(d)
         cfg = PruneConfig(ratio=0.5, steps=4, prune_every=2, amp="bf16", seq_len=32, batch_size=2,
                           eval_windows=0, device="cpu")
-        blocks = as_blocks([tiny_text(2000)], tiny_tokenizer(), cfg)
-        res = prune(str(d), cfg, blocks)
+        res = prune_job(str(d), tmp_path / f"out-{src_dtype}", cfg, data=str(data), eval_data="none")
         assert {p.dtype for p in res.model.parameters()} == {src_dtype}
         plan = res.report["memory_plan"]
         assert plan["held"] == "bfloat16 projections" and plan["peak_gib"] > 0 and plan["fits"] in (True, None)

@@ -58,3 +58,26 @@ def test_prune_help_fits_a_screen_with_the_essentials_first():
             assert p.opts[0] in full.output
     for text in (short.output, full.output):
         assert not re.search(r"\b20\d\d-\d\d-\d\d\b|until 20\d\d|README| s a step", text), text
+
+
+def test_eval_out_is_a_folder_or_a_json_file_and_takes_a_device(tmp_path):
+    """``compress eval --out`` names a folder (``OUT/eval_report.json``, created) like every other command, or a
+    ``.json`` file; ``--device`` chooses where the model runs, a bad one is refused before loading it."""
+    import json
+
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+    from compressor.modeling.save import save_model_folder
+    from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
+
+    save_model_folder(tiny_model("llama-mha"), tiny_tokenizer(), tmp_path / "m")
+    (tmp_path / "t.txt").write_text(tiny_text(2000))
+    base = ["eval", str(tmp_path / "m"), "--wikitext2-file", str(tmp_path / "t.txt"), "--seq-len", "32"]
+    r = CliRunner().invoke(main, base + ["--device", "cpu", "--out", str(tmp_path / "reports")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "reports" / "eval_report.json").read_text())["results"]["wikitext2"]["ppl"] > 0
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "one.json")])
+    assert r.exit_code == 0 and (tmp_path / "one.json").is_file(), r.output
+    r = CliRunner().invoke(main, base + ["--device", "tpu", "--out", str(tmp_path / "r2")])
+    assert r.exit_code != 0 and "device 'tpu' is not valid" in r.output and not (tmp_path / "r2").exists()

@@ -134,7 +134,6 @@ def test_second_run_on_a_held_output_fails_at_once_naming_the_holder(w, tmp_path
 
 def test_api_takes_the_lock_too(w, tmp_path, holder):
     from compressor import PruneConfig
-    from compressor.algorithm.api import prune
     from compressor.job import prune_job
 
     out = tmp_path / "api"
@@ -144,12 +143,12 @@ def test_api_takes_the_lock_too(w, tmp_path, holder):
         prune_job(str(w / "model"), out, cfg, data=str(w / "calib.txt"), eval_data="none")
     h.kill()
 
-    ckpt = tmp_path / "api.ckpt"
+    ckpt = tmp_path / "api.ckpt"  # a job whose checkpoint folder a live run holds (prune() in memory takes no lock)
     h = holder(ckpt)
-    blocks = torch.randint(0, 96, (4, 32))
     with pytest.raises(OutputLockedError, match=f"pid {h.p.pid}"):
-        prune(tiny_model("llama-gqa"), cfg, blocks, checkpoint_dir=ckpt)
-    assert not ckpt.exists()
+        prune_job(str(w / "model"), tmp_path / "api2", cfg, data=str(w / "calib.txt"), eval_data="none",
+                  checkpoint_dir=ckpt)
+    assert not ckpt.exists() and not (tmp_path / "api2").exists()
 
 
 def test_resume_on_a_live_run_without_a_checkpoint_names_the_run(w, tmp_path, holder):
