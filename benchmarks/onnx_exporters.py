@@ -4,9 +4,9 @@
 Each of PRUNED and DENSE (anything ``compress export`` accepts) is exported and validated with every exporter that
 imports here (optimum only where the ``optimum`` extra is installed, i.e. transformers < 4.58) into
 ``--export-dir/<label>_<exporter>``; then ONNX Runtime times, each pair alternating in one run
-(:func:`exporters.bench`): pruned against dense per exporter (latency, FLOP and bytes ratios), and each
+(:func:`exporters.measure.ort`): pruned against dense per exporter (latency, FLOP and bytes ratios), and each
 exporter's graph against the other's for the same model (graph overhead). Nodes ORT runs per graph come from
-:func:`exporters.graph_ops.op_counts`. JSON + PNG: ``benchmarks/results/onnx_exporters_<name>.*``.
+:func:`exporters.onnx.graph_ops.op_counts`. JSON + PNG: ``benchmarks/results/onnx_exporters_<name>.*``.
 
     python benchmarks/onnx_exporters.py runs/smollm2-50 smollm2-135m --export-dir /tmp/onx --name smollm2-50
 
@@ -35,7 +35,7 @@ def exporters_here() -> list[str]:
 
 def export(spec: str, out: Path, exporter: str, threads: int) -> dict:
     from exporters import export_onnx
-    from exporters.graph_ops import op_counts
+    from exporters.onnx.graph_ops import op_counts
 
     if (out / "model.onnx").is_file() and (out / "export_report.json").is_file():
         from common import load_json
@@ -55,7 +55,7 @@ def export(spec: str, out: Path, exporter: str, threads: int) -> dict:
 
 
 def pair(model: Path, baseline: Path, runs: int, threads: int) -> dict:
-    from exporters import bench
+    from exporters.measure import ort as bench
 
     rep = bench(model, baseline, runs=runs, threads=threads, write=False, measure_memory=False)
     keep = [f"{k}.{c}" for c in CASES for k in ("latency", "flops", "latency_over_flops", "bytes",

@@ -3,7 +3,7 @@
 Each of MODEL and BASELINE may be an exported ONNX folder (used as is) or anything ``compress export``
 accepts (HF folder, ``.gguf`` file, built-in name), which is first exported to ONNX (validated) into
 ``--export-dir`` (default: a temporary folder removed at the end). Both graphs are then timed in the same
-run, alternately (see :func:`exporters.bench`), and the figures are printed and written to
+run, alternately (see :func:`exporters.measure.ort`), and the figures are printed and written to
 ``benchmarks/results/onnx_latency_<name>_<UTC time>.json``.
 
 Usage::
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
 
-    from exporters import bench
+    from exporters.measure import ort as bench
 
     tmp = None
     work = args.export_dir

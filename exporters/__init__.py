@@ -14,9 +14,9 @@ Example:
     >>> export_onnx("pruned_hf", "pruned_onnx")                          # doctest: +SKIP
     >>> print(bench("pruned_onnx", baseline_dir="dense_onnx").table())   # doctest: +SKIP
 """
-from .bench import BenchReport, ModelBench, bench
-from .gguf_export import export_gguf
-from .onnx import ExportResult, export_onnx
-from .safetensors import export_safetensors
+from exporters.gguf.export import export_gguf
+from exporters.measure.ort import BenchReport, ModelBench, bench
+from exporters.onnx.export import ExportResult, export_onnx
+from exporters.safetensors import export_safetensors
 
 __all__ = ["BenchReport", "ExportResult", "ModelBench", "bench", "export_gguf", "export_onnx", "export_safetensors"]

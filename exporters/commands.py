@@ -145,13 +145,13 @@ def export_cmd(ctx, model_dir, fmt, out, force, no_validate, quantize, gguf_type
     if fmt == "safetensors":
         if int8 or opset is not None:
             raise ConfigError("--quantize int8 and --opset only apply to --format onnx")
-        from .safetensors import export_safetensors
+        from exporters.safetensors import export_safetensors
 
         res = export_safetensors(model_dir, out, force=force, allow_pickle=allow_pickle,
                                  trust_remote_code=trust_remote_code)
         click.echo(f"Saved {res.path} ({_mib(res.total_bytes)}, {len(res.files)} files) in {res.seconds:.1f} s")
         return
-    from .onnx import export_onnx
+    from exporters.onnx.export import export_onnx
 
     res = export_onnx(model_dir, out, force=force, validate=not no_validate, int8=int8, atol=atol, rtol=rtol,
                       noise_factor=noise_factor, opset=opset, threads=threads, allow_pickle=allow_pickle,
@@ -209,7 +209,7 @@ def _echo_parity(par) -> None:
 
 def _export_genai(model_dir, out, force, validate, int4, atol, rtol, noise_factor, threads, allow_pickle,
                   trust_remote_code):
-    from .genai import export_onnx_genai
+    from exporters.onnx.genai import export_onnx_genai
 
     res = export_onnx_genai(model_dir, out, precision="int4" if int4 else "fp32", force=force, validate=validate,
                             atol=atol, rtol=rtol, noise_factor=noise_factor, threads=threads,
@@ -235,8 +235,8 @@ def _export_genai(model_dir, out, force, validate, int4, atol, rtol, noise_facto
 
 
 def _export_gguf(model_dir, out, force, validate, gguf_type, tokenizer_pre, threads, allow_pickle, trust_remote_code):
-    from .gguf_export import export_gguf
-    from .gguf_write import check_gguf_type
+    from exporters.gguf.export import export_gguf
+    from exporters.gguf.write import check_gguf_type
 
     check_gguf_type(gguf_type)  # before loading anything
     res = export_gguf(model_dir, out, gguf_type=gguf_type, force=force, validate=validate,
@@ -288,7 +288,7 @@ def bench_cmd(onnx_dir, baseline, device, provider, threads, runs, warmup, promp
 
     A folder written by `compress export --format gguf` (or a .gguf file) is timed in llama.cpp instead:
     prefill at --prompt-lengths and the mean one-token decode step after --context tokens (batch 1 only),
-    from llama.cpp's own timings (exporters/gguf_bench.py).
+    from llama.cpp's own timings (exporters/measure/gguf.py).
 
     ONNX_DIR must be a folder written by `compress export --format onnx`; a Hugging Face folder is refused
     with the export command to run (benchmarks/onnx_latency.py exports and benchmarks in one go).
@@ -305,7 +305,7 @@ def bench_cmd(onnx_dir, baseline, device, provider, threads, runs, warmup, promp
         click.echo(f"note: --provider is deprecated and will be removed in the next release; use --device {provider}",
                    err=True)
     provider = device or provider or "cpu"
-    from .gguf_bench import bench_gguf, find_gguf_file
+    from exporters.measure.gguf import bench_gguf, find_gguf_file
 
     if find_gguf_file(onnx_dir) is not None:
         if provider != "cpu":
@@ -319,7 +319,7 @@ def bench_cmd(onnx_dir, baseline, device, provider, threads, runs, warmup, promp
             click.echo(f"note: {note}", err=True)
         click.echo(f"Report: {rep.json_path}")
         return
-    from .bench import bench
+    from exporters.measure.ort import bench
 
     rep = bench(onnx_dir, baseline, provider=provider, threads=threads, runs=runs, warmup=warmup,
                 prompt_lengths=_int_list(prompt_lengths, "--prompt-lengths"),

@@ -20,9 +20,8 @@ from compressor.core.io import WRITE_FAULT_ERRNOS, atomic_output_dir, check_outp
 from compressor.core.lock import locks_output
 from compressor.modeling.save import add_legacy_rope_keys, save_tokenizer
 from compressor.modeling.sizes import is_per_layer
-
-from .loading import load_for_export
-from .report import ExportResult, list_files, model_summary, versions, write_report
+from exporters.loading import load_for_export
+from exporters.report import ExportResult, list_files, model_summary, versions, write_report
 
 
 @locks_output

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from compressor.core.errors import ConfigError, DependencyMissingError, ModelLoadError
 from exporters import BenchReport, bench, export_onnx
-from exporters.bench import count_params, flops_per_token, model_dims
+from exporters.measure.ort import count_params, flops_per_token, model_dims
 from tests.conftest import EXPORT_CASES
 
 FAST = {"runs": 3, "warmup": 1, "prompt_lengths": (16, 32), "decode_batches": (1, 2), "context": 8, "threads": 1,
@@ -44,7 +44,7 @@ def test_bench_with_baseline(onnx_dirs, tmp_path):
         assert r[f"latency.{case}"] == pytest.approx(want)
     assert r["flops_per_token"] == pytest.approx(rep.model.flops_per_token / rep.baseline.flops_per_token)
     assert r["flops_per_token"] < 1
-    from exporters.bench import flops_per_token
+    from exporters.measure.ort import flops_per_token
 
     ctx = data["settings"]["context"]
     for case, t in (("prefill_16", 8.5), ("prefill_32", 16.5), ("decode_b1", ctx + 1)):  # mean attention context

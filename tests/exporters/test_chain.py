@@ -11,7 +11,7 @@ def test_prune_save_export_ort_bench(tmp_path):
     from compressor import PruneConfig, prune, save_model_folder
     from compressor.core.ort import ort_session
     from exporters import bench, export_onnx
-    from exporters.decode import OrtDecoder
+    from exporters.onnx.decode import OrtDecoder
 
     tok = tiny_tokenizer()
     dense = tiny_model("llama-gqa")  # 6 query heads over 2 KV heads, head_dim 8, hidden 96

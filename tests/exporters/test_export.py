@@ -170,7 +170,7 @@ def test_optimum_exporter_without_optimum_names_the_install(tiny_llama_dir, tmp_
 
     monkeypatch.setitem(sys.modules, "optimum", None)  # `import optimum...` now raises ImportError
     monkeypatch.setitem(sys.modules, "optimum.exporters", None)
-    monkeypatch.setitem(sys.modules, "optimum.exporters.onnx", None)
+    monkeypatch.setitem(sys.modules, "optimum.exporters.onnx.export", None)
     out = tmp_path / "o"
     with pytest.raises(DependencyMissingError) as ei:
         export_onnx(tiny_llama_dir("dense-mha"), out, exporter="optimum")
@@ -193,7 +193,7 @@ def test_generate_check_without_optimum_runs_in_onnxruntime(tiny_llama_dir, tmp_
     with PyTorch: a model that computes something else than the graph fails it."""
     import sys
 
-    from exporters.validation import validate_generate
+    from exporters.onnx.validation import validate_generate
     from tests.tiny import tiny_tokenizer
 
     monkeypatch.setitem(sys.modules, "optimum", None)  # `import optimum...` now raises ImportError
@@ -238,7 +238,7 @@ def test_large_graph_weights_become_one_data_file(tiny_llama_dir, tmp_path):
     model.onnx + model.onnx_data (optimum's layout) computing the same (simulated on a tiny graph)."""
     import onnx
 
-    from exporters.torch_onnx import _move_graph
+    from exporters.onnx.torch_export import _move_graph
 
     _export(tiny_llama_dir("dense-gqa"), tmp_path / "o", validate=False)
     scratch = tmp_path / "scratch"
@@ -414,7 +414,7 @@ def test_report_is_valid_json_with_sizes(tiny_llama_dir, tmp_path):
 
 def test_fp64_noise_floor_fallback(tiny_llama_dir, tmp_path):
     """The float64 fallback accepts fp32 rounding noise but not a real mismatch."""
-    from exporters.onnx import validate_parity
+    from exporters.onnx.export import validate_parity
 
     src = tiny_llama_dir("pruned-gqa")
     _export(src, tmp_path / "o", validate=False)
@@ -525,7 +525,7 @@ def test_onnx_export_of_per_layer_model_parity(per_layer_folders, per_layer_onnx
     assert cfg["model_type"] == "llama" and "auto_map" not in cfg
     assert cfg["lorapress_export"]["per_layer"]["per_layer_intermediate_size"] == [40, 8, 16]
     assert not any((out / f).exists() for f in REMOTE_CODE_FILES)
-    from exporters.bench_inputs import count_params, flops_per_token, model_dims
+    from exporters.measure.inputs import count_params, flops_per_token, model_dims
 
     dims = model_dims(cfg)  # the bench counts every layer's real widths, not the scalars
     assert count_params(dims) == sum(p.numel() for p in merged.parameters())

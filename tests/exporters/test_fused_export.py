@@ -106,7 +106,7 @@ def test_optimize_then_int8(fused_dir, tmp_path):
 @needs_genai
 @pytest.mark.parametrize("case,model_type", [(c, "llama") for c in FUSED_CASES] + [("pruned-gqa-tied", "qwen2")])
 def test_genai_export_matches_pytorch(case, model_type, fused_dir, tmp_path):
-    from exporters.genai import export_onnx_genai
+    from exporters.onnx.genai import export_onnx_genai
 
     out = tmp_path / "genai"
     res = export_onnx_genai(fused_dir(case, model_type), out, threads=1, prompts=PROMPTS)
@@ -130,7 +130,7 @@ def test_genai_export_matches_pytorch(case, model_type, fused_dir, tmp_path):
 
 @needs_genai
 def test_genai_int4_within_tolerance(fused_dir, tmp_path):
-    from exporters.genai import export_onnx_genai
+    from exporters.onnx.genai import export_onnx_genai
 
     out = tmp_path / "int4"
     res = export_onnx_genai(fused_dir("pruned-gqa-tied"), out, precision="int4", threads=1, prompts=PROMPTS)
@@ -146,7 +146,7 @@ def test_genai_int4_within_tolerance(fused_dir, tmp_path):
 
 @needs_genai
 def test_genai_int4_outside_tolerance_raises(fused_dir, tmp_path):
-    from exporters.genai import export_onnx_genai
+    from exporters.onnx.genai import export_onnx_genai
 
     out = tmp_path / "int4"
     with pytest.raises(ValidationError, match="int4 graph is outside its tolerance"):
@@ -159,7 +159,7 @@ def test_genai_refusals(fused_dir, tiny_llama_dir, tmp_path):
     from transformers import AutoConfig
 
     from compressor.modeling.perlayer import per_layer_config
-    from exporters.genai import check_genai_model, export_onnx_genai
+    from exporters.onnx.genai import check_genai_model, export_onnx_genai
 
     cfg = AutoConfig.from_pretrained(fused_dir("dense-gqa"))
     with pytest.raises(UnsupportedArchitectureError, match="per-layer widths"):
@@ -172,7 +172,7 @@ def test_genai_refusals(fused_dir, tiny_llama_dir, tmp_path):
 
 @needs_genai
 def test_bench_genai_beside_optimum(fused_dir, tmp_path):
-    from exporters.genai import export_onnx_genai
+    from exporters.onnx.genai import export_onnx_genai
 
     src = fused_dir("pruned-gqa-tied")
     export_onnx_genai(src, tmp_path / "g", validate=False)

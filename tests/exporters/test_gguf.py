@@ -19,7 +19,7 @@ from compressor.core.errors import (
 )
 from compressor.modeling.sizes import rope_theta
 from exporters import export_gguf
-from exporters.gguf_write import interleave_rope_rows
+from exporters.gguf.write import interleave_rope_rows
 from tests.tiny import CASES, per_layer_masked, tiny_bpe_tokenizer, tiny_model
 
 VOCAB = 320  # the byte-level BPE tokenizer needs the 256 byte symbols + specials + a few merges
@@ -255,7 +255,7 @@ def test_missing_xllamacpp(tok, tmp_path, monkeypatch):
 def test_pre_tokenizer_detection(tok):
     from tokenizers import pre_tokenizers
 
-    from exporters.gguf_vocab import pre_tokenizer_name
+    from exporters.gguf.vocab import pre_tokenizer_name
 
     assert pre_tokenizer_name(tok)[0] == "gpt-2"
     t2 = tiny_bpe_tokenizer(VOCAB)
@@ -328,8 +328,8 @@ def test_gguf_deci_parity_in_llamacpp(case, tmp_path):
     assert meta["deci.attention.head_count"] == list(c.per_layer_num_attention_heads)
     assert meta["deci.attention.head_count_kv"] == list(c.per_layer_num_key_value_heads)
     assert meta["deci.attention.key_length"] == groups.layers[0].head_dim
-    from exporters.bench_inputs import count_params
-    from exporters.gguf_bench import gguf_dims
+    from exporters.measure.gguf import gguf_dims
+    from exporters.measure.inputs import count_params
 
     dims, _ = gguf_dims(tmp_path / "g" / "model.gguf")
     assert count_params(dims) == sum(p.numel() for p in merged.parameters())

@@ -77,7 +77,7 @@ def test_builtin_prune_reload_generate_export(name, ratio, tmp_path):
     try:  # stock optimum where installed (floor stack), else greedy generation in plain ONNX Runtime
         from optimum.onnxruntime import ORTModelForCausalLM
     except ImportError:
-        from exporters.validation import validate_generate
+        from exporters.onnx.validation import validate_generate
 
         assert validate_generate(m, onnx, tok, prompts=[PROBE], max_new_tokens=5, runner="onnxruntime")["all_equal"]
     else:

@@ -83,9 +83,9 @@ def compare_logprobs(ref, got) -> dict[str, float]:
 def validate_logprobs(model, lc, gguf_type: str, prompts: list[list[int]], *,
                       tolerances: dict[str, float] | None = None, safe_token: int | None = None,
                       raise_on_fail: bool = True) -> dict[str, Any]:
-    """Compare llama.cpp (``lc``, a :class:`exporters.llamacpp.LlamaCpp`) with PyTorch on ``prompts``.
+    """Compare llama.cpp (``lc``, a :class:`exporters.gguf.llamacpp.LlamaCpp`) with PyTorch on ``prompts``.
 
-    ``safe_token``: see :meth:`exporters.llamacpp.LlamaCpp.next_token_logprobs`.
+    ``safe_token``: see :meth:`exporters.gguf.llamacpp.LlamaCpp.next_token_logprobs`.
 
     Returns:
         ``{"type", "tolerance", "prompts": [{"len", figures...}], "max_abs_diff", "mean_abs_diff", "mean_kl",

@@ -21,7 +21,7 @@ text (:data:`CHECK_TEXT`) is looked up in :data:`PRE_BY_HASH` (hashes of known t
 because a tokenizer rebuilt from a GGUF file (the built-in SmolLM2) adds a BOS the original did not. A
 tokenizer not in the table is recognised by the structure of its ``pre_tokenizer`` (:data:`PRE_BY_STRUCTURE`,
 e.g. a lone GPT-2 ``ByteLevel`` is ``gpt-2``). Anything else must be named with ``tokenizer_pre=``. The
-validation (:mod:`exporters.gguf_validation`) then checks llama.cpp's tokenization against the tokenizer's.
+validation (:mod:`exporters.gguf.validation`) then checks llama.cpp's tokenization against the tokenizer's.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What :func:`exporters.bench.bench` measured: :class:`ModelBench` per folder, :class:`BenchReport` with the ratios."""
+"""What :func:`exporters.measure.ort.bench` measured: :class:`ModelBench` per folder, :class:`BenchReport` with the ratios."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field

@@ -9,8 +9,7 @@ from compressor.core.errors import ExportError, ValidationError
 from compressor.core.optional import require
 from compressor.core.ort import ort_session
 from compressor.modeling.sizes import model_sizes
-
-from .decode import OrtDecoder
+from exporters.onnx.decode import OrtDecoder
 
 #: Short English text for the int8 perplexity-style check (teacher-forced NLL, fp32 vs int8).
 INT8_CHECK_TEXT = (

@@ -5,8 +5,8 @@ validation figures and tolerances, sizes). Written atomically: everything goes t
 that is renamed into place only after validation passed; a failed validation deletes it and raises
 :class:`ValidationError` with the measured figures, leaving ``out`` untouched.
 
-Split by concern: :mod:`exporters.gguf_write` (metadata and tensors), :mod:`exporters.gguf_vocab` (the
-tokenizer), :mod:`exporters.gguf_validation` (log-prob and tokenizer checks), :mod:`exporters.llamacpp`
+Split by concern: :mod:`exporters.gguf.write` (metadata and tensors), :mod:`exporters.gguf.vocab` (the
+tokenizer), :mod:`exporters.gguf.validation` (log-prob and tokenizer checks), :mod:`exporters.gguf.llamacpp`
 (llama.cpp through ``xllamacpp``). Validation needs ``xllamacpp`` (``pip install "lorapress[gguf]"``);
 without it the export refuses to start unless ``validate=False`` (``--no-validate``).
 
@@ -26,13 +26,18 @@ from typing import Any
 from compressor.core.errors import DependencyMissingError
 from compressor.core.io import atomic_output_dir, check_output_dir
 from compressor.core.lock import locks_output
-
-from .gguf_validation import CHECK_TEXTS, TOLERANCES, prompt_ids, validate_logprobs, validate_tokenizer
-from .gguf_vocab import build_vocab
-from .gguf_write import GGUF_ARCH, GGUF_TYPES, check_exportable, check_gguf_type, write_gguf
-from .llamacpp import INSTALL_HINT, LlamaCpp, import_llamacpp
-from .loading import load_for_export
-from .report import ExportResult, list_files, model_summary, versions, write_report
+from exporters.gguf.llamacpp import INSTALL_HINT, LlamaCpp, import_llamacpp
+from exporters.gguf.validation import (
+    CHECK_TEXTS,
+    TOLERANCES,
+    prompt_ids,
+    validate_logprobs,
+    validate_tokenizer,
+)
+from exporters.gguf.vocab import build_vocab
+from exporters.gguf.write import GGUF_ARCH, GGUF_TYPES, check_exportable, check_gguf_type, write_gguf
+from exporters.loading import load_for_export
+from exporters.report import ExportResult, list_files, model_summary, versions, write_report
 
 __all__ = ["GGUF_ARCH", "GGUF_FILE", "GGUF_TYPES", "TOLERANCES", "export_gguf"]
 
@@ -51,14 +56,14 @@ def export_gguf(model, out: str | os.PathLike, *, gguf_type: str = "f32", force:
         model: HF model folder (as written by ``compress prune``), ``.gguf`` file, built-in name
             (``smollm2-135m``) or a loaded float32 ``PreTrainedModel`` (then pass ``tokenizer``).
         out: output folder; written atomically.
-        gguf_type: ``f32`` (default), ``f16`` or ``q8_0`` (see :mod:`exporters.gguf_write`).
+        gguf_type: ``f32`` (default), ``f16`` or ``q8_0`` (see :mod:`exporters.gguf.write`).
         force: replace a non-empty ``out`` (default False: :class:`OutputExistsError`).
         validate: load the file in llama.cpp and compare next-token log-probabilities with PyTorch and the
             embedded tokenizer with the HF one (default True; needs ``xllamacpp``).
         tokenizer: tokenizer of a loaded model (a spec's own tokenizer is used otherwise). Required: llama.cpp
             reads the tokenizer from the file.
         tokenizer_pre: llama.cpp's BPE pre-tokenizer name, overriding the detection (default: detected, see
-            :mod:`exporters.gguf_vocab`).
+            :mod:`exporters.gguf.vocab`).
         threads: llama.cpp CPU threads for validation (default 1).
         tolerances: replace the gates of ``gguf_type`` (default :data:`TOLERANCES`).
         allow_pickle / trust_remote_code: for a model spec, as for :func:`compressor.modeling.loading.load_model` (both

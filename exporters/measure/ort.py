@@ -32,14 +32,14 @@ FLOPs per token (forward, from the exported ``config.json``; multiply-add = 2 FL
 
 with ``L`` layers, ``h`` hidden size, ``H`` query heads, ``K`` KV heads, ``d`` head_dim, ``I``
 intermediate size, ``V`` vocabulary and ``T = context`` (``h`` is the model's real hidden size, also for
-head-pruned exports whose config.json carries an adjusted one, see :mod:`exporters.ort_config`). Embedding
+head-pruned exports whose config.json carries an adjusted one, see :mod:`exporters.onnx.ort_config`). Embedding
 lookup, norms, RoPE, softmax and activations (O(h) per layer) are left out. Parameter count is from the same
 config: embedding, the linear layers above, norms and biases (lm_head not counted twice when tied). Both
 formulas live in :mod:`compressor.modeling.flops`, which counts a layer's projections with the pruning schedule's
 :func:`compressor.algorithm.schedule.layer_params`.
 
-Split by concern: :mod:`exporters.bench_inputs` (folder, config, counts, feeds), :mod:`exporters.bench_memory`
-(the child-process memory probe), :mod:`exporters.bench_report` (the result classes and the table); this
+Split by concern: :mod:`exporters.measure.inputs` (folder, config, counts, feeds), :mod:`exporters.measure.memory`
+(the child-process memory probe), :mod:`exporters.measure.report` (the result classes and the table); this
 module times the cases and re-exports their public names.
 
 Example:
@@ -62,10 +62,16 @@ from compressor.core.errors import ConfigError
 from compressor.core.io import write_json
 from compressor.core.ort import PROVIDERS, import_ort, ort_session, providers_for
 from compressor.modeling.flops import FLOPS_FORMULA
-
-from .bench_inputs import count_params, find_onnx_file, flops_per_token, make_feed, model_dims, read_config
-from .bench_memory import measure_peak_rss
-from .bench_report import BENCH_REPORT_FILE, BenchReport, ModelBench, check_report_free, compare
+from exporters.measure.inputs import (
+    count_params,
+    find_onnx_file,
+    flops_per_token,
+    make_feed,
+    model_dims,
+    read_config,
+)
+from exporters.measure.memory import measure_peak_rss
+from exporters.measure.report import BENCH_REPORT_FILE, BenchReport, ModelBench, check_report_free, compare
 
 __all__ = ["BENCH_REPORT_FILE", "PROVIDERS", "BenchReport", "ModelBench", "bench", "count_params", "find_onnx_file",
            "flops_per_token", "kv_bytes_per_sequence", "make_feed", "measure_peak_rss", "model_dims"]

@@ -1,7 +1,7 @@
 """llama.cpp latency of a GGUF export (``compress bench GGUF_DIR``), optionally side by side with a baseline.
 
-Same report as the ONNX benchmark (:class:`exporters.bench_report.BenchReport`), measured through llama.cpp's
-server in-process (:class:`exporters.llamacpp.LlamaCpp`, one slot, CPU, ``threads`` threads, f16 KV cache as
+Same report as the ONNX benchmark (:class:`exporters.measure.report.BenchReport`), measured through llama.cpp's
+server in-process (:class:`exporters.gguf.llamacpp.LlamaCpp`, one slot, CPU, ``threads`` threads, f16 KV cache as
 llama.cpp runs by default) and timed by the server itself (``timings`` of each completion):
 
 * **prefill_N**: ``prompt_ms`` of a batch-1 prompt of ``N`` random token ids (prompt cache off);
@@ -26,10 +26,9 @@ from typing import Any
 from compressor.core.errors import ConfigError, ModelLoadError
 from compressor.core.io import write_json
 from compressor.modeling.flops import FLOPS_FORMULA
-
-from .bench_inputs import count_params, flops_per_token
-from .bench_report import BENCH_REPORT_FILE, BenchReport, ModelBench, check_report_free, compare
-from .llamacpp import LlamaCpp, import_llamacpp
+from exporters.gguf.llamacpp import LlamaCpp, import_llamacpp
+from exporters.measure.inputs import count_params, flops_per_token
+from exporters.measure.report import BENCH_REPORT_FILE, BenchReport, ModelBench, check_report_free, compare
 
 
 def find_gguf_file(path: str | os.PathLike) -> Path | None:

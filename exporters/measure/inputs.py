@@ -12,8 +12,7 @@ from compressor.core.errors import ModelLoadError
 from compressor.modeling.flops import count_params as _count_params
 from compressor.modeling.flops import flops_per_token as _flops_per_token
 from compressor.modeling.sizes import ModelSizes, model_sizes
-
-from .ort_config import true_hidden_size, true_per_layer
+from exporters.onnx.ort_config import true_hidden_size, true_per_layer
 
 
 def find_onnx_file(folder: str | os.PathLike, file_name: str | None = None) -> Path:
@@ -63,7 +62,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 def model_dims(cfg: dict[str, Any]) -> dict[str, Any]:
     """Sizes used for counting, from an exported ``config.json`` dict (the real hidden size and per-layer widths,
-    see :func:`exporters.ort_config.true_hidden_size` / :func:`~exporters.ort_config.true_per_layer`); the
+    see :func:`exporters.onnx.ort_config.true_hidden_size` / :func:`~exporters.onnx.ort_config.true_per_layer`); the
     fields of :class:`compressor.modeling.sizes.ModelSizes`."""
     return asdict(model_sizes(cfg | true_per_layer(cfg), hidden_size=true_hidden_size(cfg)))
 

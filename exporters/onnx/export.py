@@ -9,14 +9,14 @@ outputs ``logits`` and ``present.{i}.key/value``. The folder also holds ``config
 Two exporters write the graph (``exporter=``, ``--exporter``); the report's ``"exporter"`` names the one used:
 
 * ``"torch"`` (default): torch's own exporter traces the Hugging Face model through a wrapper with optimum's
-  graph I/O (:mod:`exporters.torch_onnx`); needs no optimum, works with transformers 4.57 and 5.
+  graph I/O (:mod:`exporters.onnx.torch_export`); needs no optimum, works with transformers 4.57 and 5.
 * ``"optimum"``: optimum's ``onnx_export_from_model``; needs ``pip install "lorapress[optimum]"``, whose
   optimum-onnx 0.1.0 requires transformers < 4.58.
 
-The export is split by concern: :mod:`exporters.torch_onnx` (the torch exporter), :mod:`exporters.ort_config`
+The export is split by concern: :mod:`exporters.onnx.torch_export` (the torch exporter), :mod:`exporters.onnx.ort_config`
 (the ``config.json`` adjustment a head-pruned model needs for optimum's ``ORTModelForCausalLM``),
-:mod:`exporters.validation` (fp32 parity and greedy generation), :mod:`exporters.int8` (quantization and its
-looser check), :mod:`exporters.decode` (the PyTorch and ONNX Runtime decode loops they compare) and
+:mod:`exporters.onnx.validation` (fp32 parity and greedy generation), :mod:`exporters.onnx.int8` (quantization and its
+looser check), :mod:`exporters.onnx.decode` (the PyTorch and ONNX Runtime decode loops they compare) and
 :mod:`exporters.report` (``export_report.json``). This module composes them and re-exports their public names.
 
 Validation (on by default; a failure raises :class:`ValidationError` and leaves ``out`` untouched)
@@ -53,12 +53,11 @@ from compressor.core.quiet import quiet_onnx_export
 from compressor.modeling.architectures import check_onnx
 from compressor.modeling.loading import is_onnx_folder
 from compressor.modeling.save import add_legacy_rope_keys, drop_gguf_tokenizer_model, save_tokenizer
-
-from .int8 import INT8_CHECK_TEXT, INT8_EXCLUDE_DEFAULT, quantize_int8, validate_int8
-from .loading import load_for_export
-from .ort_config import CONFIG_KEY, adjust_config_for_ort, per_layer_widths, true_hidden_size
-from .report import REPORT_FILE, ExportResult, list_files, model_summary, versions, write_report
-from .validation import DEFAULT_PROMPTS, ONNX_FILE, validate_generate, validate_parity
+from exporters.loading import load_for_export
+from exporters.onnx.int8 import INT8_CHECK_TEXT, INT8_EXCLUDE_DEFAULT, quantize_int8, validate_int8
+from exporters.onnx.ort_config import CONFIG_KEY, adjust_config_for_ort, per_layer_widths, true_hidden_size
+from exporters.onnx.validation import DEFAULT_PROMPTS, ONNX_FILE, validate_generate, validate_parity
+from exporters.report import REPORT_FILE, ExportResult, list_files, model_summary, versions, write_report
 
 __all__ = [
     "CONFIG_KEY", "DEFAULT_PROMPTS", "EXPORTERS", "INT8_CHECK_TEXT", "INT8_EXCLUDE_DEFAULT", "ONNX_FILE",
@@ -76,9 +75,9 @@ TORCH_MAX_OPSET = 20
 def require_optimum_exporter() -> None:
     """Import optimum's ONNX exporter, or raise :class:`DependencyMissingError` saying how to get it."""
     try:
-        import optimum.exporters.onnx  # noqa: F401
+        import optimum.exporters.onnx.export  # noqa: F401
     except ImportError as exc:
-        from .report import versions
+        from exporters.report import versions
 
         have = versions().get("transformers")
         raise DependencyMissingError(
@@ -129,10 +128,10 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         allow_pickle / trust_remote_code: load pickle weights / run the model folder's own code (default
             off, see :func:`compressor.modeling.loading.load_model`).
         optimize: fuse the graph with ONNX Runtime's transformer optimizer before validation (default False;
-            ``RotaryEmbedding`` and ``SkipSimplifiedLayerNormalization``, see :mod:`exporters.fusion`); the
+            ``RotaryEmbedding`` and ``SkipSimplifiedLayerNormalization``, see :mod:`exporters.onnx.fusion`); the
             report's ``"optimize"`` holds the op counts before and after. With ``int8`` the fused graph is
             quantized.
-        exporter: ``"torch"`` (default): torch's own exporter traces the model (:mod:`exporters.torch_onnx`), no
+        exporter: ``"torch"`` (default): torch's own exporter traces the model (:mod:`exporters.onnx.torch_export`), no
             optimum needed; ``"optimum"``: optimum's ``onnx_export_from_model`` (``pip install "lorapress[optimum]"``,
             transformers < 4.58). The report's ``"exporter"`` records it.
 
@@ -204,7 +203,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
         report["outputs"] = [o.name for o in proto.graph.output]
         del proto
         if optimize:
-            from .fusion import optimize_onnx_graph
+            from exporters.onnx.fusion import optimize_onnx_graph
 
             t0 = time.perf_counter()
             report["optimize"] = optimize_onnx_graph(onnx_path, model.config)
@@ -250,7 +249,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
 
 def _export_with_optimum(model, tmp: Path, opset: int | None) -> None:
     """``model.onnx``, ``config.json`` and ``generation_config.json`` written by optimum's exporter."""
-    from optimum.exporters.onnx import onnx_export_from_model
+    from optimum.exporters.onnx.export import onnx_export_from_model
 
     from compressor.modeling.perlayer import as_stock
 
@@ -275,8 +274,7 @@ def _export_with_torch(model, tmp: Path, opset: int | None) -> dict[str, Any]:
     would write beside it (a per-layer model's stock config: its scalars hold the widest layer, and
     :func:`adjust_config_for_ort` records the real widths). Returns the report's ``"torch_export"``."""
     from compressor.modeling.perlayer import as_stock
-
-    from .torch_onnx import export_torch_onnx
+    from exporters.onnx.torch_export import export_torch_onnx
 
     info = export_torch_onnx(model, tmp / ONNX_FILE, opset=opset)
     try:

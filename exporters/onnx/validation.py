@@ -19,10 +19,9 @@ from compressor.core.errors import ConfigError, ExportError, ValidationError
 from compressor.core.optional import require
 from compressor.core.ort import ort_session
 from compressor.modeling.sizes import model_sizes
+from exporters.onnx.decode import OrtDecoder, max_abs, ort_run, pt_run
 
-from .decode import OrtDecoder, max_abs, ort_run, pt_run
-
-#: Name of the ONNX graph inside an exported folder (optimum's standard name; re-exported by :mod:`exporters.onnx`).
+#: Name of the ONNX graph inside an exported folder (optimum's standard name; re-exported by :mod:`exporters.onnx.export`).
 ONNX_FILE = "model.onnx"
 
 DEFAULT_PROMPTS = (
@@ -214,7 +213,7 @@ def _eos_ids(model) -> set[int]:
 
 class _OrtGreedy:
     """Greedy generation over an exported folder's ``model.onnx`` in plain ONNX Runtime, with its KV cache
-    (:class:`exporters.decode.OrtDecoder`): argmax of the last position, stop after ``max_new_tokens`` or an EOS."""
+    (:class:`exporters.onnx.decode.OrtDecoder`): argmax of the last position, stop after ``max_new_tokens`` or an EOS."""
 
     def __init__(self, model, folder: Path, threads: int | None):
         sizes = model_sizes(model.config)
@@ -263,7 +262,7 @@ def validate_generate(model, folder: Path, tokenizer=None, *, prompts: Sequence[
     """Greedy generation from the exported ``folder`` vs PyTorch's greedy ``generate()``, per prompt.
 
     ``runner``: ``"optimum"`` runs ``generate()`` of stock optimum's ``ORTModelForCausalLM.from_pretrained(folder)``,
-    which also checks that the folder's config works with its KV cache sizing (:mod:`exporters.ort_config`);
+    which also checks that the folder's config works with its KV cache sizing (:mod:`exporters.onnx.ort_config`);
     ``"onnxruntime"`` runs a greedy loop with the KV cache over ``folder/model.onnx`` in plain ONNX Runtime
     (``threads`` intra-op threads) against plain greedy ``generate()`` (argmax, stop at EOS; the model's own
     generation config is set aside for it, see :func:`_plain_greedy`);

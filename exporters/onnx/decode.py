@@ -6,7 +6,7 @@ Both sides return ``{output name: [2-D float64 arrays]}`` with the same names (`
 """
 from __future__ import annotations
 
-from .torch_onnx import cache_tensors
+from exporters.onnx.torch_export import cache_tensors
 
 
 def kv_layout(session) -> tuple[list[str], list[str], dict[str, tuple]]:

@@ -6,8 +6,7 @@ from typing import Any
 
 from compressor.core.memory import peak_rss_mb
 from compressor.core.ort import ort_session
-
-from .bench_inputs import make_feed
+from exporters.measure.inputs import make_feed
 
 
 def _memory_probe(path: str, provider: str, threads: int, dims: dict[str, Any], cases: list, conn) -> None:

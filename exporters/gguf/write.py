@@ -10,7 +10,7 @@ Metadata (``{arch}.*``): ``block_count``, ``context_length`` (``max_position_emb
 ``head_dim != hidden_size / num_attention_heads``, which llama.cpp would otherwise assume),
 ``rope.dimension_count`` (= head_dim), ``rope.freq_base``, rope scaling (linear, yarn; llama3 as a
 ``rope_freqs`` tensor of per-frequency divisors), ``attention.layer_norm_rms_epsilon``, ``vocab_size``,
-``general.file_type``; then the tokenizer (:mod:`exporters.gguf_vocab`).
+``general.file_type``; then the tokenizer (:mod:`exporters.gguf.vocab`).
 
 Tensors (llama.cpp names, from ``gguf.TENSOR_NAMES``): ``token_embd``, ``blk.N.{attn_norm, attn_q, attn_k,
 attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}``, ``output_norm`` and ``output`` (only when the
@@ -43,8 +43,7 @@ from typing import Any
 
 from compressor.core.errors import ConfigError, UnsupportedArchitectureError
 from compressor.modeling.sizes import ModelSizes, model_sizes, rope_theta, stock_model_type
-
-from .gguf_vocab import GGUFVocab, write_vocab
+from exporters.gguf.vocab import GGUFVocab, write_vocab
 
 #: Hugging Face model_type -> llama.cpp architecture name.
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}

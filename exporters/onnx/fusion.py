@@ -10,7 +10,7 @@ What it fuses on optimum's LLaMA-family graph (onnxruntime 1.32, measured on tin
 ``RotaryEmbedding`` (2 per layer: q and k) and ``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm);
 the attention itself is *not* fused (the optimizer's ``FusionRotaryAttention`` matches the graphs of ORT's
 own LLaMA exporter, not optimum's), so each layer keeps its MatMul / Softmax attention. Nodes a CPU session
-runs for a 2-layer tiny LLaMA: 264 -> 194 (onnxruntime-genai's graph: 29, see :mod:`exporters.genai`).
+runs for a 2-layer tiny LLaMA: 264 -> 194 (onnxruntime-genai's graph: 29, see :mod:`exporters.onnx.genai`).
 
 ``num_heads`` / ``hidden_size`` given to the optimizer are the attention's: ``num_attention_heads`` and
 ``num_attention_heads * head_dim`` (not the model's hidden size, which differs after head pruning); they are
@@ -31,8 +31,7 @@ from typing import Any
 from compressor.core.errors import ExportError
 from compressor.core.optional import require
 from compressor.modeling.sizes import model_sizes
-
-from .graph_ops import op_counts
+from exporters.onnx.graph_ops import op_counts
 
 #: ``optimize_model`` model type used (see the module docstring)
 OPTIMIZER_MODEL_TYPE = "gpt2"
@@ -45,7 +44,7 @@ def optimize_onnx_graph(onnx_path: Path, config: Any) -> dict[str, Any]:
 
     Returns:
         ``{"optimizer", "model_type", "opt_level", "num_heads", "hidden_size", "before": op_counts,
-        "after": op_counts}`` (see :func:`exporters.graph_ops.op_counts`).
+        "after": op_counts}`` (see :func:`exporters.onnx.graph_ops.op_counts`).
 
     Raises:
         ExportError: the optimizer failed; ``onnx_path`` is then left as it was.

@@ -1,6 +1,6 @@
 """Child-process entry that runs onnxruntime-genai's model builder on a saved Hugging Face folder.
 
-Run by :func:`exporters.genai.build_genai_graph` as ``python genai_build.py SRC OUT PRECISION CACHE [KEY=VALUE
+Run by :func:`exporters.onnx.genai.build_genai_graph` as ``python genai_build.py SRC OUT PRECISION CACHE [KEY=VALUE
 ...]`` (by file path, so it imports nothing from this project and cannot pick up another checkout's copy).
 It is a separate process because the builder appends its own folder to ``sys.path`` (top-level modules
 named ``builders`` and ``quantization``) and needs the two adjustments below, neither of which belongs in

@@ -1,11 +1,11 @@
 """``--format onnx-genai``: a fused decoder graph from onnxruntime-genai's model builder, validated against PyTorch.
 
 The builder (``onnxruntime_genai.models.builder``, onnxruntime-genai 0.18, run in a child process by
-:mod:`exporters.genai_build`) writes one decoder graph per model in which each layer is a handful of
+:mod:`exporters.onnx.genai_build`) writes one decoder graph per model in which each layer is a handful of
 ONNX Runtime contrib ops: ``SkipSimplifiedLayerNormalization`` (residual add + RMSNorm), one packed QKV
 ``MatMul``, ``GroupQueryAttention`` with the rotary embedding inside (``do_rotary=1``, cos/sin caches as
 initializers), ``o_proj``, ``gate_proj``/``up_proj``, SiLU, ``down_proj``. A CPU session runs 29 nodes for a
-2-layer tiny LLaMA, against 264 for optimum's graph (:mod:`exporters.graph_ops`). The builder takes
+2-layer tiny LLaMA, against 264 for optimum's graph (:mod:`exporters.onnx.graph_ops`). The builder takes
 ``head_dim`` from ``config.head_dim``, so head-pruned models (``head_dim != hidden_size / heads``) are built
 as they are; GQA and tied embeddings (the embedding is a ``Gather`` on the transposed ``lm_head``) too.
 
@@ -25,18 +25,18 @@ SmolLM2, Qwen2.5, LLaMA have 64 or 128), and architectures other than :data:`GEN
 
 Validation (on by default; a failure raises :class:`ValidationError` and leaves ``out`` untouched):
 
-* fp32 parity, as for ``--format onnx`` (:func:`exporters.validation.validate_parity`: logits and KV cache,
+* fp32 parity, as for ``--format onnx`` (:func:`exporters.onnx.validation.validate_parity`: logits and KV cache,
   prefill of a batch of 2 + 4 cached decode steps, ``max|ort - pt| <= atol + rtol * max|pt|`` with the
   float64 noise-floor fallback) with unpadded rows. With ``int4`` the fp32 graph is built and checked
   first, then deleted.
 * greedy generation through the ``onnxruntime_genai`` generator (``og.Generator``) == PyTorch's
   ``generate()`` on a few prompts (:func:`validate_genai_generate`), gated in fp32.
-* ``int4``: :func:`exporters.int8.validate_int8` with ``precision="int4"`` on the int4 graph: relative NLL
+* ``int4``: :func:`exporters.onnx.int8.validate_int8` with ``precision="int4"`` on the int4 graph: relative NLL
   increase <= ``int4_max_rel_nll_increase`` (default 10 %) and next-token agreement >= ``int4_min_top1_agreement``
   (default 0.7) where the fp32 top-2 margin is >= 0.25.
 
 Example:
-    >>> from exporters.genai import export_onnx_genai                        # doctest: +SKIP
+    >>> from exporters.onnx.genai import export_onnx_genai                        # doctest: +SKIP
     >>> res = export_onnx_genai("pruned_hf/", "pruned_genai/", force=True)  # doctest: +SKIP
     >>> res.report["graph"]["ort_optimized"]["fused"]["GroupQueryAttention"]  # doctest: +SKIP
     30
@@ -59,12 +59,11 @@ from compressor.core.optional import require
 from compressor.modeling.architectures import get_architecture
 from compressor.modeling.save import drop_gguf_tokenizer_model, save_tokenizer
 from compressor.modeling.sizes import is_per_layer, model_sizes
-
-from .graph_ops import matmulnbits_settings, op_counts
-from .int8 import INT8_CHECK_TEXT, validate_int8
-from .loading import load_for_export
-from .report import ExportResult, list_files, model_summary, versions, write_report
-from .validation import DEFAULT_PROMPTS, _prompt_ids, validate_parity
+from exporters.loading import load_for_export
+from exporters.onnx.graph_ops import matmulnbits_settings, op_counts
+from exporters.onnx.int8 import INT8_CHECK_TEXT, validate_int8
+from exporters.onnx.validation import DEFAULT_PROMPTS, _prompt_ids, validate_parity
+from exporters.report import ExportResult, list_files, model_summary, versions, write_report
 
 __all__ = ["GENAI_ARCHITECTURES", "GENAI_FORMAT", "GENAI_PRECISIONS", "build_genai_graph", "check_genai_model",
            "export_onnx_genai", "validate_genai_generate"]
@@ -119,7 +118,7 @@ def _require_builder() -> None:
 
 def build_genai_graph(hf_dir: Path, out: Path, precision: str, *, cache_dir: Path,
                       extra_options: Sequence[str] = ()) -> dict[str, Any]:
-    """Run the builder (:mod:`exporters.genai_build`) on the saved HF folder ``hf_dir`` into ``out``.
+    """Run the builder (:mod:`exporters.onnx.genai_build`) on the saved HF folder ``hf_dir`` into ``out``.
 
     Returns:
         ``{"seconds", "precision", "extra_options", "command"}``.
@@ -136,7 +135,7 @@ def build_genai_graph(hf_dir: Path, out: Path, precision: str, *, cache_dir: Pat
         raise ExportError(f"onnxruntime-genai's model builder failed (exit {proc.returncode}, precision {precision}): "
                           + " | ".join(tail))
     return {"seconds": time.perf_counter() - t0, "precision": precision, "extra_options": list(extra_options),
-            "command": "onnxruntime_genai.models.builder (via exporters/genai_build.py) -e cpu -p " + precision}
+            "command": "onnxruntime_genai.models.builder (via exporters/onnx/genai_build.py) -e cpu -p " + precision}
 
 
 def _eos_ids(config) -> set[int]:
@@ -157,7 +156,7 @@ def validate_genai_generate(model, folder: Path, tokenizer=None, *, prompts: Seq
     """Greedy generation through the ``onnxruntime_genai`` generator on ``folder`` vs PyTorch ``generate()``.
 
     Both sides stop at the first EOS; a divergence where PyTorch's top-2 logits at the first differing step
-    are within ``tie_tol`` is counted as a near-tie, not a failure (as :func:`exporters.validation.validate_generate`).
+    are within ``tie_tol`` is counted as a near-tie, not a failure (as :func:`exporters.onnx.validation.validate_generate`).
 
     Returns:
         ``{"runtime", "max_new_tokens", "tie_tol", "all_equal", "passed", "results": [...]}``.
@@ -228,7 +227,7 @@ def export_onnx_genai(model_dir, out: str | os.PathLike, *, precision: str = "fp
         force: replace a non-empty ``out``.
         validate: run the checks of the module docstring (default True).
         atol, rtol, noise_factor, decode_steps: fp32 parity tolerances and decode steps, as for
-            :func:`exporters.onnx.export_onnx` (defaults 1e-4, 1e-5, 8.0, 4).
+            :func:`exporters.onnx.export.export_onnx` (defaults 1e-4, 1e-5, 8.0, 4).
         prompts, max_new_tokens: the greedy-generation comparison (default :data:`DEFAULT_PROMPTS`, 8 tokens).
         int4_max_rel_nll_increase: int4 gate on the relative NLL increase over a short text (default 0.10).
         int4_min_top1_agreement: int4 gate on next-token agreement with PyTorch (default 0.7).
