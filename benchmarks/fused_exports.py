@@ -25,7 +25,7 @@ FORMATS = ("onnx", "onnx-optimized", "onnx-genai", "onnx-genai-int4")
 
 def export_one(spec: str, out: Path, fmt: str, threads: int | None) -> dict:
     from exporters import export_onnx
-    from exporters.genai import export_onnx_genai
+    from exporters.onnx.genai import export_onnx_genai
 
     t0 = time.perf_counter()
     if fmt.startswith("onnx-genai"):
@@ -36,7 +36,7 @@ def export_one(spec: str, out: Path, fmt: str, threads: int | None) -> dict:
         res = export_onnx(spec, out, optimize=fmt == "onnx-optimized", force=True, threads=threads)
         graph = res.report["optimize"]["after"] if fmt == "onnx-optimized" else None
     if graph is None:
-        from exporters.graph_ops import op_counts
+        from exporters.onnx.graph_ops import op_counts
 
         graph = op_counts(out / "model.onnx")
     val = res.report["validation"]

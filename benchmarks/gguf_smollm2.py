@@ -57,7 +57,7 @@ def main(argv=None) -> int:
 
     from compressor.modeling.loading import resolve_model
     from exporters import export_gguf
-    from exporters.gguf_bench import bench_gguf
+    from exporters.measure.gguf import bench_gguf
 
     src = resolve_model(args.model)
     source_gguf = Path(src.path) / src.gguf_file if src.gguf_file else None

@@ -1,7 +1,7 @@
 """WikiText-2 perplexity of exported ONNX graphs of any format (optimum, ``--optimize``, onnx-genai fp32 / int4),
 run in ONNX Runtime itself, so int4 / int8 graphs get a quality figure next to fp32 (issue #14).
 
-Each window is one teacher-forced prefill through the graph (``exporters.decode.OrtDecoder``, empty KV cache),
+Each window is one teacher-forced prefill through the graph (``exporters.onnx.decode.OrtDecoder``, empty KV cache),
 scored by ``compress eval``'s own :func:`compressor.evaluation.perplexity` (same windows, BOS rule and NLL). Writes ``benchmarks/results/onnx_perplexity_<name>.json``::
 
     python benchmarks/onnx_perplexity.py /tmp/fused/p50_onnx-genai /tmp/fused/p50_onnx-genai-int4 --name smollm2-p50
@@ -36,7 +36,7 @@ class _Graph:
     def __call__(self, input_ids, attention_mask):
         import torch
 
-        from exporters.decode import OrtDecoder
+        from exporters.onnx.decode import OrtDecoder
 
         logits, _ = OrtDecoder(self.sess, self.kv, self.head_dim).step(input_ids.numpy(), attention_mask.numpy())
         return (torch.from_numpy(logits),)

@@ -226,7 +226,7 @@ def chain(name: str, ratio: float, steps: int, work: Path, extra: list[str], win
     try:
         from optimum.onnxruntime import ORTModelForCausalLM
     except ImportError:
-        from exporters.validation import validate_generate
+        from exporters.onnx.validation import validate_generate
 
         g = validate_generate(m1, onnx, tok, prompts=["The capital of France is"], max_new_tokens=8, runner="onnxruntime",
                               raise_on_fail=False)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compressor.algorithm.activation_scorer import ActivationScorer
 from compressor.algorithm.compensation import TOKENS_CAP, TOKENS_PER_INPUT  # noqa: F401 - re-exported
 from compressor.algorithm.compensation_run import CompensationRun, kept_of
 from compressor.algorithm.config import PruneConfig
@@ -110,7 +111,7 @@ class PruneLoop:
                              device=self.device, accelerator=acc)
         self.pm = self.tune.pm
         self.masks = MaskState.full(self.groups).install(self.pm, self.groups)
-        self.scorer = self.crit.make_scorer(self.pm, self.groups) \
+        self.scorer = ActivationScorer(self.pm, self.groups) \
             if isinstance(self.crit, GroupCriterion) and plan is None else None
         self.ema = MovingAverage(config.lam, config.ema_start)
         #: compensation within the run; ``comp``: its statistics (:class:`~compressor.algorithm.compensation.Compensator`)

@@ -21,7 +21,7 @@ The generic code (:mod:`compressor.algorithm.groups`, :mod:`compressor.algorithm
 * ``onnx`` / ``ort_kv_from_head_dim``: whether ``compress export --format onnx`` supports the architecture (a
   graph with KV cache, written by torch's exporter or optimum's ``text-generation-with-past``) and whether
   optimum's ``ORTModelForCausalLM`` sizes the KV cache from ``config.head_dim`` (else from
-  ``hidden_size // num_attention_heads``, see :mod:`exporters.ort_config`).
+  ``hidden_size // num_attention_heads``, see :mod:`exporters.onnx.ort_config`).
 
 Everything else (sizes, rope scaling, sliding-window layers, embedding scaling, ``(1 + w)`` RMSNorm,
 pre/post feed-forward norms, soft-capping, ``query_pre_attn_scalar``) is untouched by pruning heads or MLP

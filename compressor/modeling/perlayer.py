@@ -124,7 +124,7 @@ def as_stock(model: nn.Module) -> Iterator[nn.Module]:
     widest layer's scalars (for tools that dispatch on the stock ``model_type``/class, e.g. optimum's ONNX
     exporter; the modules, and so what the model computes, are unchanged). A stock model is left as it is.
     This is the one place where a per-layer model is shown with scalar widths; callers must write the real
-    widths next to anything they save from it (see :func:`exporters.ort_config.adjust_config_for_ort`)."""
+    widths next to anything they save from it (see :func:`exporters.onnx.ort_config.adjust_config_for_ort`)."""
     old: Any = getattr(model, "config", None)
     if old is None or not is_per_layer(old):
         yield model

@@ -90,7 +90,7 @@ def model_sizes(config: Any, *, hidden_size: int | None = None) -> ModelSizes:
     Args:
         config: the model's config.
         hidden_size: use this instead of ``config.hidden_size`` (an exported ONNX folder's config.json may
-            carry an adjusted one, see :func:`exporters.ort_config.true_hidden_size`).
+            carry an adjusted one, see :func:`exporters.onnx.ort_config.true_hidden_size`).
     """
     hidden = int(hidden_size if hidden_size is not None else _get(config, "hidden_size"))
     heads = int(_get(config, "num_attention_heads"))

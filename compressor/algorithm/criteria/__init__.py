@@ -4,8 +4,7 @@
   one projection's tensors (:class:`ProjectionTensors`) returning an element-wise importance matrix with the weight's
   shape ``[out, in]``. Group scores are sums of these (paper Eq. 4), formed in :mod:`compressor.algorithm.scoring`.
 * group criteria (:func:`register_group_criterion`: ``activation``, ``residual``): whole heads and channels scored
-  from activations and their gradients by the scorer the criterion makes (:meth:`GroupCriterion.make_scorer`,
-  :class:`compressor.algorithm.activation_scorer.ActivationScorer`).
+  from activations and their gradients (:class:`compressor.algorithm.activation_scorer.ActivationScorer`).
 
 Example:
     >>> from compressor.algorithm.criteria import get_criterion, available_criteria
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
@@ -58,19 +57,15 @@ class ElementCriterion(Protocol):
 
 @dataclass(frozen=True)
 class GroupCriterion:
-    """A criterion that scores whole groups: :meth:`make_scorer` builds its scorer for a model (``uses_compensation``:
-    the scorer reads residual transforms built from compensation's statistics)."""
+    """A criterion that scores whole groups from activations and their gradients, through
+    :class:`compressor.algorithm.activation_scorer.ActivationScorer` (``uses_compensation``: the scorer reads residual
+    transforms built from compensation's statistics)."""
 
     name: str
     uses_compensation: bool = False
     needs_lora_grads: bool = False
     needs_weight_grad: bool = False
     group_level: bool = True
-
-    def make_scorer(self, model: Any, groups: Any) -> Any:
-        from compressor.algorithm.activation_scorer import ActivationScorer
-
-        return ActivationScorer(model, groups)
 
 
 Criterion = ElementCriterion | GroupCriterion
