@@ -4,7 +4,7 @@
 # Measures, each step under its own time limit, each log and report kept in $WORK (default benchmarks/results/gpu):
 #   0. env.json        : python, torch / CUDA / GPU name, which of our dependencies import (nothing else runs
 #                        when torch has no CUDA: the file says what is missing)
-#   gpu-tests, scale   : the `gpu` tests of tests/test_scale.py; benchmarks/scale.py on Llama-3.2-1B and
+#   gpu-tests, scale   : the `gpu` tests (tests/, marker gpu); benchmarks/scale.py on Llama-3.2-1B and
 #                        Llama-3.1-8B-shaped stand-ins (peak per phase, predicted vs measured, scale_cuda.json)
 #   1. prune-bf16      : `compress prune MODEL --ratio 0.5 --dtype bfloat16` on CUDA, short budget (40 steps)
 #   2. prune-8bit      : the same with `--base-bits 8` (LoRAPrune-8bit; needs bitsandbytes with CUDA)
@@ -98,7 +98,7 @@ fi
 CLI=("$PY" -m compressor.cli)
 # issue #39 first: the CUDA paths (held base, host statistics, plan on the GPU) and the scale benchmark: an 8B-shaped
 # stand-in built on the GPU in bfloat16 with the options its plan picks, predicted beside measured
-step gpu-tests 120 "$PY" -m pytest -q -m gpu tests/test_scale.py -p no:cacheprovider
+step gpu-tests 120 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider
 step scale 300 "$PY" benchmarks/scale.py --sizes llama-3.2-1b,llama-3.1-8b --device cuda --steps 4 \
   --name scale_cuda --tmp /tmp/scale
 cp -f benchmarks/results/scale_cuda.json "$WORK/scale_cuda.json" 2>/dev/null || true

@@ -4,7 +4,7 @@ driven through the product's own loop object (:class:`compressor.algorithm.loop.
 Every row gets the same data, steps, batch and evaluation (WikiText-2 test, non-overlapping windows of
 ``--eval-seq-len`` tokens, the first ``--eval-windows``). Rows with uniform widths are merged and the
 merged model is evaluated; rows with per-layer widths (``widths=adaptive``, ``skip_layers``) are evaluated
-on the masked model, which computes what the sliced model would (``tests/test_prune_core.py``).
+on the masked model, which computes what the sliced model would (``tests/algorithm/test_merge.py``).
 
     python benchmarks/screen.py --ratio 0.5 --steps 60 --rows lora,taylor,activation
     python benchmarks/screen.py --model qwen2.5-coder-0.5b --ratio 0.5 --steps 30 --rows default,paper

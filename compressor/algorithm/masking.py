@@ -4,7 +4,7 @@ Masks are applied with forward hooks on the (peft-wrapped) projections, so they 
 LoRA outputs together: the outputs of ``q/k/v`` (k, v only under MHA) and ``gate/up`` are multiplied by
 the row mask, and the inputs of ``o_proj`` and ``down_proj`` by the column mask. A fused projection
 (Phi-3's ``qkv_proj``, ``gate_up_proj``) gets one row mask, its parts' masks stacked in its row order. A
-masked model computes exactly what the physically sliced model computes (see ``tests/test_prune_core.py``).
+masked model computes exactly what the physically sliced model computes (see ``tests/algorithm/test_merge.py``).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 ``BA·scaling`` folded into ``W0`` and the masked heads/channels sliced out of every projection, the
 module attributes and the config (``num_attention_heads``, ``num_key_value_heads``,
 ``intermediate_size``, explicit ``head_dim``) updated. The merged model computes what the masked peft
-model computed (``tests/test_prune_core.py``).
+model computed (``tests/algorithm/test_merge.py``).
 
 Masks that give layers different widths (``widths="adaptive"``, ``skip_layers``) give a model of the per-layer
 class of its architecture (:mod:`compressor.modeling.perlayer`: a stock subclass whose config lists every layer's widths),

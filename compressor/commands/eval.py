@@ -128,8 +128,9 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
         raise ConfigError(f"--out {str(out_path)!r} is a folder named like a report; give another path")
     parent = out_path.absolute().parent
     out_is_folder = bool(out) and out_path.name == REPORT_NAME and Path(out).expanduser().name != REPORT_NAME
-    if parent.exists() and not parent.is_dir():
-        raise ConfigError(f"--out {str(parent)!r} is a file, not a folder")
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"--out {str(blocker)!r} is a file, not a folder")
     if not parent.is_dir() and not (out_is_folder and parent.parent.is_dir()):
         raise ConfigError(f"--out folder {str(parent)!r} does not exist")
     if out_path.exists() and not force:  # before minutes of evaluation
