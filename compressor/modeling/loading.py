@@ -18,6 +18,14 @@ from typing import Any
 from compressor.core.errors import ModelLoadError, UnsupportedArchitectureError
 from compressor.modeling.architectures import get_architecture, supported
 from compressor.modeling.held import held_class, held_dtype, hold_projections, source_dtype  # noqa: F401 - re-exported
+from compressor.modeling.safety import (  # noqa: F401 - re-exported
+    PICKLE_WEIGHT_SUFFIXES,
+    REMOTE_CODE_FILES,
+    check_gguf,
+    check_no_remote_code,
+    check_weight_files,
+    remote_code_hint,
+)
 from compressor.modeling.sizes import is_per_layer, stock_model_type
 
 #: model_type -> model class: a snapshot, at import, of the table in :mod:`compressor.modeling.architectures` (which
@@ -31,8 +39,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.mo
 BUILTIN_MODELS = {"smollm2-135m": "smollm2-135m", "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b", "gemma3-270m": "gemma3-270m",
                   "qwen2.5-coder-1.5b": "qwen2.5-coder-1.5b"}
 DEFAULT_MODEL = "smollm2-135m"
-
-PICKLE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False,
                 f"model path {spec!r} is a file but not a .gguf file; give a Hugging Face model folder, "
                 f"a .gguf file, or a built-in name ({', '.join(BUILTIN_MODELS)})"
             )
-        _check_gguf(p)
+        check_gguf(p)
         return ModelSource(spec, "gguf", str(p.parent), p.name)
     if p.is_dir():
         if not os.access(p, os.R_OK | os.X_OK):
@@ -91,7 +97,7 @@ def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False,
             return ModelSource(spec, "folder", str(p))
         ggufs = sorted(p.glob("*.gguf"))
         if len(ggufs) == 1:
-            _check_gguf(ggufs[0])
+            check_gguf(ggufs[0])
             return ModelSource(spec, "gguf", str(p), ggufs[0].name)
         raise ModelLoadError(
             f"model folder {spec!r} has no config.json" + (" and several .gguf files" if ggufs else "")
@@ -114,70 +120,10 @@ def resolve_model(spec: str | os.PathLike | None, allow_pickle: bool = False,
     )
 
 
-#: files whose ``auto_map`` makes transformers import Python code from the model folder
-REMOTE_CODE_FILES = ("config.json", "tokenizer_config.json")
-
-
-def check_no_remote_code(folder: str | os.PathLike, spec: str | None = None) -> None:
-    """Refuse a model folder that asks to run its own Python code, unless the user trusts it.
-
-    A ``config.json`` (or ``tokenizer_config.json``) with an ``auto_map`` names classes in ``*.py`` files of
-    the folder; loading them executes that code. The toolkit never does so without ``--trust-remote-code``
-    (``trust_remote_code=True``), and does not silently substitute the stock class either (the folder's own
-    code may compute something else).
-
-    Raises:
-        ModelLoadError: naming the file, its ``auto_map`` entries and the two ways forward.
-    """
-    import json
-
-    p = Path(folder)
-    for name in REMOTE_CODE_FILES:
-        f = p / name
-        if not f.is_file():
-            continue
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            if name == "config.json":
-                raise ModelLoadError(f"{str(f)!r} is not readable JSON: {exc}") from exc
-            continue
-        auto_map = doc.get("auto_map") if isinstance(doc, dict) else None
-        if auto_map and name == "config.json" and is_per_layer(doc) and stock_model_type(doc) in SUPPORTED_MODEL_TYPES:
-            continue  # our own per-layer-widths folder: loaded with the in-package classes, its copy never runs
-        if auto_map:
-            entries = ", ".join(f"{k} -> {v}" for k, v in auto_map.items()) if isinstance(auto_map, dict) else repr(auto_map)
-            mt = doc.get("model_type") if name == "config.json" else None
-            stock = (f", or delete auto_map from it to load the folder with transformers' own class for model_type "
-                     f"{mt!r}" if mt in SUPPORTED_MODEL_TYPES else "")
-            raise ModelLoadError(
-                f"model folder {spec or str(p)!r} asks to run its own Python code: {name} has an auto_map ({entries}); "
-                f"code from a model folder is only run with --trust-remote-code (trust_remote_code=True), so pass it "
-                f"if you trust this folder{stock}")
-
-
-def _check_gguf(path: Path) -> None:
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise ModelLoadError(f"{str(path)!r} is not a GGUF file (bad magic {magic!r})")
-    try:
-        from gguf import GGUFReader
-
-        GGUFReader(str(path))
-    except Exception as exc:  # gguf raises plain ValueError/struct errors on truncated files
-        raise ModelLoadError(f"GGUF file {str(path)!r} is corrupt or truncated: {exc}") from exc
-
-
-def _remote_code_hint(exc: Exception) -> str:
-    return "; pass --trust-remote-code if you trust its code" if "trust_remote_code" in str(exc) else ""
-
-
 def _per_layer_config_class(source: ModelSource):
     """The in-package config class of a local per-layer-widths folder, or None for any other source."""
     import json
 
-    from compressor.modeling.sizes import is_per_layer, stock_model_type
 
     path = Path(source.path) / "config.json"
     if source.kind != "folder" or not path.is_file():
@@ -306,7 +252,6 @@ def load_model(spec: str | os.PathLike | ModelSource | None = None, *, dtype: st
     if not allow_pickle:
         kwargs["use_safetensors"] = None if source.kind == "gguf" or source.kind == "builtin" else True
     loader: Any = AutoModelForCausalLM
-    from compressor.modeling.sizes import is_per_layer
 
     if is_per_layer(cfg):  # our own per-layer class, not the folder's copy of it
         from compressor.modeling.perlayer import per_layer_model_class
@@ -324,13 +269,13 @@ def load_model(spec: str | os.PathLike | ModelSource | None = None, *, dtype: st
     except Exception as exc:
         hint = ("; its weight files look corrupt or incomplete (re-download or re-save the model)"
                 if "safetensor" in type(exc).__name__.lower() or isinstance(exc, (EOFError, OSError))
-                else _remote_code_hint(exc))
+                else remote_code_hint(exc))
         raise ModelLoadError(f"cannot load model {source.spec!r}: {type(exc).__name__}: {exc}{hint}") from exc
     try:
         tokenizer = AutoTokenizer.from_pretrained(source.path, trust_remote_code=trust_remote_code,
                                                   **source.load_kwargs())
     except Exception as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of model {source.spec!r}: {exc}{_remote_code_hint(exc)}") from exc
+        raise ModelLoadError(f"cannot load the tokenizer of model {source.spec!r}: {exc}{remote_code_hint(exc)}") from exc
     if source.gguf_file:  # transformers' Gemma GGUF tokenizer splits words apart: tokenize as llama.cpp does
         from compressor.modeling.gguf_tokenizer import fix_gguf_tokenizer
 
@@ -351,64 +296,3 @@ def load_model(spec: str | os.PathLike | ModelSource | None = None, *, dtype: st
     return model, tokenizer, source
 
 
-def check_weight_files(source: ModelSource, config: Any) -> None:
-    """Check a model folder's ``*.safetensors`` against its config before loading: every file complete, every
-    weight the model needs present (transformers would silently initialise a missing one at random) and of
-    the shape the config implies. Reads the file headers only; pickle folders are not checked.
-
-    Raises:
-        ModelLoadError: naming the file, the tensor, the shape found and the one expected.
-    """
-    import json
-
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from compressor.core.io import safetensors_header
-
-    folder = Path(source.path)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files or getattr(config, "auto_map", None):  # a trusted folder's own class may lay out other weights
-        return
-    found: dict[str, tuple[list[int], str]] = {}
-    for f in files:
-        try:
-            table = safetensors_header(f)
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"weight file {str(f)!r} of model {source.spec!r} is corrupt or incomplete: {exc} "
-                                 f"(re-download or re-save the model)") from exc
-        found.update({k: (list(v.get("shape", [])), f.name) for k, v in table.items()})
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, AttributeError) as exc:
-            raise ModelLoadError(f"{str(index)!r} is not a valid safetensors index: {exc}") from exc
-        absent = sorted(s for s in shards if not (folder / s).is_file())
-        if absent:
-            raise ModelLoadError(f"model {source.spec!r}: {str(index)!r} lists weight files that are missing: "
-                                 f"{', '.join(absent[:5])}")
-    try:
-        with torch.device("meta"):
-            ref = AutoModelForCausalLM.from_config(config)
-    except Exception:  # noqa: BLE001 - a config transformers cannot build is reported by the real load
-        return
-    expected = {k: list(v.shape) for k, v in ref.state_dict().items()}
-    prefix = getattr(ref, "base_model_prefix", "model")
-    for k in list(found):
-        if k not in expected and f"{prefix}.{k}" in expected:  # a base model saved without its prefix
-            found[f"{prefix}.{k}"] = found.pop(k)
-    wrong = [(k, found[k], shape) for k, shape in expected.items() if k in found and found[k][0] != shape]
-    if wrong:
-        k, (got, fname), want = wrong[0]
-        raise ModelLoadError(
-            f"model {source.spec!r}: {len(wrong)} weight(s) do not have the shape config.json implies, e.g. {k!r} "
-            f"in {fname!r} is {got}, config.json implies {want}; the weights and config.json are from different "
-            f"models (re-save the folder with save_pretrained)")
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    missing = sorted(k for k in expected if k not in found and not (tied and k.endswith("lm_head.weight")))
-    if missing:
-        raise ModelLoadError(
-            f"model {source.spec!r}: {len(missing)} weight(s) the config needs are in none of "
-            f"{', '.join(f.name for f in files)}, e.g. {missing[:3]}; the folder is incomplete (re-download or "
-            f"re-save it)")
