@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
-from compressor.algorithm import api, memory_plan, precision, schedule, settings, width_plan
+from compressor.algorithm import api, config_checks, memory_plan, precision, schedule, settings, width_plan
 from compressor.algorithm.config import PruneConfig, parse_skip_layers
 from compressor.algorithm.criteria import get_criterion
 from compressor.algorithm.groups import discover_groups
@@ -28,15 +28,15 @@ STEPS = {
 
 def _count(fn):
     """Calls of the :data:`STEPS` while ``fn()`` runs, leaving out the memory plan's predictions for the alternative
-    configs it names (those resolve other configs, not this run's)."""
+    configs it names (those resolve other configs, not this run's) and the checks a config passes when it is built."""
     codes = {f.__code__: name for name, f in STEPS.items()}
-    skip = memory_plan.alternatives.__code__
+    skip = {memory_plan.alternatives.__code__, config_checks.validate.__code__}
     seen: Counter[str] = Counter()
 
     def prof(frame, event, arg):
         if event == "call" and frame.f_code in codes:
             f = frame.f_back
-            while f is not None and f.f_code is not skip:
+            while f is not None and f.f_code not in skip:
                 f = f.f_back
             if f is None:
                 seen[codes[frame.f_code]] += 1
@@ -70,3 +70,19 @@ def test_prune_in_memory_resolves_each_step_once():
     seen = _count(lambda: api.prune(tiny_model("llama-gqa"), cfg, torch.randint(0, 96, (8, 32))))
     assert {k: v for k, v in seen.items() if v > 1} == {}
     assert {"resolve_device", "resolve_settings", "precision_for", "resolve_store"} <= set(seen)
+
+
+def test_compress_prune_resolves_each_step_once(tmp_path):
+    """From the command line: options parsed into a PruneConfig, then the job; no step twice."""
+    from click.testing import CliRunner
+
+    from compressor.cli import main
+
+    src, data = tiny_job_inputs(tmp_path)
+    argv = ["prune", str(src), "--ratio", "0.5", "--steps", "4", "--prune-every", "2", "--batch-size", "2",
+            "--seq-len", "32", "--eval-data", "none", "--data", str(data), "--out", str(tmp_path / "out"),
+            "--device", "cpu", "--quiet"]
+    seen = _count(lambda: CliRunner().invoke(main, argv, catch_exceptions=False))
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert {k: v for k, v in seen.items() if v > 1} == {}
+    assert {"resolve_model", "load_config", "resolve_device", "resolve_settings", "precision_for"} <= set(seen)
