@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from compressor import PruneConfig, load_model, prune, save_model_folder
-from compressor.algorithm.api import save_plan
+from compressor.job.checkpoint import save_plan
 
 
 def held_out_text(name: str) -> str | None:

@@ -282,7 +282,7 @@ def plan_memory(shape: ModelShape, cfg: PruneConfig, device: torch.device, *, gg
         acts = int(tokens * shape.layers * per_layer_token)
     chunk = cfg.loss_chunk_tokens if cfg.loss_chunk_tokens > 0 else tokens
     logits = 4 * shape.vocab * (3 * min(chunk, tokens) + (tokens if cfg.distill > 0 else 0))
-    # one layer's matrix on the device, its kept rows and the float64 solve (compressor.algorithm.compensation.fold)
+    # one layer's matrix on the device, its kept rows and the float64 solve (compressor.algorithm.compensation.Compensator.fold)
     fold = 14 * shape.intermediate ** 2 if cfg.compensate else 0
     ratio_kept = 1.0 - cfg.ratio
     out_e = 2.0 if cfg.dtype == "bfloat16" else 4.0

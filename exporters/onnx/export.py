@@ -75,7 +75,7 @@ TORCH_MAX_OPSET = 20
 def require_optimum_exporter() -> None:
     """Import optimum's ONNX exporter, or raise :class:`DependencyMissingError` saying how to get it."""
     try:
-        import optimum.exporters.onnx.export  # noqa: F401
+        import optimum.exporters.onnx  # noqa: F401
     except ImportError as exc:
         from exporters.report import versions
 
@@ -249,7 +249,7 @@ def export_onnx(model_dir, out: str | os.PathLike, *, force: bool = False, valid
 
 def _export_with_optimum(model, tmp: Path, opset: int | None) -> None:
     """``model.onnx``, ``config.json`` and ``generation_config.json`` written by optimum's exporter."""
-    from optimum.exporters.onnx.export import onnx_export_from_model
+    from optimum.exporters.onnx import onnx_export_from_model
 
     from compressor.modeling.perlayer import as_stock
 

@@ -124,7 +124,7 @@ def test_quiet_onnx_export_drops_tracer_notes_of_transformers_and_optimum_only()
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         with quiet_onnx_export():
-            for mod in ("transformers.cache_utils", "optimum.exporters.onnx.export.model_patcher", "my_model.modeling"):
+            for mod in ("transformers.cache_utils", "optimum.exporters.onnx.model_patcher", "my_model.modeling"):
                 warnings.warn_explicit("Converting a tensor to a Python boolean might cause the trace to be incorrect",
                                        TracerWarning, f"{mod}.py", 1, module=mod)
         warnings.warn_explicit("after the export", TracerWarning, "transformers/x.py", 1, module="transformers.x")

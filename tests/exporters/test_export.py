@@ -170,7 +170,7 @@ def test_optimum_exporter_without_optimum_names_the_install(tiny_llama_dir, tmp_
 
     monkeypatch.setitem(sys.modules, "optimum", None)  # `import optimum...` now raises ImportError
     monkeypatch.setitem(sys.modules, "optimum.exporters", None)
-    monkeypatch.setitem(sys.modules, "optimum.exporters.onnx.export", None)
+    monkeypatch.setitem(sys.modules, "optimum.exporters.onnx", None)
     out = tmp_path / "o"
     with pytest.raises(DependencyMissingError) as ei:
         export_onnx(tiny_llama_dir("dense-mha"), out, exporter="optimum")
