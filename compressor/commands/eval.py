@@ -79,7 +79,8 @@ def parse_limits(values: tuple[str, ...] | list[str], tasks: list[str]) -> int |
 @click.option("--max-windows", type=int, default=None, help="Score only the first N perplexity windows.")
 @click.option("--batch-size", type=int, default=None,
               help="Windows per forward (perplexity, default 1) / sequences per forward (zero-shot, default 8).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "auto"]), default="float32",
+              show_default=True,
               help="Dtype the weights are loaded in (an exported ONNX folder runs as exported).")
 @click.option("--add-bos/--no-add-bos", default=None,
               help="Start each perplexity window with BOS. Default: only for models that need it (Gemma); others keep "

@@ -72,7 +72,9 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
             (default 8).
         add_bos: start perplexity windows with BOS. None (default): only for models that need it (Gemma, see
             :func:`compressor.modeling.architectures.needs_bos`); others keep the papers' no-BOS protocol.
-        dtype: used only when ``model`` is a path (``float32``, ``bfloat16``, ``float16``).
+        dtype: used only when ``model`` is a path (``float32``, ``bfloat16``, ``float16``; ``auto``: bfloat16 where
+            the device multiplies it natively, :func:`compressor.core.device.native_bf16`, else float32). The report
+            records the dtype used.
         progress: show progress bars on stderr.
         log: called with one line per finished task (e.g. ``print``).
         allow_pickle / trust_remote_code: when ``model`` is a path, as for :func:`compressor.modeling.loading.load_model`
@@ -123,6 +125,10 @@ def evaluate(model: Any, tasks: str | Sequence[str], *, tokenizer: Any = None, s
         else:
             from compressor.modeling.loading import load_model
 
+            if dtype == "auto":
+                from compressor.core.device import native_bf16
+
+                dtype = "bfloat16" if native_bf16(where) else "float32"
             model, loaded_tok, src = load_model(spec, dtype=dtype, allow_pickle=allow_pickle,
                                                 trust_remote_code=trust_remote_code, device=where)
             source = {"spec": spec, "kind": src.kind, "path": src.path, "gguf_file": src.gguf_file}

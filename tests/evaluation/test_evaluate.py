@@ -341,3 +341,20 @@ def test_unloadable_onnx_folder_is_a_clear_error(tmp_path):
                                   "--out", str(tmp_path / "r.json")])
     assert r.exit_code != 0 and "cannot load ONNX folder" in r.output and str(tmp_path / "o") in r.output, r.output
     assert "Traceback" not in r.output and not (tmp_path / "r.json").exists()
+
+
+def test_dtype_auto_follows_the_hardware(tmp_path):
+    """``dtype="auto"``: bfloat16 where the device multiplies it natively, else float32; the report says which."""
+    import torch
+
+    from compressor.core.device import native_bf16
+    from compressor.evaluation import evaluate
+    from compressor.modeling.save import save_model_folder
+    from tests.tiny import tiny_model, tiny_text, tiny_tokenizer
+
+    save_model_folder(tiny_model("llama-mha"), tiny_tokenizer(), tmp_path / "m")
+    (tmp_path / "t.txt").write_text(tiny_text(2000))
+    r = evaluate(str(tmp_path / "m"), "wikitext2", dtype="auto", device="cpu", seq_len=32, max_windows=2,
+                 texts={"wikitext2": str(tmp_path / "t.txt")})
+    assert r.config["dtype"] == ("bfloat16" if native_bf16(torch.device("cpu")) else "float32")
+    assert r.results["wikitext2"]["ppl"] > 0
