@@ -11,9 +11,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from compressor.algorithm.config_checks import CONFIG_VERSION, parse_skip_layers, validate  # noqa: F401 - re-exported
 from compressor.core.errors import ConfigError
-
-CONFIG_VERSION = 1
 
 #: Default peak learning rate by ratio (``lr`` None): ``(ratio below, lr)`` pairs, first match wins. The
 #: measurements behind the values: docs/why-defaults.md (``--lr``).
@@ -162,8 +161,6 @@ class PruneConfig:
     version: int = _opt(CONFIG_VERSION, "Config format version.", cli=False)
 
     def __post_init__(self) -> None:
-        from compressor.algorithm.config_checks import validate
-
         validate(self)
 
     @property
@@ -245,33 +242,6 @@ def _field_docs(cls: type) -> str:
 
 
 PruneConfig.__doc__ = f"{inspect.cleandoc(PruneConfig.__doc__ or '')}\n\n{_field_docs(PruneConfig)}\n"
-
-
-def parse_skip_layers(spec: str, num_layers: int | None) -> list[int]:
-    """Layer indices named by ``skip_layers`` (see :class:`PruneConfig`); ``num_layers=None`` only checks syntax."""
-    spec = (spec or "").strip()
-    if not spec:
-        return []
-    if spec == "official":
-        if num_layers is None:
-            return []
-        return sorted(set(range(int(math.ceil(0.1 * num_layers)))) | {num_layers - 1})
-    out = []
-    for part in spec.split(","):
-        try:
-            i = int(part.strip())
-        except ValueError:
-            raise ConfigError(f"skip_layers={spec!r} is not valid; give comma-separated layer indices (e.g. '0,1,-1'), "
-                              f"'official' or ''") from None
-        if num_layers is not None:
-            if not -num_layers <= i < num_layers:
-                raise ConfigError(f"skip_layers={spec!r}: layer {i} does not exist; the model has {num_layers} "
-                                  f"layers (0..{num_layers - 1})")
-            i %= num_layers
-        out.append(i)
-    if num_layers is not None and len(set(out)) >= num_layers:
-        raise ConfigError(f"skip_layers={spec!r} skips every layer; leave at least one to prune")
-    return sorted(set(out))
 
 
 #: Named sets of defaults for ``compress prune --recipe``. ``default`` is the dataclass defaults

@@ -6,16 +6,41 @@ import math
 import re
 import types
 from dataclasses import fields
-from typing import TYPE_CHECKING, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from compressor.algorithm.config import CONFIG_VERSION, parse_skip_layers
 from compressor.core.errors import ConfigError
 
-if TYPE_CHECKING:
-    from compressor.algorithm.config import PruneConfig
+CONFIG_VERSION = 1
 
 
-def validate(cfg: PruneConfig) -> None:
+def parse_skip_layers(spec: str, num_layers: int | None) -> list[int]:
+    """Layer indices named by ``skip_layers`` (see :class:`PruneConfig`); ``num_layers=None`` only checks syntax."""
+    spec = (spec or "").strip()
+    if not spec:
+        return []
+    if spec == "official":
+        if num_layers is None:
+            return []
+        return sorted(set(range(int(math.ceil(0.1 * num_layers)))) | {num_layers - 1})
+    out = []
+    for part in spec.split(","):
+        try:
+            i = int(part.strip())
+        except ValueError:
+            raise ConfigError(f"skip_layers={spec!r} is not valid; give comma-separated layer indices (e.g. '0,1,-1'), "
+                              f"'official' or ''") from None
+        if num_layers is not None:
+            if not -num_layers <= i < num_layers:
+                raise ConfigError(f"skip_layers={spec!r}: layer {i} does not exist; the model has {num_layers} "
+                                  f"layers (0..{num_layers - 1})")
+            i %= num_layers
+        out.append(i)
+    if num_layers is not None and len(set(out)) >= num_layers:
+        raise ConfigError(f"skip_layers={spec!r} skips every layer; leave at least one to prune")
+    return sorted(set(out))
+
+
+def validate(cfg: Any) -> None:
     """Refuse a config with a value out of range or a combination that cannot run, naming the value and what is
     valid (:class:`~compressor.core.errors.ConfigError`); called when a :class:`PruneConfig` is built."""
     if cfg.ratio is None:
@@ -103,7 +128,7 @@ def validate(cfg: PruneConfig) -> None:
         raise bad("version", f"this toolkit reads config version {CONFIG_VERSION}")
 
 
-def _check_types(cfg: PruneConfig) -> None:
+def _check_types(cfg: Any) -> None:
     hints = get_type_hints(type(cfg))
     for f in fields(cfg):
         val = getattr(cfg, f.name)
