@@ -249,7 +249,8 @@ class Compensator:
                 base: Any = getattr(mod, "base_layer", mod)
                 w0 = base.weight
                 if not w0.dtype.is_floating_point:
-                    raise ConfigError("compensate needs float base weights; it cannot run with base_bits=8")
+                    raise ConfigError("compensate needs float base weights; it cannot run with a quantized base "
+                                      "(base_bits)")
                 w = w0.detach().float().clone()
                 A, B, s = lora_parts(mod)
                 if A is not None:

@@ -117,8 +117,9 @@ class PruneConfig:
     grad_accum: int = _opt(1, "Micro-batches per optimizer step.")
     seq_len: int = _opt(256, "Tokens per calibration sequence.")
     max_blocks: int | None = _opt(None, "Use at most this many calibration sequences (default: all).")
-    base_bits: int | None = _opt(None, "Keep W0 in 8-bit (bitsandbytes on CUDA; LoRAPrune-8bit); needs "
-                                       "--no-compensate.", choices=(8,))
+    base_bits: int | None = _opt(None, "Keep the frozen W0 quantized with bitsandbytes: 8 (LLM.int8, as "
+                                       "LoRAPrune-8bit) or 4 (NF4, QLoRA-style); needs --no-compensate.",
+                                 choices=(8, 4))
     channel_multiple: int = _opt(8, "Round the kept MLP width to a multiple of this (8 suits matmul kernels).")
     head_policy: str = _opt("mlp-first", "Split of the budget between heads and MLP channels: mlp-first (prune heads "
                                          "only once the MLP keeps 25 %) or balanced (same fraction, as the paper).",

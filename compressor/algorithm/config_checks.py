@@ -84,10 +84,11 @@ def validate(cfg: Any) -> None:
                           "drop --no-compensate, or leave compensate_stats at 'dense'")
     if cfg.amp == "bf16" and (cfg.base_bits or cfg.dtype != "float32"):
         raise ConfigError(f"amp='bf16' mixes bfloat16 into float32 weights; it cannot run with "
-                          f"{'base_bits=8' if cfg.base_bits else f'dtype={cfg.dtype!r}'}: use amp='off' or 'auto'")
+                          f"{f'base_bits={cfg.base_bits}' if cfg.base_bits else f'dtype={cfg.dtype!r}'}: use amp='off' or "
+                          f"'auto'")
     if cfg.compensate and cfg.base_bits:
         raise ConfigError("compensate=True (the default) changes W0 and needs float base weights; it cannot run "
-                          "with base_bits=8: add --no-compensate (compensate=False)")
+                          f"with base_bits={cfg.base_bits}: add --no-compensate (compensate=False)")
     if not (0.0 <= cfg.lam < 1.0):
         raise bad("lam", "λ must be in [0, 1)")
     if cfg.lora_r < 1:

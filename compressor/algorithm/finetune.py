@@ -61,7 +61,8 @@ def wrap_lora(model: nn.Module, cfg: PruneConfig, criterion: Criterion | None = 
             if base is not None and hasattr(mod, "lora_A"):
                 w: Any = base.weight
                 if not w.dtype.is_floating_point:
-                    raise ConfigError("criterion 'taylor' needs float base weights; it cannot run with base_bits=8")
+                    raise ConfigError(f"criterion 'taylor' needs float base weights; it cannot run with "
+                                      f"base_bits={cfg.base_bits}")
                 w.requires_grad_(True)
     return pm
 

@@ -320,6 +320,7 @@ ALTERNATIVES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("--gradient-checkpointing --batch-size 1 --grad-accum 4",
      {"gradient_checkpointing": True, "batch_size": 1, "grad_accum": 4}),
     ("--base-bits 8 --no-compensate", {"base_bits": 8, "compensate": False}),
+    ("--base-bits 4 --no-compensate", {"base_bits": 4, "compensate": False}),
     ("--base-bits 8 --no-compensate --gradient-checkpointing",
      {"base_bits": 8, "compensate": False, "gradient_checkpointing": True}),
 )

@@ -28,7 +28,7 @@ from compressor.modeling.adapters import base_weight, lora_parts, strip_peft, un
 
 
 def merged_weight(mod: nn.Module, adapter: str = "default") -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``W0 + B·A·scaling`` in float32 (dequantizing an 8-bit base) and the bias."""
+    """``W0 + B·A·scaling`` in float32 (dequantizing an 8- or 4-bit base) and the bias."""
     w = base_weight(mod).clone()
     A, B, s = lora_parts(mod, adapter)
     if A is not None:
@@ -136,7 +136,7 @@ def merge_and_slice(model: nn.Module, groups: ModelGroups, masks: MaskState | No
         model: peft-wrapped or plain causal LM whose groups are ``groups``.
         groups: from :func:`compressor.algorithm.groups.discover_groups` (sizes before pruning).
         masks: which heads/channels to keep; ``None`` keeps everything (plain merge).
-        dtype: dtype of the new weights (default: the model's float dtype; float32 for 8-bit bases).
+        dtype: dtype of the new weights (default: the model's float dtype; float32 for quantized bases).
 
     Projections are merged and sliced one at a time and each replaced weight is freed at once, so the merge holds
     the output plus about one float32 projection; ``model`` is consumed (use the returned model). Every check runs

@@ -62,7 +62,8 @@ def resolve_settings(model: Any, config: PruneConfig, groups: ModelGroups, *, de
         device = resolve_device(config.device)
     crit = criterion or get_criterion(config.criterion)
     if config.base_bits and crit.needs_weight_grad:
-        raise ConfigError("criterion 'taylor' needs W's gradient in float; it cannot run with base_bits=8")
+        raise ConfigError(f"criterion 'taylor' needs W's gradient in float; it cannot run with "
+                          f"base_bits={config.base_bits}")
     shapes = {(lg.num_heads, lg.num_kv_heads, lg.head_dim, lg.intermediate_size) for lg in groups.layers}
     if len(shapes) != 1:
         raise ConfigError(f"layers have different widths {sorted(shapes)}; only uniform models are supported")

@@ -230,8 +230,11 @@ def load_model(spec: str | os.PathLike | ModelSource | None = None, *, dtype: st
             require("bitsandbytes", f"--base-bits {base_bits}")
         if base_bits == 8:
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
-        elif base_bits == 4:
-            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, llm_int8_skip_modules=["lm_head"])
+        elif base_bits == 4:  # NF4 with double quantization (QLoRA); products in bfloat16 on a GPU, float32 on a CPU
+            on_gpu = device is not None and torch.device(device).type == "cuda"
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16 if on_gpu else torch.float32, llm_int8_skip_modules=["lm_head"])
         else:
             from compressor.core.errors import ConfigError
 

@@ -140,3 +140,27 @@ def test_cuda_load_prune_and_merge_stay_on_the_device(tmp_path):
     res = prune(str(d), cfg, as_blocks([tiny_text(2000)], tiny_tokenizer(), cfg))
     assert {p.device.type for p in res.model.parameters()} == {"cuda"}
     assert res.report["memory_plan"]["device"].startswith("cuda")
+
+
+def test_prune_with_4bit_nf4_base_merges_to_plain_float(tmp_path):
+    """QLoRA-style: W0 in bitsandbytes NF4 (CPU), the default activation criterion without compensation; the merge
+    dequantizes and the result reloads with stock transformers."""
+    pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM
+
+    from compressor.modeling.loading import load_model
+
+    src = tmp_path / "src"
+    tiny_model("llama-gqa").save_pretrained(src)
+    tiny_tokenizer().save_pretrained(src)
+    m4, tok, _ = load_model(str(src), base_bits=4)
+    proj = m4.model.layers[0].self_attn.q_proj
+    assert type(proj).__name__ == "Linear4bit" and proj.weight.quant_state.quant_type == "nf4"
+    res = prune(m4, tiny_eval_config(steps=6, base_bits=4, compensate=False), [tiny_text(2000)], tokenizer=tok)
+    assert type(res.model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert res.model.dtype == torch.float32 and not hasattr(res.model.config, "quantization_config")
+    res.model.save_pretrained(tmp_path / "out")
+    re = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(re(input_ids=ids).logits, res.model(input_ids=ids).logits, rtol=1e-5, atol=1e-5)

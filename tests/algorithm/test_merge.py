@@ -89,3 +89,39 @@ def test_merge_frees_each_replaced_projection():
     merged = merge_and_slice(pm, groups, masks)
     assert all(w.numel() == 0 for w in old)  # freed as the merge went, not all at the end
     assert discover_groups(merged).num_layers == groups.num_layers
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_base_merge_equals_dequantize_then_merge(tmp_path, bits):
+    """A LoRA model on an 8-bit (LLM.int8) or 4-bit (NF4) base merges to exactly what merging the dequantized base
+    gives: the same weights bit for bit, and a plain float model."""
+    pytest.importorskip("bitsandbytes")
+    from compressor.algorithm.groups import discover_groups
+    from compressor.algorithm.masking import MaskState, mask_lowest
+    from compressor.algorithm.merge import merge_and_slice
+    from compressor.modeling.adapters import base_weight
+    from compressor.modeling.loading import load_model
+    from compressor.modeling.save import save_model_folder
+    from tests.tiny import peft_random_lora, random_scores, tiny_model, tiny_tokenizer
+
+    save_model_folder(tiny_model("llama-gqa"), tiny_tokenizer(), tmp_path / "src")
+    quant, _, _ = load_model(str(tmp_path / "src"), base_bits=bits)
+    dense, _, _ = load_model(str(tmp_path / "src"))
+    with torch.no_grad():  # the float reference holds the dequantized W0
+        mods = dict(dense.named_modules())
+        for name, mq in quant.named_modules():
+            if type(mq).__name__ in ("Linear8bitLt", "Linear4bit"):
+                mods[name].weight.copy_(base_weight(mq))
+    groups = discover_groups(dense)
+    pq, pd = peft_random_lora(quant, seed=1), peft_random_lora(dense, seed=1)
+    merged = {}
+    for key, pm in (("quant", pq), ("dense", pd)):
+        masks = MaskState.full(groups).install(pm, groups)
+        lg0 = groups.layers[0]
+        mask_lowest(masks, random_scores(groups), groups, max(1, lg0.heads_per_kv - 1), lg0.intermediate_size // 2)
+        merged[key] = merge_and_slice(pm, groups, masks, dtype=torch.float32)
+    a, b = merged["quant"].state_dict(), merged["dense"].state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "quantized-base merge == dequantize-then-merge"
+    assert all(type(m).__name__ not in ("Linear8bitLt", "Linear4bit") for m in merged["quant"].modules())
+    assert not hasattr(merged["quant"].config, "quantization_config")

@@ -27,7 +27,7 @@ class ProjectionTensors:
     """What a criterion may read for one linear projection (all float32, on one device).
 
     Attributes:
-        weight: base weight ``W0`` ``[out, in]`` (dequantized when the base is 8-bit).
+        weight: base weight ``W0`` ``[out, in]`` (dequantized when the base is 8- or 4-bit).
         weight_grad: ``dL/dW0`` — only for criteria with ``needs_weight_grad`` (vanilla Taylor).
         lora_A, lora_B: LoRA factors ``A [r, in]`` and ``B [out, r]``.
         grad_A, grad_B: their gradients.
