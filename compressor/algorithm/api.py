@@ -133,7 +133,7 @@ def start_run(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = No
     calibration blocks, measure the perplexity before and set up the :class:`PruneLoop`.
 
     ``device``, ``criterion``, ``precision``: already resolved by the caller (default: from ``config``); ``checked``: the caller
-    already refused what :func:`check_writable` and :func:`~compressor.job.checkpoint.check_plan` refuse;
+    already refused what :func:`check_writable` and :func:`~compressor.algorithm.saved_plan.check_plan` refuse;
     ``statistics_dir``, ``store``: where compensation's statistics go when they are kept on disk, and the store a
     memory plan chose (default: chosen when the loop starts)."""
     t_start = time.time()
@@ -207,7 +207,8 @@ def prune(model: Any, config: PruneConfig, data: Any, *, tokenizer: Any = None, 
           plan: dict[str, Any] | None = None, progress: ProgressFn | None = None,
           memory: MemoryTrace | None = None) -> PruneResult:
     """Prune ``model`` with LoRAPrune in memory and return the merged, smaller model (no files, no locks: for
-    checkpoints, resume, memory checks and a saved folder use :func:`compressor.job.prune_job`).
+    checkpoints, resume, memory checks and a saved folder use :func:`compressor.job.prune_job`; ``config.save_every``
+    is not used here).
 
     Args:
         model: a loaded causal LM of a type in :mod:`compressor.modeling.architectures` (llama, mistral, qwen2,
