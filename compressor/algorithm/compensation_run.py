@@ -4,7 +4,9 @@ update, and the dense weights the distillation teacher needs once compensation h
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from compressor.algorithm.masking import MaskState
 from compressor.algorithm.precision import Precision
 from compressor.core.errors import ConfigError
 from compressor.modeling.adapters import unwrap
+
+log = logging.getLogger("compressor")
 
 #: kept heads and channels of every layer, ``[(heads, channels), ...]``
 Kept = list[tuple[torch.Tensor, torch.Tensor]]
@@ -97,10 +101,19 @@ class CompensationRun:
         was_training = pm.training
         pm.eval()
         start, bs = pos + rank * n, self.cfg.batch_size
+        batches = [data.take(start + i, min(bs, n - i)).to(device) for i in range(0, n, bs)]
+        # progress in tenths where the statistics of all layers come from one pass (same sums, same order); a disk
+        # store's grouped passes take the batches at once
+        chunk = len(batches) if self.comp.store == "disk" else max(1, -(-len(batches) // 10))
+        log.info("Compensation statistics: %d sequences of %d tokens through the model (forward only; at wide MLPs "
+                 "the slowest part of a run)", n, seq_len)
+        t0 = time.time()
         try:
             with context:
-                self.comp.collect_grouped(pm, [data.take(start + i, min(bs, n - i)).to(device)
-                                               for i in range(0, n, bs)])
+                for j in range(0, len(batches), chunk):
+                    self.comp.collect_grouped(pm, batches[j:j + chunk])
+                    done = min(n, (j + chunk) * bs)
+                    log.info("Compensation statistics: %d/%d sequences, %.0f s", done, n, time.time() - t0)
         finally:
             pm.train(was_training)
 

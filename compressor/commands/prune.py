@@ -208,6 +208,18 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
 
         no_progress_bars()
     progress = None if quiet else _Progress(cfg.steps)
+    # the library's own notes (e.g. compensation's statistics collection) on stderr, unless --quiet
+    notes = None
+    if not quiet:
+        import logging
+
+        notes = logging.StreamHandler(sys.stderr)
+        notes.setFormatter(logging.Formatter("%(message)s"))
+        notes.setLevel(logging.INFO)
+        lib = logging.getLogger("compressor")
+        lib.addHandler(notes)
+        lib_level = lib.level
+        lib.setLevel(logging.INFO)
     try:
         res = prune_job(model, out, cfg, data=data, text_field=text_field, eval_data=eval_data,
                         checkpoint_dir=checkpoint_dir, resume=resume, from_plan=from_plan, force=force,
@@ -223,6 +235,9 @@ def prune_cmd(ctx, model, out, data, text_field, recipe, separate, eval_data, ch
     finally:
         if progress is not None:
             progress.close()
+        if notes is not None:
+            lib.removeHandler(notes)
+            lib.setLevel(lib_level)
     r = res.report
     _say(quiet, f"Saved {out}: ratio asked {r['ratio_asked']}, achieved {r['ratio_achieved']:.4f}; params "
                 f"{r['params_total_before']:,} -> {r['params_total_after']:,}; widths {r['widths_after']}")

@@ -129,3 +129,26 @@ def test_cli_prune_adaptive_writes_a_loadable_folder(tmp_path):
     assert model.config.model_type == "lorapress_qwen2"
     assert list(model.config.per_layer_intermediate_size) == w["intermediate_size"]
     assert torch.isfinite(logits_of(model.eval())).all()
+
+
+def test_compensation_statistics_show_progress_unless_quiet(tmp_path):
+    """The statistics collection before the first mask update (an hour at a 1.5B model's width on 2 cores) says what
+    it does and how far it is, in tenths; --quiet silences it."""
+    src, data = tiny_job_inputs(tmp_path)
+    base = ["prune", str(src), "--ratio", "0.5", "--steps", "4", "--prune-every", "2", "--batch-size", "2",
+            "--seq-len", "32", "--eval-data", "none", "--data", str(data), "--device", "cpu"]
+
+    def text(r) -> str:
+        try:
+            return r.output + r.stderr
+        except ValueError:  # click < 8.2 mixes stderr into output
+            return r.output
+
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in text(r).splitlines() if ln.startswith("Compensation statistics:")]
+    assert "sequences of 32 tokens through the model" in lines[0]
+    n = int(lines[0].split(": ")[1].split()[0])
+    assert lines[-1].startswith(f"Compensation statistics: {n}/{n} sequences")
+    r = CliRunner().invoke(main, base + ["--out", str(tmp_path / "b"), "--quiet"])
+    assert r.exit_code == 0 and "Compensation statistics" not in text(r)
