@@ -60,8 +60,8 @@ def build_variants(dense, pruned, lora_r: int, seed: int = 0) -> dict:
     import torch
 
     from compressor.algorithm.config import PruneConfig
+    from compressor.algorithm.finetune import wrap_lora
     from compressor.algorithm.groups import discover_groups
-    from compressor.algorithm.loop import wrap_lora
     from compressor.algorithm.merge import merge_and_slice
 
     groups = discover_groups(dense)

@@ -94,7 +94,7 @@ def masked_lora(case: str = "llama-gqa"):
 def lora_with_random_b(model):
     """``model`` wrapped with LoRA whose B factors are random (so LoRA changes the output)."""
     from compressor.algorithm.config import PruneConfig
-    from compressor.algorithm.loop import wrap_lora
+    from compressor.algorithm.finetune import wrap_lora
 
     pm = wrap_lora(model, PruneConfig(ratio=0.5))
     with torch.no_grad():

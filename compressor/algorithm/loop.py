@@ -27,20 +27,19 @@ import torch
 from torch import nn
 
 from compressor.algorithm.activation_scorer import ActivationScorer
-from compressor.algorithm.compensation import TOKENS_CAP, TOKENS_PER_INPUT  # noqa: F401 - re-exported
 from compressor.algorithm.compensation_run import CompensationRun, kept_of
 from compressor.algorithm.config import PruneConfig
 from compressor.algorithm.criteria import GroupCriterion
 from compressor.algorithm.distributed import masks_agree, reduce_scores
-from compressor.algorithm.finetune import DataOrder, FineTune, StepRecord, checkpointing, lr_lambda, wrap_lora  # noqa: F401
+from compressor.algorithm.finetune import DataOrder, FineTune, StepRecord
 from compressor.algorithm.groups import ModelGroups, discover_groups
 from compressor.algorithm.masking import MaskState, mask_lowest
 from compressor.algorithm.merge import merge_and_slice
-from compressor.algorithm.precision import AMP_MIN_HIDDEN, held_linear_dtype, output_dtype, resolve_amp  # noqa: F401
+from compressor.algorithm.precision import output_dtype
 from compressor.algorithm.saved_plan import plan_scores
 from compressor.algorithm.scoring import LayerScores, MovingAverage, model_scores
 from compressor.algorithm.settings import RunSettings, resolve_settings
-from compressor.algorithm.width_plan import WidthPlan, check_output_config, kept_params, sparsity  # noqa: F401
+from compressor.algorithm.width_plan import sparsity
 from compressor.core.errors import NonFiniteError
 from compressor.core.rng import rng_state, set_rng_state
 from compressor.modeling.loading import hold_projections
@@ -91,8 +90,7 @@ class PruneLoop:
         self.groups = groups or discover_groups(model)
         s = settings or resolve_settings(model, config, self.groups, plan=plan,
                                          device=acc.device if acc is not None else None)
-        self.settings, self.device, self.crit, self.widths = s, (acc.device if acc is not None else s.device), \
-            s.criterion, s.widths
+        self.settings, self.device, self.crit, self.widths = s, s.device, s.criterion, s.widths
         #: bfloat16 autocast for the forward passes; ``held``: the dtype the frozen projections are held in
         self.amp, self.held = s.precision.amp, s.precision.held
         self.events, self.peak_lr, self.stock_config_refused = s.events, s.peak_lr, s.stock_config_refused

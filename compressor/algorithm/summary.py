@@ -6,8 +6,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.algorithm.loop import PruneLoop, kept_params
+from compressor.algorithm.loop import PruneLoop
 from compressor.algorithm.merge import stock_config_refusal
+from compressor.algorithm.width_plan import kept_params
 from compressor.modeling.sizes import is_per_layer, layer_widths, model_sizes
 
 

@@ -8,14 +8,15 @@ import torch
 
 from compressor import PruneConfig
 from compressor.algorithm.groups import decoder_layers, discover_groups, projection
-from compressor.algorithm.loop import PruneLoop, sparsity
+from compressor.algorithm.loop import PruneLoop
+from compressor.algorithm.width_plan import sparsity
 from compressor.core.errors import ConfigError
 from tests.tiny import assert_resumed_run_matches, tiny_config, tiny_loop, tiny_model, tiny_tokenizer
 
 
 def test_compensation_is_the_least_squares_fit_on_the_calibration_inputs():
     from compressor.algorithm.compensation import Compensator
-    from compressor.algorithm.loop import wrap_lora
+    from compressor.algorithm.finetune import wrap_lora
 
     m = tiny_model("llama-gqa")
     groups = discover_groups(m)

@@ -39,8 +39,8 @@ def test_unknown_criterion_lists_valid():
 
 def test_lora_criterion_leaves_base_without_grad():
     from compressor.algorithm.criteria import get_criterion
+    from compressor.algorithm.finetune import wrap_lora
     from compressor.algorithm.groups import discover_groups
-    from compressor.algorithm.loop import wrap_lora
     from compressor.algorithm.scoring import model_scores
 
     m = tiny_model("llama-gqa")

@@ -17,7 +17,7 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
     decoder projections are held once in bfloat16, the embeddings, norms, LoRA factors, gradients, compensation
     statistics and the merged output stay float32, masked == merged holds and a resumed run is bit-exact. 'auto' follows the hardware probe; bad combinations are refused
     with the value named."""
-    from compressor.algorithm import loop as loop_mod
+    from compressor.algorithm import precision as precision_mod
 
     kw = dict(compensate=True, steps=8, prune_every=2, prune_until=0.5, criterion="activation", distill=0.5)
     a = tiny_loop("llama-mha", amp="bf16", **kw)
@@ -61,14 +61,14 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
     from compressor.algorithm import precision
 
     monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-    assert loop_mod.resolve_amp(tiny_config(amp="auto"), torch.device("cpu"))
-    assert loop_mod.resolve_amp(tiny_config(amp="auto"), torch.device("cpu"), hidden_size=576)
-    assert not loop_mod.resolve_amp(tiny_config(amp="auto"), torch.device("cpu"), hidden_size=64)  # too narrow to pay
+    assert precision_mod.resolve_amp(tiny_config(amp="auto"), torch.device("cpu"))
+    assert precision_mod.resolve_amp(tiny_config(amp="auto"), torch.device("cpu"), hidden_size=576)
+    assert not precision_mod.resolve_amp(tiny_config(amp="auto"), torch.device("cpu"), hidden_size=64)  # too narrow to pay
     assert not tiny_loop(amp="auto", steps=2).amp  # the tiny test model
-    assert not loop_mod.resolve_amp(tiny_config(amp="auto", dtype="bfloat16"), torch.device("cpu"))
-    assert not loop_mod.resolve_amp(tiny_config(amp="auto", base_bits=8, compensate=False), torch.device("cpu"))
+    assert not precision_mod.resolve_amp(tiny_config(amp="auto", dtype="bfloat16"), torch.device("cpu"))
+    assert not precision_mod.resolve_amp(tiny_config(amp="auto", base_bits=8, compensate=False), torch.device("cpu"))
     monkeypatch.setattr(precision, "native_bf16", lambda device: False)
-    assert not loop_mod.resolve_amp(tiny_config(amp="auto"), torch.device("cpu"))
+    assert not precision_mod.resolve_amp(tiny_config(amp="auto"), torch.device("cpu"))
     with pytest.raises(ConfigError, match="amp='fp8'.*off, bf16, auto"):
         tiny_config(amp="fp8")
     with pytest.raises(ConfigError, match="amp='bf16'.*dtype='bfloat16'"):

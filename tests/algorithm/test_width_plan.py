@@ -9,9 +9,10 @@ import torch
 
 from compressor.algorithm.config import PruneConfig
 from compressor.algorithm.groups import ModelGroups
-from compressor.algorithm.loop import PruneLoop, WidthPlan, sparsity
+from compressor.algorithm.loop import PruneLoop
 from compressor.algorithm.masking import MaskState
 from compressor.algorithm.scoring import LayerScores
+from compressor.algorithm.width_plan import WidthPlan, sparsity
 from compressor.core.errors import ConfigError
 from tests.tiny import layer_groups, logits_of, tiny_loop, tiny_model, tiny_text, tiny_tokenizer
 

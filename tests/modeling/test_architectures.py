@@ -68,7 +68,7 @@ def _ids(n=2, t=12, seed=1):
 
 def _lora(model):
     from compressor.algorithm.config import PruneConfig
-    from compressor.algorithm.loop import wrap_lora
+    from compressor.algorithm.finetune import wrap_lora
 
     pm = wrap_lora(model, PruneConfig(ratio=0.5, lora_r=4))
     g = torch.Generator().manual_seed(0)
