@@ -49,7 +49,6 @@ class ElementCriterion(Protocol):
     name: str
     needs_lora_grads: bool
     needs_weight_grad: bool
-    group_level: bool  # False
     uses_compensation: bool
 
     def __call__(self, t: ProjectionTensors) -> torch.Tensor: ...
@@ -65,7 +64,6 @@ class GroupCriterion:
     uses_compensation: bool = False
     needs_lora_grads: bool = False
     needs_weight_grad: bool = False
-    group_level: bool = True
 
 
 Criterion = ElementCriterion | GroupCriterion
@@ -83,7 +81,6 @@ def register_criterion(name: str, *, needs_lora_grads: bool = False, needs_weigh
         fn.name = name
         fn.needs_lora_grads = needs_lora_grads
         fn.needs_weight_grad = needs_weight_grad
-        fn.group_level = False
         fn.uses_compensation = False
         _REGISTRY[name] = fn
         return fn
