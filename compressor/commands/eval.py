@@ -128,7 +128,7 @@ def eval_cmd(model_dir, tasks, limit, seq_len, max_windows, batch_size, dtype, a
     if out_path.exists() and out_path.is_dir():
         raise ConfigError(f"--out {str(out_path)!r} is a folder named like a report; give another path")
     parent = out_path.absolute().parent
-    out_is_folder = bool(out) and out_path.name == REPORT_NAME and Path(out).expanduser().name != REPORT_NAME
+    out_is_folder = bool(out) and out_path != Path(out).expanduser()  # report_path put the report inside --out
     blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise ConfigError(f"--out {str(blocker)!r} is a file, not a folder")
