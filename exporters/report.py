@@ -52,11 +52,13 @@ def list_files(folder: str | os.PathLike) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def versions() -> dict[str, str | None]:
+def versions(names: tuple[str, ...] = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime")
+             ) -> dict[str, str | None]:
+    """The installed version of each distribution in ``names`` (None when it is not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime"):
+    for name in names:
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -125,12 +125,4 @@ def export_gguf(model, out: str | os.PathLike, *, gguf_type: str = "f32", force:
 
 
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {k: v for k, v in versions().items() if k in ("torch", "transformers")}
-    for name in ("gguf", "xllamacpp"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return versions(("torch", "transformers", "gguf", "xllamacpp"))

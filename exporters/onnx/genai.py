@@ -332,14 +332,6 @@ def export_onnx_genai(model_dir, out: str | os.PathLike, *, precision: str = "fp
 
 
 def _genai_versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in ("onnxruntime-genai", "onnx-ir"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return versions(("onnxruntime-genai", "onnx-ir"))
 
 
