@@ -102,7 +102,7 @@ def measure(name: str, args, overrides: dict) -> dict:
     from compressor.algorithm.memory_plan import model_shape, plan_memory
     from compressor.core.device import resolve_device
     from compressor.core.memory import MemoryTrace
-    from compressor.modeling.loading import hold_projections
+    from compressor.modeling.held import hold_projections
 
     torch.manual_seed(0)
     device = resolve_device(args.device)

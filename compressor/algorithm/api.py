@@ -39,7 +39,7 @@ from compressor.core.device import resolve_device
 from compressor.core.errors import CalibrationError, ConfigError
 from compressor.core.memory import MemoryTrace
 from compressor.modeling.architectures import needs_bos
-from compressor.modeling.loading import held_dtype
+from compressor.modeling.held import held_dtype
 
 __all__ = ["prune", "PruneResult", "Run", "start_run", "run_steps", "conclude", "as_blocks", "check_writable"]
 
@@ -266,7 +266,7 @@ def _perplexity(model: nn.Module, tokenizer: Any, text: str | None, cfg: PruneCo
     was = model.training
     model.eval()
     seq = min(cfg.eval_seq_len, getattr(model.config, "max_position_embeddings", cfg.eval_seq_len))
-    # a base held in bfloat16 (compressor.modeling.loading.hold_projections) runs under autocast, as in the fine-tune
+    # a base held in bfloat16 (compressor.modeling.held.hold_projections) runs under autocast, as in the fine-tune
     held = held_dtype(unwrap(model)) is not None
     try:
         device_type = next(model.parameters()).device.type

@@ -229,8 +229,8 @@ def discover_groups(model: nn.Module, *, verify: bool = True) -> ModelGroups:
     ids = torch.arange(min(8, vocab), device=device).unsqueeze(0) % vocab
     was_training = base.training
     base.eval()
-    # a base held in bfloat16 (compressor.modeling.loading.hold_projections) is traced under autocast, as it runs
-    from compressor.modeling.loading import held_dtype
+    # a base held in bfloat16 (compressor.modeling.held.hold_projections) is traced under autocast, as it runs
+    from compressor.modeling.held import held_dtype
 
     held = held_dtype(base)
     cast = torch.autocast(device_type=device.type, dtype=held) if held is not None else contextlib.nullcontext()

@@ -42,7 +42,7 @@ from compressor.algorithm.settings import RunSettings, resolve_settings
 from compressor.algorithm.width_plan import sparsity
 from compressor.core.errors import NonFiniteError
 from compressor.core.rng import rng_state, set_rng_state
-from compressor.modeling.loading import hold_projections
+from compressor.modeling.held import hold_projections
 
 log = logging.getLogger("compressor")
 

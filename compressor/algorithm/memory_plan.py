@@ -365,7 +365,7 @@ def plan_run(source: Any, config: Any, cfg: PruneConfig, device: torch.device, *
              precision: Precision | None = None) -> tuple[MemoryPlan, list[tuple[str, MemoryPlan]]]:
     """The plan and the alternatives of pruning the model ``source`` (a resolved
     :class:`~compressor.modeling.loading.ModelSource`, read as its ``config`` only) with ``cfg`` on ``device``."""
-    from compressor.modeling.loading import source_dtype
+    from compressor.modeling.held import source_dtype
 
     shape, gguf, sdt = model_shape(config), source.gguf_file is not None, source_dtype(config)
     plan = plan_memory(shape, cfg, device, gguf=gguf, source_dtype=sdt, precision=precision)

@@ -17,10 +17,9 @@ from typing import Any
 
 from compressor.core.errors import ModelLoadError, UnsupportedArchitectureError
 from compressor.modeling.architectures import get_architecture, supported
-from compressor.modeling.held import held_class, held_dtype, hold_projections, source_dtype  # noqa: F401 - re-exported
-from compressor.modeling.safety import (  # noqa: F401 - re-exported
+from compressor.modeling.held import held_class, hold_projections, source_dtype
+from compressor.modeling.safety import (
     PICKLE_WEIGHT_SUFFIXES,
-    REMOTE_CODE_FILES,
     check_gguf,
     check_no_remote_code,
     check_weight_files,

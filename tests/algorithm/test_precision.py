@@ -44,7 +44,7 @@ def test_amp_bf16_autocasts_the_forward_passes_and_keeps_float32_state(monkeypat
         assert ra.loss == rb.loss and math.isfinite(ra.loss)
     ids = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(2))
     a.pm.eval()
-    from compressor.modeling.loading import hold_projections
+    from compressor.modeling.held import hold_projections
 
     hold_projections(a.pm, torch.float32)  # the same held weights in float32: the masked model computed exactly
     with torch.no_grad():

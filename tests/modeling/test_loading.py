@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from compressor.core.errors import ConfigError, DependencyMissingError
-from compressor.modeling.loading import held_dtype, hold_projections, load_model
+from compressor.modeling.held import held_dtype, hold_projections
+from compressor.modeling.loading import load_model
 from tests.tiny import tiny_folder
 
 
